@@ -1,0 +1,3 @@
+from imagefit.cli import main
+
+main()

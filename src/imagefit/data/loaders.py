@@ -1,0 +1,241 @@
+"""Loaders: uint8 pixels (cached array or streamed files) -> device -> augment -> normalise.
+
+Both paths share everything after the pixels: the batch order is a permutation seeded by
+(seed, epoch), each batch's augmentation by (seed, epoch, batch). A loader can therefore start
+an epoch at any batch and produce exactly what an uninterrupted run saw there, which is what
+makes mid-epoch resume exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from imagefit.config import Config, DataConfig
+from imagefit.data.augment import BatchAugment
+from imagefit.data.cache import decode_cached, decoded_bytes
+from imagefit.data.folder import Sample
+from imagefit.data.images import load_array
+from imagefit.data.splits import SplitManifest, resolve_splits
+from imagefit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # pixels (B, S, S, 3) uint8, labels (B,) int64
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (SeedSequence avoids seed+epoch collisions)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> 1)
+
+
+class PixelSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]: ...
+
+
+class ArraySource:
+    """Pixels already decoded into one array (the fast path)."""
+
+    def __init__(self, pixels: np.ndarray | torch.Tensor, labels: Sequence[int], device: torch.device):
+        pixels = torch.as_tensor(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+        # On an accelerator, keep the whole dataset there: batches are then gathered on-device.
+        self.pixels = pixels.to(device) if device.type != "cpu" else pixels
+        self.labels = torch.as_tensor(list(labels), dtype=torch.int64, device=self.pixels.device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
+        for indices in index_batches:
+            index = torch.as_tensor(indices, device=self.pixels.device)
+            yield self.pixels[index], self.labels[index]
+
+
+class _FileDataset(Dataset):
+    def __init__(self, samples: Sequence[Sample], size: int, min_size: int, skip_bad: bool):
+        self.samples, self.size, self.min_size, self.skip_bad = samples, size, min_size, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int] | None:
+        path, label = self.samples[index]
+        try:
+            return load_array(path, self.size, self.min_size), label
+        except DataError as exc:
+            if not self.skip_bad:
+                raise
+            log.warning("skipped bad image: %s", exc)
+            return None
+
+
+def _collate(items: list[tuple[np.ndarray, int] | None]) -> Batch:
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    pixels = torch.from_numpy(np.stack([pixels for pixels, _ in kept]))
+    return pixels, torch.tensor([label for _, label in kept], dtype=torch.int64)
+
+
+class StreamSource:
+    """Files decoded on the fly by DataLoader workers (datasets too big to cache)."""
+
+    def __init__(self, samples: Sequence[Sample], size: int, min_size: int, skip_bad: bool,
+                 workers: int, pin_memory: bool):  # fmt: skip
+        self.dataset = _FileDataset(samples, size, min_size, skip_bad)
+        self.workers, self.pin_memory = workers, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
+        loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in index_batches],
+                            num_workers=self.workers, collate_fn=_collate,
+                            pin_memory=self.pin_memory)  # fmt: skip
+        yield from loader
+
+
+class Loader:
+    """One split's batches for one epoch, normalised float on ``device``."""
+
+    def __init__(self, source: PixelSource, batch_size: int, device: torch.device, *,
+                 shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 limit: int | None = None):  # fmt: skip
+        self.source, self.batch_size, self.device = source, batch_size, device
+        self.shuffle, self.augment, self.seed, self.limit = shuffle, augment, seed, limit
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.source)
+
+    def __len__(self) -> int:
+        full = -(-len(self.source) // self.batch_size)
+        return min(full, self.limit) if self.limit else full
+
+    def index_batches(self, epoch: int) -> list[np.ndarray]:
+        count = len(self.source)
+        if self.shuffle:
+            order = np.random.default_rng(derive_seed(self.seed, epoch)).permutation(count)
+        else:
+            order = np.arange(count)
+        return [order[i : i + self.batch_size] for i in range(0, count, self.batch_size)][: len(self)]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start..`` of ``epoch``: images (B, 3, S, S) float, targets (B,) or (B, K)."""
+        batches = self.index_batches(epoch)[start:]
+        for offset, (pixels, labels) in enumerate(self.source.batches(batches)):
+            if len(labels) == 0:
+                continue  # every file of this batch was a skipped bad image
+            pixels = pixels.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            x = pixels.permute(0, 3, 1, 2).float()  # (B, 3, S, S), channels_last strides
+            if self.augment is not None:
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, start + offset))
+                x, targets = self.augment(x / 255.0, labels, generator)
+                x = x * 255.0
+            else:
+                targets = labels
+            yield (x - self.mean) / self.std, targets
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+
+@dataclass
+class DataBundle:
+    """Everything training needs from the data side."""
+
+    classes: list[str]
+    manifest: SplitManifest
+    train: Loader
+    val: Loader
+    test: Loader | None
+    cached: bool
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
+
+
+def _read_skip_list(path: str) -> set[Path]:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.skip_list: file not found: {file}")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    return {Path(line.strip()).resolve() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def load_manifest(cfg: Config) -> SplitManifest:
+    d = cfg.data
+    if d.split_manifest:
+        return SplitManifest.load(d.split_manifest, d.root)
+    if not d.root:
+        raise DataError("data.root is not set: point it at an ImageFolder (--set data.root=DIR)")
+    return resolve_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed)
+
+
+def _apply_skip_list(manifest: SplitManifest, path: str, skipped: dict[str, str]) -> None:
+    listed = _read_skip_list(path)
+    for name, items in manifest.splits.items():
+        kept = [s for s in items if s[0].resolve() not in listed]
+        for p, _ in set(items) - set(kept):
+            skipped[str(p)] = f"listed in {path}"
+        manifest.splits[name] = kept
+    log.info("skip list %s: left out %d files", path, len(skipped))
+
+
+def should_cache(d: DataConfig, count: int, size: int) -> bool:
+    """The fast path when asked, or when ``count`` decoded images fit the memory budget."""
+    return d.cache == "always" or (
+        d.cache == "auto" and decoded_bytes(count, size) <= d.memory_budget_mb * 2**20
+    )
+
+
+def make_source(d: DataConfig, samples: list[Sample], size: int, cache: bool, device: torch.device,
+                skipped: dict[str, str]) -> tuple[PixelSource, list[Sample]]:  # fmt: skip
+    """A pixel source for ``samples`` and the samples it really holds (bad files skipped)."""
+    if not cache:
+        source = StreamSource(samples, size, d.min_size, d.on_bad == "skip", d.num_workers,
+                              device.type == "cuda")  # fmt: skip
+        return source, samples
+    decoded = decode_cached(samples, size, d.min_size, d.on_bad, d.cache_dir)
+    for position, reason in decoded.bad.items():
+        skipped[str(samples[position][0])] = reason
+        log.warning("skipped bad image: %s", reason)
+    kept = [samples[i] for i in decoded.keep]
+    return ArraySource(decoded.pixels, [label for _, label in kept], device), kept
+
+
+def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = None) -> DataBundle:
+    """Resolve the splits of ``cfg.data`` and build the train/val/test loaders."""
+    d, t = cfg.data, cfg.train
+    manifest = load_manifest(cfg)
+    skipped: dict[str, str] = {}
+    if d.skip_list:
+        _apply_skip_list(manifest, d.skip_list, skipped)
+    cache = should_cache(d, sum(len(items) for items in manifest.splits.values()), d.image_size)
+    log.info("data: %s, %d classes, %s images, %s", manifest.root, len(manifest.classes),
+             {k: len(v) for k, v in manifest.splits.items()},
+             "decoded once into memory" if cache else "streamed from files")  # fmt: skip
+    loaders: dict[str, Loader] = {}
+    for name, items in manifest.splits.items():
+        if not items:
+            continue
+        source, kept = make_source(d, items, d.image_size, cache, device, skipped)
+        manifest.splits[name] = kept
+        train = name == "train"
+        augment = BatchAugment(cfg.augment, d.image_size, len(manifest.classes)) if train and d.augment else None
+        size = (batch_size or t.batch_size) if train else (t.eval_batch_size or t.batch_size)
+        loaders[name] = Loader(source, size, device, shuffle=train, augment=augment, seed=t.seed,
+                               mean=d.mean, std=d.std, limit=t.limit_batches)  # fmt: skip
+    return DataBundle(manifest.classes, manifest, loaders["train"], loaders["val"],
+                      loaders.get("test"), cache, skipped)  # fmt: skip

@@ -1,0 +1,187 @@
+"""Train/val/test splits: split layouts on disk, or a stratified, seeded split of one folder.
+
+The result is a :class:`SplitManifest` that every run writes as ``split.json``, so evaluation
+later uses exactly the files the run held out, and the test split is never used for selection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imagefit.data.folder import Sample, find_classes, scan_folder
+from imagefit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"),
+                 "test": ("test", "testing")}  # fmt: skip
+
+
+@dataclass
+class SplitManifest:
+    """Which file is in which split, with the class list that defines the labels."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+    layout: str  # "folders" (root/{train,val,test}) or "stratified" (split by us)
+    seed: int | None = None
+    fractions: dict[str, float] | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "version": 1,
+            "root": str(self.root),
+            "layout": self.layout,
+            "seed": self.seed,
+            "fractions": self.fractions,
+            "classes": self.classes,
+            "counts": {name: len(items) for name, items in self.splits.items()},
+            "splits": {
+                name: [[p.relative_to(self.root).as_posix(), label] for p, label in items]
+                for name, items in self.splits.items()
+            },
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path, root: str | Path | None = None) -> SplitManifest:
+        """Read a manifest; ``root`` relocates it (the dataset moved, the files did not change)."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            base = Path(root) if root is not None else Path(raw["root"])
+            splits = {
+                name: [(base / rel, int(label)) for rel, label in items]
+                for name, items in raw["splits"].items()
+            }
+            manifest = cls(base, list(raw["classes"]), splits, raw["layout"], raw.get("seed"),
+                           raw.get("fractions"))  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}: not a valid split manifest ({exc})") from None
+        for name, items in manifest.splits.items():
+            bad = [label for _, label in items if not 0 <= label < len(manifest.classes)]
+            if bad:
+                raise DataError(f"{path}: split '{name}' has labels outside the class list")
+        return manifest
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    present = {entry.name.lower(): entry for entry in root.iterdir() if entry.is_dir()}
+    found: dict[str, Path] = {}
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            if alias in present:
+                found[split] = present[alias]
+                break
+    return found
+
+
+def stratified_split(
+    samples: list[Sample], fractions: dict[str, float], seed: int
+) -> dict[str, list[Sample]]:
+    """Split per class with a seeded shuffle; each split gets round(n * fraction) of a class.
+
+    Per-class rounding keeps class ratios in every split, which sklearn's global stratified
+    split cannot do for classes with very few images.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Sample]] = {name: [] for name in fractions}
+    held_out = [name for name in fractions if name != "train"]
+    for label in sorted({label for _, label in samples}):
+        members = [s for s in samples if s[1] == label]
+        order = rng.permutation(len(members))
+        start = 0
+        for name in held_out:
+            count = int(round(len(members) * fractions[name]))
+            count = min(count, len(members) - start - 1)  # always leave one for training
+            out[name].extend(members[i] for i in order[start : start + count])
+            start += count
+        out["train"].extend(members[i] for i in order[start:])
+    for items in out.values():
+        items.sort(key=lambda s: (s[1], str(s[0])))
+    return out
+
+
+def resolve_splits(
+    root: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42
+) -> SplitManifest:
+    """Find or make train/val/test for ``root``.
+
+    ``root/{train,val,test}`` are used as they are; a missing ``val`` is carved from train
+    (stratified, ``val_fraction`` of train). A plain ``root/<class>`` folder is split
+    ``1 - val - test / val / test`` per class.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    dirs = _split_dirs(root)
+    if not dirs:
+        index = scan_folder(root)
+        fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
+                     "test": test_fraction}  # fmt: skip
+        if fractions["train"] <= 0:
+            raise DataError(f"val_fraction + test_fraction = {val_fraction + test_fraction} >= 1")
+        splits = stratified_split(index.samples, fractions, seed)
+        manifest = SplitManifest(root, index.classes, splits, "stratified", seed, fractions)
+    else:
+        if "train" not in dirs:
+            raise DataError(f"{root}: has {sorted(dirs)} split folders but no 'train'")
+        classes = find_classes(dirs["train"])
+        splits = {name: scan_folder(path, classes).samples for name, path in dirs.items()}
+        fractions = None
+        if "val" not in splits:
+            carved = stratified_split(splits["train"], {"train": 1 - val_fraction,
+                                                         "val": val_fraction}, seed)  # fmt: skip
+            splits.update(carved)
+            fractions = {"val_of_train": val_fraction}
+            log.info("%s: no val split; carved %d images from train (seed %d)", root,
+                     len(splits["val"]), seed)  # fmt: skip
+        splits.setdefault("test", [])
+        manifest = SplitManifest(root, classes, splits, "folders", seed, fractions)
+    _check(manifest)
+    return manifest
+
+
+def _check(manifest: SplitManifest) -> None:
+    if len(manifest.classes) < 2:
+        raise DataError(
+            f"{manifest.root}: found {len(manifest.classes)} class ({manifest.classes}); "
+            "a classifier needs at least 2 class folders"
+        )
+    if not manifest.splits["train"]:
+        raise DataError(f"{manifest.root}: the train split is empty")
+    if not manifest.splits["val"]:
+        raise DataError(f"{manifest.root}: the val split is empty; add images or raise val_fraction")
+    if not manifest.splits["test"]:
+        log.warning("%s: no test split; final test metrics will be skipped", manifest.root)
+
+
+def write_split_folders(manifest: SplitManifest, out: str | Path) -> Path:
+    """Copy each split to ``out/<split>/<class>/<file>`` and write ``out/split.json``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"output folder {out} exists and is not empty")
+    relocated: dict[str, list[Sample]] = {}
+    for split, items in manifest.splits.items():
+        relocated[split] = []
+        for path, label in items:
+            target = out / split / manifest.classes[label] / path.name
+            if target.exists():  # same file name in nested folders of one class
+                target = target.with_name(f"{path.parent.name}_{path.name}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            relocated[split].append((target, label))
+    copy = SplitManifest(out, manifest.classes, relocated, "folders", manifest.seed,
+                         manifest.fractions)  # fmt: skip
+    copy.save(out / "split.json")
+    return out

@@ -1,0 +1,28 @@
+"""Exceptions a user can cause. The CLI prints their message and exits non-zero; nothing else
+catches them, so a message must name the file, key or value at fault."""
+
+
+class ImagefitError(Exception):
+    """Base class of every error imagefit raises for bad input or state."""
+
+
+class ConfigError(ImagefitError):
+    """A config key is unknown, has the wrong type or an invalid value."""
+
+
+class DataError(ImagefitError):
+    """A dataset, folder or image file cannot be used as asked."""
+
+
+class CheckpointError(ImagefitError):
+    """A checkpoint or run folder is missing, damaged, unsafe or does not fit."""
+
+
+class TrainingStopped(ImagefitError):
+    """Training stopped on purpose before its end (non-finite loss or gradient)."""
+
+
+class Interrupted(ImagefitError):
+    """A signal asked the run to stop; the state was saved and the run can be resumed."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", distinct from errors (1, 2) and kills

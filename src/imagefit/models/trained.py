@@ -1,0 +1,42 @@
+"""Loading a trained model back from a run folder or a checkpoint file, with its metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imagefit.errors import CheckpointError
+from imagefit.models.registry import create_model
+from imagefit.train.checkpoint import load_checkpoint
+
+
+def resolve_checkpoint(target: str | Path) -> Path:
+    """A run folder means its ``best.pt`` (else ``last.pt``); a file is itself."""
+    path = Path(target)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: run folder has no best.pt or last.pt")
+    if not path.exists():
+        raise CheckpointError(f"no such run folder or checkpoint: {path}")
+    return path
+
+
+def load_trained(target: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model in eval mode, meta, config dict) from a run folder or an imagefit checkpoint."""
+    path = resolve_checkpoint(target)
+    state = load_checkpoint(path, map_location=device)
+    if "meta" not in state or "model" not in state:
+        raise CheckpointError(f"{path}: not an imagefit checkpoint (no 'meta'/'model' entries)")
+    meta = state["meta"]
+    model = create_model(meta["arch"], meta["num_classes"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {meta['arch']}: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    return model, meta, state.get("config", {})

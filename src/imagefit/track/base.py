@@ -1,0 +1,65 @@
+"""Tracking sinks: where a run reports besides its run folder (MLflow, TensorBoard, ...).
+
+A sink is looked up by its config switch in ``SINKS``; a failing sink is logged and dropped,
+never allowed to stop training (the run folder is the record that must stay complete).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from imagefit.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def log_epoch(self, row: dict[str, Any]) -> None: ...
+
+    def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# name -> (is it switched on in this config?, factory(config, run_dir) -> Sink)
+SINKS: dict[str, tuple[Callable[[Config], bool], Callable[[Config, Path], Sink]]] = {}
+
+
+def register_sink(name: str, enabled: Callable[[Config], bool]) -> Callable:
+    def wrap(factory: Callable[[Config, Path], Sink]) -> Callable[[Config, Path], Sink]:
+        SINKS[name] = (enabled, factory)
+        return factory
+
+    return wrap
+
+
+class Tracker:
+    """Fan-out to the enabled sinks; each call is shielded from the others' failures."""
+
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.sinks: dict[str, Sink] = {}
+        for name, (enabled, factory) in SINKS.items():
+            if enabled(cfg):
+                self._guard(name, lambda f=factory: self.sinks.__setitem__(name, f(cfg, run_dir)))
+
+    def _guard(self, name: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - a tracking outage must not kill training
+            log.warning("tracking sink '%s' failed and is switched off for this run: %s", name, exc)
+            self.sinks.pop(name, None)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        for name, sink in list(self.sinks.items()):
+            self._guard(name, lambda s=sink: s.log_epoch(row))
+
+    def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None:
+        for name, sink in list(self.sinks.items()):
+            self._guard(name, lambda s=sink: s.log_final(metrics, summary, run_dir))
+
+    def close(self) -> None:
+        for name, sink in list(self.sinks.items()):
+            self._guard(name, sink.close)

@@ -1,0 +1,114 @@
+"""Optimizers and learning-rate schedules, looked up by name.
+
+Parameter groups come from timm (no weight decay on biases and norms; optional layer-wise lr
+decay). Every parameter is in the optimizer from the start, frozen or not, so a two-stage run
+only flips ``requires_grad`` when it unfreezes: frozen parameters have no gradient and the
+optimizer skips them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from imagefit.config import FinetuneConfig, OptimConfig, ScheduleConfig
+from imagefit.errors import ConfigError
+
+OptimizerFactory = Callable[[list[dict[str, Any]], OptimConfig], torch.optim.Optimizer]
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr, betas=c.betas, eps=c.eps),
+    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps),
+    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum,
+                                             nesterov=c.nesterov and c.momentum > 0),
+}  # fmt: skip
+
+
+def _lookup(registry: dict[str, Any], name: str, key: str) -> Any:
+    if name not in registry:
+        raise ConfigError(f"{key} '{name}' is not one of: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def create_optimizer(model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig) -> torch.optim.Optimizer:
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+    factory = _lookup(OPTIMIZERS, optim.name, "optim.name")
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)  # timm's grouping skips frozen tensors; we want all of them
+    try:
+        if finetune.layer_decay is not None:
+            groups = param_groups_layer_decay(model, optim.weight_decay,
+                                              layer_decay=finetune.layer_decay)  # fmt: skip
+        else:
+            groups = param_groups_weight_decay(model, optim.weight_decay)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(trainable[n])
+    for group in groups:
+        group.setdefault("lr_scale", 1.0)
+    return factory(groups, optim)
+
+
+# A schedule is the lr multiplier of an epoch (0-based) of `epochs`: f(epoch, epochs, cfg).
+SHAPES: dict[str, Callable[[int, int, ScheduleConfig], float]] = {
+    "none": lambda e, n, c: 1.0,
+    "cosine": lambda e, n, c: c.min_lr_factor + (1 - c.min_lr_factor) * 0.5 * (
+        1 + math.cos(math.pi * max(0, e - c.warmup_epochs) / max(1, n - c.warmup_epochs))),
+    "step": lambda e, n, c: c.gamma ** (e // c.step_size),
+    "plateau": lambda e, n, c: 1.0,  # the plateau factor is state, kept by LRSchedule
+}  # fmt: skip
+
+
+class LRSchedule:
+    """Per-epoch lr: base lr x warmup x shape x plateau reductions x unfreeze factor.
+
+    Everything but the plateau state is a pure function of the epoch, so resuming needs only
+    ``state_dict()``; the lr is written into each param group scaled by its ``lr_scale``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float,
+                 epochs: int, mode: str = "max"):  # fmt: skip
+        self.shape = _lookup(SHAPES, cfg.name, "schedule.name")
+        self.optimizer, self.cfg, self.base_lr, self.epochs, self.mode = optimizer, cfg, base_lr, epochs, mode
+        self.plateau_factor, self.best, self.bad_epochs = 1.0, None, 0
+        self.phase_factor = 1.0
+
+    def lr_at(self, epoch: int) -> float:
+        c = self.cfg
+        warm = 1.0
+        if epoch < c.warmup_epochs:
+            warm = c.warmup_start_factor + (1 - c.warmup_start_factor) * epoch / c.warmup_epochs
+        shape = self.shape(epoch, self.epochs, c)
+        return self.base_lr * warm * shape * self.plateau_factor * self.phase_factor
+
+    def start_epoch(self, epoch: int) -> float:
+        lr = self.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def end_epoch(self, metric: float | None) -> None:
+        """Plateau bookkeeping on the monitored metric (ignored by other schedules)."""
+        if self.cfg.name != "plateau" or metric is None:
+            return
+        improved = self.best is None or (metric > self.best if self.mode == "max" else metric < self.best)
+        if improved:
+            self.best, self.bad_epochs = metric, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.cfg.plateau_patience:
+            self.plateau_factor *= self.cfg.plateau_factor
+            self.bad_epochs = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plateau_factor": self.plateau_factor, "best": self.best,
+                "bad_epochs": self.bad_epochs, "phase_factor": self.phase_factor}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.plateau_factor, self.best = state["plateau_factor"], state["best"]
+        self.bad_epochs, self.phase_factor = state["bad_epochs"], state["phase_factor"]

@@ -1,0 +1,89 @@
+"""Device, precision, threads and seeds: the process-level settings of a run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagefit.config import TrainConfig
+from imagefit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu. An explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device '{name}' is not a device name (auto, cpu, cuda, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device '{name}': no CUDA device is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device '{name}': MPS is not available")
+    return device
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full precision. ``auto`` uses AMP on CUDA only."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure(train: TrainConfig) -> torch.device:
+    """Apply threads, determinism and seeds; return the device."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if train.deterministic:
+        # cuBLAS needs this workspace setting for deterministic matmuls.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(train.seed)
+    return select_device(train.device)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    version, keys, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(keys), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    name, keys_np, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys_np.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
