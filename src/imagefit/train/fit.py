@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from imagefit.train.signals import graceful_stop
 from imagefit.train.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
+
+EpochHook = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -174,7 +177,7 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
             "lr": lr, "phase": run.phase(epoch), "time_s": p.seconds}  # fmt: skip
 
 
-def _train_epochs(run: Run, tracker: Tracker) -> None:
+def _train_epochs(run: Run, tracker: Tracker, on_epoch: EpochHook | None = None) -> None:
     cfg = run.cfg
     with graceful_stop() as stop:
         while run.epoch < cfg.train.epochs and not run.stopper.should_stop:
@@ -189,6 +192,8 @@ def _train_epochs(run: Run, tracker: Tracker) -> None:
             periodic = [f"epoch_{run.epoch:03d}.pt"] if every and run.epoch % every == 0 else []
             _save(run, ["last.pt"] + (["best.pt"] if improved else []) + periodic)
             rundir.write_history(run.run_dir, run.history)
+            if on_epoch is not None:
+                on_epoch(row)  # may raise, e.g. to prune a sweep trial; the state is saved
             log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
                      "lr %.3g  %.1fs%s", row["epoch"], cfg.train.epochs, row["train_loss"],
                      row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["lr"],
@@ -236,8 +241,12 @@ def _write_records(run: Run) -> None:
              run.phase(run.epoch))  # fmt: skip
 
 
-def fit(cfg: Config | None = None, *, resume: str | Path | None = None) -> RunResult:
-    """Train ``cfg`` into a new run folder, or continue the run folder ``resume``."""
+def fit(cfg: Config | None = None, *, resume: str | Path | None = None,
+        on_epoch: EpochHook | None = None) -> RunResult:  # fmt: skip
+    """Train ``cfg`` into a new run folder, or continue the run folder ``resume``.
+
+    ``on_epoch(row)`` is called after each epoch's history row is saved.
+    """
     if resume is not None:
         run_dir = Path(resume)
         state = _resume_state(run_dir)
@@ -255,7 +264,7 @@ def fit(cfg: Config | None = None, *, resume: str | Path | None = None) -> RunRe
     _write_records(run)
     tracker = Tracker(run.cfg, run.run_dir)
     try:
-        _train_epochs(run, tracker)
+        _train_epochs(run, tracker, on_epoch)
         return _finish(run, tracker)
     finally:
         tracker.close()

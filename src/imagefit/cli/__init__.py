@@ -1,0 +1,44 @@
+"""The ``imagefit`` command: parses arguments, calls one library function, prints the result.
+
+Each command group lives in its own module and registers here. Nothing here holds logic the
+library lacks; errors a user can cause arrive as ImagefitError and are printed as one clear
+line with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from imagefit.cli import data, run
+from imagefit.errors import ImagefitError, Interrupted
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, fine-tune, compare, evaluate and ship image classifiers.")  # fmt: skip
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+           quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:  # fmt: skip
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname).1s %(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)  # fmt: skip
+
+
+run.register(app)
+app.add_typer(run.config_app, name="config")
+app.add_typer(data.app, name="data")
+
+
+def main() -> None:
+    try:
+        app()
+    except Interrupted as exc:
+        typer.echo(f"interrupted: {exc}", err=True)
+        sys.exit(Interrupted.exit_code)
+    except ImagefitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

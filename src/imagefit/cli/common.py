@@ -1,0 +1,45 @@
+"""Shared pieces of the CLI: the console, common options, result tables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+SetOption = Annotated[list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")]
+LimitOption = Annotated[Optional[int], typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")]  # noqa: UP007
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def metric_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, fmt(value))
+    return table
+
+
+def print_result(result: Any) -> None:
+    """The short table every training command ends with."""
+    s, m = result.summary, result.metrics or {}
+    rows = [("best epoch", s["best_epoch"]), ("best val accuracy", s["best_val_accuracy"]),
+            ("test accuracy", m.get("accuracy")), ("test top-5 accuracy", m.get("top5_accuracy")),
+            ("test F1 macro", m.get("f1_macro")), ("test loss", m.get("loss")),
+            ("parameters (trainable)", f"{s['params_total']:,} ({s['params_trainable']:,})"),
+            ("train images/s", s["train_images_per_s"]), ("wall time s", s["wall_time_s"])]  # fmt: skip
+    console.print(metric_table(f"run {result.run_dir.name}", rows))
+    console.print(f"run folder: {result.run_dir}")
+
+
+def with_limit(overrides: list[str], limit_batches: int | None) -> list[str]:
+    return overrides + ([f"train.limit_batches={limit_batches}"] if limit_batches else [])

@@ -1,0 +1,92 @@
+"""Commands that train and evaluate: demo, train, eval, config show, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imagefit.cli.common import LimitOption, SetOption, console, metric_table, print_result, with_limit
+from imagefit.errors import ImagefitError
+
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+
+
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where data and runs go.")] = Path("imagefit-demo"),
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
+    limit_batches: LimitOption = None,
+) -> None:
+    """Train SimpleCNN on scikit-learn's digits (offline) and test it."""
+    from imagefit.demo import run_demo
+
+    print_result(run_demo(workdir, with_limit(overrides, limit_batches)))
+
+
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config.")] = None,  # noqa: UP007
+    overrides: SetOption = [],  # noqa: B006
+    limit_batches: LimitOption = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run folder.")] = None,  # noqa: UP007
+) -> None:
+    """Train from CONFIG into a new run folder, or --resume RUN_DIR."""
+    from imagefit.config import load_config
+    from imagefit.train.fit import fit
+
+    if resume is not None:
+        if config is not None or overrides:
+            raise ImagefitError("--resume continues a run with its own config; drop CONFIG and --set")
+        result = fit(resume=resume)
+    else:
+        if config is None:
+            raise ImagefitError("give a CONFIG file (or --resume RUN_DIR)")
+        result = fit(load_config(config, with_limit(overrides, limit_batches)))
+    print_result(result)
+
+
+def eval_(
+    target: Annotated[Path, typer.Argument(help="Run folder or checkpoint.")],
+    split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset root (if moved).")] = None,  # noqa: UP007
+    limit_batches: LimitOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+) -> None:
+    """Evaluate a trained model on a split of its dataset."""
+    from imagefit.evaluate.evaluator import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(target, split, data, limit_batches=limit_batches)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=1))
+        return
+    rows = [(key, metrics[key]) for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "loss")]
+    console.print(metric_table(f"{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)", rows))
+    console.print(metrics.get("classification_report", ""))
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config (defaults if absent).")] = None,  # noqa: UP007
+    overrides: SetOption = [],  # noqa: B006
+) -> None:
+    """Print the resolved config (defaults <- file <- --set)."""
+    from imagefit.config import dump_config, load_config
+
+    typer.echo(dump_config(load_config(config, overrides)), nl=False)
+
+
+def models() -> None:
+    """List imagefit's own models (any timm architecture name works too)."""
+    from imagefit.models.registry import list_models
+
+    for name in list_models():
+        typer.echo(name)
+    typer.echo("... and every timm architecture (timm.list_models())")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
+    app.command()(train)
+    app.command("eval")(eval_)
+    app.command()(models)
