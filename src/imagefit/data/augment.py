@@ -41,8 +41,12 @@ class AffineAugment:
         c, batch = self.cfg, x.shape[0]
         area = _uniform(c.scale[0], c.scale[1], batch, generator)
         log_ratio = _uniform(math.log(c.ratio[0]), math.log(c.ratio[1]), batch, generator)
-        width = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
-        height = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+        width = torch.sqrt(area * torch.exp(log_ratio))
+        height = torch.sqrt(area / torch.exp(log_ratio))
+        # Like torchvision's RandomResizedCrop, a crop that does not fit keeps the area square.
+        misfit = (width > 1) | (height > 1)
+        width = torch.where(misfit, torch.sqrt(area), width)
+        height = torch.where(misfit, torch.sqrt(area), height)
         # Crop centre anywhere the crop stays inside the image (normalised coords in [-1, 1]).
         cx = _uniform(-1, 1, batch, generator) * (1 - width)
         cy = _uniform(-1, 1, batch, generator) * (1 - height)

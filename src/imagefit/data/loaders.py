@@ -9,6 +9,7 @@ makes mid-epoch resume exact.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,11 @@ class ArraySource:
     """Pixels already decoded into one array (the fast path)."""
 
     def __init__(self, pixels: np.ndarray | torch.Tensor, labels: Sequence[int], device: torch.device):
-        pixels = torch.as_tensor(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+        if isinstance(pixels, np.ndarray):
+            with warnings.catch_warnings():
+                # A memory-mapped cache is read-only; it is only ever read, so sharing is safe.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                pixels = torch.as_tensor(pixels)
         # On an accelerator, keep the whole dataset there: batches are then gathered on-device.
         self.pixels = pixels.to(device) if device.type != "cpu" else pixels
         self.labels = torch.as_tensor(list(labels), dtype=torch.int64, device=self.pixels.device)
