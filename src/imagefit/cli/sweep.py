@@ -1,0 +1,93 @@
+"""Commands that compare runs: sweep, report, baseline hog-svm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from imagefit.cli.common import LimitOption, SetOption, console, print_result, with_limit
+from imagefit.errors import CheckpointError
+
+COMPACT = ("best_val_accuracy", "test_accuracy", "test_f1_macro", "params_trainable", "wall_time_s")
+baseline_app = typer.Typer(
+    no_args_is_help=True, help="Classical baselines, run like a training run."
+)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for index, name in enumerate(header):
+        # Fold, not truncate: trial names and swept values are the point of the table.
+        table.add_column(name, justify="left" if index < 2 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def sweep(
+    file: Annotated[
+        Path, typer.Argument(help="Sweep YAML (base config + grid, variants or search).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Sweep folder [the file's out, else sweeps/NAME].")
+    ] = None,
+    limit_batches: LimitOption = None,
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Run every trial of a sweep (finished ones are skipped) and compare them."""
+    from imagefit.sweep import load_sweep, run_sweep
+    from imagefit.sweep.table import groups_table, runs_table
+
+    spec = load_sweep(file, with_limit(overrides, limit_batches), out)
+    count = spec.search.n_trials if spec.search else len(spec.trials)
+    console.print(f"sweep {spec.name} ({spec.mode}): {count} trial(s) into {spec.out}")
+    result = run_sweep(spec)
+    # The terminal gets the headline columns; results.md and results.csv have them all.
+    console.print(_table(f"sweep {spec.name}", *runs_table(result.records, COMPACT)))
+    if result.groups:
+        console.print(_table("mean ± std over seeds", *groups_table(result.groups)))
+    for name, path in result.files.items():
+        console.print(f"{name}: {path}")
+
+
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run folders (one, or several to compare).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file [RUN_DIR/report.html, or report.html].")
+    ] = None,
+    title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+) -> None:
+    """Write one self-contained HTML report of one run, or comparing several."""
+    from imagefit.evaluate.plots import plot_run
+    from imagefit.evaluate.report import write_report
+
+    missing = [str(d) for d in run_dirs if not d.is_dir()]
+    if missing:
+        raise CheckpointError(f"run folder not found: {', '.join(missing)}")
+    if len(run_dirs) == 1:
+        plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
+    target = out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    console.print(f"report: {write_report(run_dirs, target, title)}")
+
+
+@baseline_app.command("hog-svm")
+def hog_svm(
+    config: Annotated[Path, typer.Argument(help="YAML config (its data section and output).")],
+    overrides: SetOption = [],  # noqa: B006
+) -> None:
+    """HOG features + linear SVM on the config's split, written as a run folder."""
+    from imagefit.config import load_config
+    from imagefit.sweep.baseline import run_hog_svm_baseline
+
+    print_result(run_hog_svm_baseline(load_config(config, overrides)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sweep)
+    app.command()(report)
+    app.add_typer(baseline_app, name="baseline")

@@ -1,0 +1,220 @@
+"""Running a sweep: one run folder per trial under ``out/runs``, then the sweep's results.
+
+A trial whose ``summary.json`` says finished is never run again; one with a ``last.pt`` but no
+summary was interrupted and resumes from it; anything else starts afresh. A trial that raises
+is recorded as failed and the sweep goes on; an interrupt (signal, Ctrl-C) stops the sweep
+after writing what is known, so rerunning the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imagefit.config import Config
+from imagefit.errors import ImagefitError, Interrupted
+from imagefit.sweep import table
+from imagefit.sweep.baseline import run_hog_svm_baseline
+from imagefit.sweep.spec import BASELINES, SweepSpec, Trial
+from imagefit.train import rundir
+from imagefit.train.fit import EpochHook, fit
+
+log = logging.getLogger(__name__)
+
+TRIAL_FILE = "trial.json"  # the sweep's own record in a run folder: overrides, status, error
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    records: list[dict[str, Any]]  # one per run (trial x seed), as in all_results.json
+    groups: list[dict[str, Any]]  # mean/std over seeds per trial (empty without seeds)
+    files: dict[str, Path]
+
+
+def trial_state(run_dir: Path) -> str:
+    """``finished``, ``pruned``, ``resume`` (has last.pt) or ``new``."""
+    summary = table.read_json(run_dir / "summary.json") or {}
+    if summary.get("status") == "finished":
+        return "finished"
+    if (table.read_json(run_dir / TRIAL_FILE) or {}).get("status") == "pruned":
+        return "pruned"
+    return "resume" if (run_dir / "last.pt").is_file() else "new"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(run_dir: Path, cfg: Config) -> list[str]:
+    """Config keys where ``run_dir/config.yaml`` differs from ``cfg`` (output.* aside)."""
+    try:
+        saved = _flatten(
+            yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        )
+    except (OSError, yaml.YAMLError):
+        return []
+    planned = _flatten(cfg.to_dict())
+    keys = set(saved) | set(planned)
+    return sorted(k for k in keys if not k.startswith("output.") and saved.get(k) != planned.get(k))
+
+
+def _is_pruned(exc: BaseException) -> bool:
+    # Only a search imports optuna, and only a search's hook can raise TrialPruned.
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(exc, optuna.TrialPruned)
+
+
+def _launch(cfg: Config, run_dir: Path, state: str, hook: EpochHook | None) -> None:
+    if cfg.model.name in BASELINES:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a baseline has no checkpoint to resume
+        run_hog_svm_baseline(cfg)
+    elif state == "resume":
+        log.info("resuming trial %s from %s", run_dir.name, run_dir / "last.pt")
+        fit(resume=run_dir, on_epoch=hook)
+    else:
+        # A folder without last.pt holds no training (a failure while building): start over
+        # in it, rather than beside it as <name>-2.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        fit(cfg, on_epoch=hook)
+
+
+def _write_trial(
+    run_dir: Path, trial: Trial, status: str, error: str | None, trace: str | None
+) -> None:
+    if run_dir.is_dir():
+        rundir.write_json(run_dir / TRIAL_FILE, {"name": trial.name, "group": trial.group, "seed": trial.seed,
+                                                 "overrides": trial.overrides, "status": status,
+                                                 "error": error, "traceback": trace})  # fmt: skip
+
+
+def _failed(
+    spec: SweepSpec, trial: Trial, run_dir: Path, exc: Exception, seconds: float
+) -> dict[str, Any]:
+    """Record a trial that raised (a failing trial must not end the sweep)."""
+    status = "pruned" if _is_pruned(exc) else "failed"
+    error = f"{type(exc).__name__}: {exc}"
+    # An ImagefitError's message says it all; anything else is a bug worth its traceback.
+    trace = None if status == "pruned" or isinstance(exc, ImagefitError) else traceback.format_exc()
+    log.log(
+        logging.INFO if status == "pruned" else logging.ERROR,
+        "trial %s %s: %s",
+        trial.name,
+        status,
+        error,
+    )
+    _write_trial(run_dir, trial, status, error, trace)
+    return table.run_record(trial, run_dir, spec.out, status, error, seconds)
+
+
+def execute(spec: SweepSpec, trial: Trial, hook: EpochHook | None = None) -> dict[str, Any]:
+    """Run (or skip, or resume) one trial and return its all_results.json record.
+
+    Exceptions become a ``failed`` (or, from a search's pruner, ``pruned``) record; an
+    interrupt is recorded in the run folder and raised again."""
+    run_dir = spec.out / "runs" / trial.name
+    state = trial_state(run_dir)
+    if state in ("finished", "pruned"):
+        log.info("trial %s: already %s, skipped", trial.name, state)
+        changed = changed_keys(run_dir, spec.config(trial))
+        if changed:  # the sweep file was edited since: say so rather than mix configs silently
+            log.warning("trial %s ran with other values of %s; delete %s to run it again",
+                        trial.name, ", ".join(changed), run_dir)  # fmt: skip
+        return table.run_record(trial, run_dir, spec.out, state)
+    started = time.perf_counter()
+    try:
+        _launch(spec.config(trial), run_dir, state, hook)
+    except BaseException as exc:
+        if isinstance(exc, Interrupted) or not isinstance(exc, Exception):
+            # A signal, Ctrl-C or exit: stop the sweep; the run folder resumes next time.
+            _write_trial(run_dir, trial, "interrupted", f"{type(exc).__name__}: {exc}", None)
+            raise
+        return _failed(spec, trial, run_dir, exc, time.perf_counter() - started)
+    _write_trial(run_dir, trial, "finished", None, None)
+    record = table.run_record(trial, run_dir, spec.out, "finished")
+    log.info(
+        "trial %s finished: test accuracy %s",
+        trial.name,
+        table.fmt((record.get("test") or {}).get("accuracy")),
+    )
+    return record
+
+
+def _run_planned(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
+    for index, trial in enumerate(spec.trials, 1):
+        log.info("sweep %s: trial %d/%d %s", spec.name, index, len(spec.trials), trial.name)
+        records.append(execute(spec, trial))
+
+
+def _visuals(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
+    """Comparison plots and the HTML report of the trials that have results.
+
+    A plotting error only costs the pictures: the tables are written before, and stay."""
+    # Finished runs only: a pruned or failed one lacks the test metrics the pages compare.
+    run_dirs = [spec.out / r["run_dir"] for r in records if r["status"] == "finished"]
+    files: dict[str, Path] = {}
+    if not run_dirs:
+        return files
+    try:
+        from imagefit.evaluate.plots import plot_comparison
+        from imagefit.evaluate.report import write_report
+
+        for path in plot_comparison(run_dirs, spec.out / "plots"):
+            files[path.stem] = path
+        files["report"] = write_report(
+            run_dirs, spec.out / "report.html", title=f"sweep {spec.name}"
+        )
+    except Exception as exc:  # noqa: BLE001 - pictures are optional, results are not
+        log.warning("sweep %s: plots/report failed (%s: %s)", spec.name, type(exc).__name__, exc)
+    return files
+
+
+def pending_records(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of the planned trials not in ``records``: ``interrupted`` (resumable) or ``pending``."""
+    done = {r["name"] for r in records}
+    result = []
+    for trial in spec.trials:
+        if trial.name not in done:
+            run_dir = spec.out / "runs" / trial.name
+            status = "interrupted" if trial_state(run_dir) == "resume" else "pending"
+            result.append(table.run_record(trial, run_dir, spec.out, status))
+    return result
+
+
+def run_sweep(spec: SweepSpec) -> SweepResult:
+    """Run every trial of ``spec`` into ``spec.out`` and write all_results.json, results.md,
+    results.csv, plots/ and report.html there. Reruns skip finished trials."""
+    (spec.out / "runs").mkdir(parents=True, exist_ok=True)
+    table.write_sweep_file(spec)
+    records: list[dict[str, Any]] = []
+    try:
+        if spec.search is not None:
+            from imagefit.sweep.search import run_search
+
+            run_search(spec, records)
+        else:
+            _run_planned(spec, records)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        table.write_results(spec, records + pending_records(spec, records))
+        # fit's message says `imagefit train --resume`; for a sweep, the sweep is what resumes.
+        raise Interrupted(
+            f"sweep {spec.name} stopped after {sum(r['status'] == 'finished' for r in records)} "
+            f"finished trial(s); run the same `imagefit sweep {spec.path}` command again to continue"
+        ) from exc
+    files = table.write_results(spec, records)
+    files.update(_visuals(spec, records))
+    return SweepResult(spec.out, records, table.group_records(records) if spec.seeds else [], files)

@@ -1,0 +1,228 @@
+"""Optuna search: a seeded sampler (TPE by default) proposes configs, a pruner stops poor ones.
+
+The study lives in a database: SQLite in the sweep folder unless ``search.storage`` names
+another URL, so a rerun continues the same study and machines given one URL share it. Each
+Optuna trial is a normal run folder ``runs/trial-NNN`` (``-seedK`` with seeds); the pruner sees
+the validation metric after every epoch through fit's ``on_epoch`` hook, which raises
+``optuna.TrialPruned`` to stop the run (its folder keeps the epochs it did).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import statistics
+from pathlib import Path
+from typing import Any
+
+from imagefit.errors import ConfigError, ImagefitError
+from imagefit.sweep import table
+from imagefit.sweep.runner import TRIAL_FILE, execute
+from imagefit.sweep.spec import SearchSpec, SweepSpec, Trial
+from imagefit.train.fit import EpochHook
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
+PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "threshold": "ThresholdPruner",
+           "successive_halving": "SuccessiveHalvingPruner", "hyperband": "HyperbandPruner",
+           "none": "NopPruner"}  # fmt: skip
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ImagefitError("a sweep with 'search:' needs optuna (pip install optuna)") from None
+    return optuna
+
+
+def _make(module: Any, kinds: dict[str, str], options: dict[str, Any], default: str, where: str,
+          **defaults: Any) -> Any:  # fmt: skip
+    """``module.<kinds[type]>(**defaults, **options)``; bad options name ``where``."""
+    options = dict(options)
+    kind = options.pop("type", default)
+    if kind not in kinds:
+        raise ConfigError(f"{where}: type '{kind}' is not one of {', '.join(kinds)}")
+    try:
+        return getattr(module, kinds[kind])(**{**defaults, **options})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} ({kind}): {exc}") from None
+
+
+def sampler(search: SearchSpec, where: str) -> Any:
+    # Seeded so that the same sweep proposes the same first trials; a resumed study restarts
+    # the sampler's generator, so only an uninterrupted search repeats exactly.
+    optuna = _optuna()
+    seeded = {"seed": 0} if search.sampler.get("type", "tpe") in ("tpe", "random", "qmc") else {}
+    return _make(
+        optuna.samplers, SAMPLERS, search.sampler, "tpe", f"{where}: search.sampler", **seeded
+    )
+
+
+def pruner(search: SearchSpec, where: str) -> Any:
+    return _make(_optuna().pruners, PRUNERS, search.pruner, "median", f"{where}: search.pruner")
+
+
+def distributions(search: SearchSpec, where: str) -> dict[str, Any]:
+    """Optuna distributions of ``search.params``."""
+    d = _optuna().distributions
+    result = {}
+    for key, space in search.params.items():
+        try:
+            if space["type"] == "categorical":
+                result[key] = d.CategoricalDistribution(space["choices"])
+            else:
+                kind = d.FloatDistribution if space["type"] == "float" else d.IntDistribution
+                step = space.get("step", None if space["type"] == "float" else 1)
+                result[key] = kind(
+                    space["low"], space["high"], log=space.get("log", False), step=step
+                )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: search.params '{key}': {exc}") from None
+    return result
+
+
+def open_study(spec: SweepSpec) -> Any:
+    """Create or load the sweep's study (``load_if_exists``: a rerun continues it)."""
+    optuna, search, where = _optuna(), spec.search, str(spec.path)
+    storage = search.storage or f"sqlite:///{(spec.out / 'optuna.db').resolve()}"
+    try:
+        study = optuna.create_study(study_name=search.study, storage=storage, load_if_exists=True,
+                                    sampler=sampler(search, where), pruner=pruner(search, where),
+                                    direction=search.direction)  # fmt: skip
+    except (ImportError, ValueError, RuntimeError) as exc:  # bad URL, missing driver, locked DB
+        raise ConfigError(f"{where}: cannot open Optuna storage {storage}: {exc}") from None
+    if study.direction.name.lower() != search.direction:
+        raise ConfigError(f"{where}: study '{search.study}' in {storage} was created to "
+                          f"{study.direction.name.lower()}, not {search.direction}; name a new search.study")  # fmt: skip
+    return study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def is_stale(frozen: Any, spec: SweepSpec) -> bool:
+    """A RUNNING trial this sweep folder started on this machine, whose process is gone: it was
+    interrupted. Trials running elsewhere (a shared study) are left alone."""
+    attrs = frozen.user_attrs
+    if frozen.state.name != "RUNNING" or attrs.get("host") != socket.gethostname():
+        return False
+    if attrs.get("out") != str(spec.out.resolve()):
+        return False
+    # This process is between trials here, so a trial it claims is not running either.
+    return attrs.get("pid") == os.getpid() or not _alive(int(attrs.get("pid", -1)))
+
+
+def _runs(spec: SweepSpec, number: int, params: dict[str, Any]) -> list[Trial]:
+    group = f"trial-{number:03d}"
+    if spec.seeds is None:
+        return [Trial(group, group, params)]
+    return [Trial(f"{group}-seed{seed}", group, params, seed) for seed in spec.seeds]
+
+
+def pruning_hook(trial: Any, metric: str) -> EpochHook:
+    """Report ``metric`` after each epoch; raise TrialPruned when the pruner says so."""
+    optuna = _optuna()
+
+    def report(row: dict[str, Any]) -> None:
+        trial.report(float(row[metric]), step=int(row["epoch"]))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"{metric} {row[metric]:.4f} at epoch {row['epoch']}")
+
+    return report
+
+
+def objective(run_dir: Path, metric: str, direction: str) -> float | None:
+    """The best ``metric`` over the run's epochs (validation only: the test split never selects)."""
+    try:
+        history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    values = [row[metric] for row in history if row.get(metric) is not None]
+    if not values:
+        return None
+    return max(values) if direction == "maximize" else min(values)
+
+
+def run_trial(spec: SweepSpec, study: Any, trial: Any, records: list[dict[str, Any]]) -> None:
+    """Run the Optuna ``trial`` (once per seed) and tell the study how it ended."""
+    states = _optuna().trial.TrialState
+    search, values = spec.search, []
+    for index, run in enumerate(_runs(spec, trial.number, trial.params)):
+        # Pruning compares one curve per trial, so only the first seed's epochs are reported.
+        record = execute(spec, run, pruning_hook(trial, search.metric) if index == 0 else None)
+        record["optuna_trial"] = trial.number
+        records.append(record)
+        value = objective(spec.out / record["run_dir"], search.metric, search.direction)
+        record["value"] = value
+        if record["status"] != "finished" or value is None:
+            study.tell(trial, state=states.PRUNED if record["status"] == "pruned" else states.FAIL)
+            return
+        values.append(value)
+    study.tell(trial, statistics.fmean(values))
+    log.info(
+        "search %s: trial %d: %s %.4f",
+        spec.name,
+        trial.number,
+        search.metric,
+        statistics.fmean(values),
+    )
+
+
+def past_records(spec: SweepSpec, frozen: Any) -> list[dict[str, Any]]:
+    """Records of an ended trial from its run folders (or, for another machine's, from Optuna)."""
+    status = {"COMPLETE": "finished", "PRUNED": "pruned"}.get(frozen.state.name, "failed")
+    records = []
+    for index, run in enumerate(_runs(spec, frozen.number, frozen.params)):
+        run_dir = spec.out / "runs" / run.name
+        if index and not run_dir.is_dir():
+            continue  # a seed the trial never reached
+        own = table.read_json(run_dir / TRIAL_FILE) or {}
+        record = table.run_record(
+            run, run_dir, spec.out, own.get("status", status), own.get("error")
+        )
+        record.update(optuna_trial=frozen.number,
+                      value=objective(run_dir, spec.search.metric, spec.search.direction))  # fmt: skip
+        records.append(record)
+    return records
+
+
+def run_search(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
+    """Run the search until the study holds ``n_trials`` trials; interrupted trials of this
+    sweep folder resume first, from their ``last.pt``."""
+    optuna = _optuna()
+    study = open_study(spec)
+    space = distributions(spec.search, str(spec.path))
+    for frozen in study.get_trials(deepcopy=False):
+        if frozen.state.is_finished():
+            records.extend(past_records(spec, frozen))
+        elif is_stale(frozen, spec):
+            log.info("search %s: resuming interrupted trial %d", spec.name, frozen.number)
+            # The same Optuna trial continues (its reported epochs stay); Optuna offers no
+            # public way to reopen a RUNNING trial by number, so its id is used directly.
+            trial = optuna.trial.Trial(study, frozen._trial_id)
+            trial.set_user_attr("pid", os.getpid())
+            run_trial(spec, study, trial, records)
+    while (
+        sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
+        < spec.search.n_trials
+    ):
+        trial = study.ask(space)
+        for key, value in {**_owner(), "out": str(spec.out.resolve())}.items():
+            trial.set_user_attr(key, value)
+        log.info("search %s: trial %d %s", spec.name, trial.number, trial.params)
+        run_trial(spec, study, trial, records)

@@ -1,0 +1,203 @@
+"""A sweep's results: ``all_results.json`` (seed 002's name), ``results.md`` and ``results.csv``.
+
+Every number is read back from the run folders (``metrics.json``, ``summary.json``,
+``history.json``), so the table always agrees with the runs it describes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imagefit.sweep.spec import SweepSpec, Trial
+from imagefit.train import rundir
+
+TEST_KEYS = ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "precision_macro",
+             "recall_macro", "loss", "num_samples")  # fmt: skip
+SUMMARY_KEYS = ("model", "best_val_accuracy", "best_epoch", "monitor", "best_monitor", "epochs_run",
+                "params_total", "params_trainable", "wall_time_s", "train_images_per_s", "early_stopped")  # fmt: skip
+
+
+def _test(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda record: (record.get("test") or {}).get(key)
+
+
+def _field(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda record: record.get(key)
+
+
+# (key, title, getter, cell format) of the table's columns after name, status and swept keys.
+COLUMNS = (
+    ("best_val_accuracy", "best val acc", _field("best_val_accuracy"), ".4f"),
+    ("test_accuracy", "test acc", _test("accuracy"), ".4f"),
+    ("test_top5_accuracy", "test top-5", _test("top5_accuracy"), ".4f"),
+    ("test_f1_macro", "test F1 macro", _test("f1_macro"), ".4f"),
+    ("test_loss", "test loss", _test("loss"), ".4f"),
+    ("params_total", "params", _field("params_total"), ","),
+    ("params_trainable", "trainable", _field("params_trainable"), ","),
+    ("wall_time_s", "wall s", _field("wall_time_s"), ".1f"),
+    ("train_images_per_s", "images/s", _field("train_images_per_s"), ".1f"),
+)
+AVERAGED = COLUMNS[:5] + COLUMNS[7:]  # parameter counts do not vary over seeds
+OBJECTIVE = ("value", "objective", _field("value"), ".4f")  # a search's per-trial value
+
+
+def _columns(records: list[dict[str, Any]]) -> tuple[tuple[str, str, Any, str], ...]:
+    return ((OBJECTIVE,) if any("value" in r for r in records) else ()) + COLUMNS
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def fmt(value: Any, spec: str = ".4f") -> str:
+    """A number as ``spec`` formats it, anything else as text; '-' for none."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return "-" if value is None else str(value)
+
+
+def fmt_value(value: Any) -> str:
+    """A swept value as written: ``1e-05``, ``0.001``, ``resnet18``, ``[0.8, 1.0]``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "-" if value is None else str(value)
+
+
+def _from_history(run_dir: Path) -> dict[str, Any]:
+    """What an unfinished run's history says (a pruned or interrupted trial has no summary)."""
+    history = read_json(run_dir / "history.json") or []
+    values = [row["val_accuracy"] for row in history if row.get("val_accuracy") is not None]
+    return {"best_val_accuracy": max(values) if values else None, "epochs_run": len(history)}
+
+
+def run_record(trial: Trial, run_dir: Path, out: Path, status: str, error: str | None = None,
+               wall_time_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The all_results.json entry of one run folder."""
+    summary = read_json(run_dir / "summary.json") or {}
+    metrics = read_json(run_dir / "metrics.json")
+    record: dict[str, Any] = {
+        "name": trial.name, "group": trial.group, "seed": trial.seed, "overrides": trial.overrides,
+        "status": status, "error": error, "run_dir": run_dir.relative_to(out).as_posix(),
+        "test": {k: metrics.get(k) for k in TEST_KEYS} if isinstance(metrics, dict) else None,
+    }  # fmt: skip
+    record.update({k: summary.get(k) for k in SUMMARY_KEYS})
+    if not summary:
+        record.update(_from_history(run_dir), wall_time_s=wall_time_s)
+    return record
+
+
+def _mean_std(values: list[Any]) -> dict[str, float | None]:
+    numbers = [float(v) for v in values if isinstance(v, int | float)]
+    return {"mean": statistics.fmean(numbers) if numbers else None,
+            "std": statistics.stdev(numbers) if len(numbers) > 1 else None}  # fmt: skip
+
+
+def group_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation over the finished seeds of each trial."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(record["group"], []).append(record)
+    result = []
+    for name, members in groups.items():
+        done = [r for r in members if r["status"] == "finished"]
+        result.append({
+            "name": name, "overrides": members[0]["overrides"], "runs": len(members),
+            "finished": len(done), "seeds": [r["seed"] for r in done],
+            "params_total": members[0].get("params_total"),
+            **{key: _mean_std([get(r) for r in done]) for key, _, get, _ in AVERAGED},
+        })  # fmt: skip
+    return result
+
+
+def _swept_keys(records: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for r in records for k in r["overrides"]))
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def runs_table(
+    records: list[dict[str, Any]], columns: tuple[str, ...] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows: name, status, swept keys, seed, then COLUMNS (or the
+    ``columns`` named by key)."""
+    keys = _swept_keys(records)
+    seeds = any(r["seed"] is not None for r in records)
+    shown = [c for c in _columns(records) if columns is None or c[0] in columns]
+    header = ["trial", "status", *keys, *(["seed"] if seeds else []), *(t for _, t, _, _ in shown)]
+    rows = [[r["name"], r["status"], *(fmt_value(r["overrides"].get(k)) for k in keys),
+             *([fmt(r["seed"], "d")] if seeds else []), *(fmt(get(r), f) for _, _, get, f in shown)]
+            for r in records]  # fmt: skip
+    return header, rows
+
+
+def groups_table(groups: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of mean ± std over seeds."""
+    keys = list(dict.fromkeys(k for g in groups for k in g["overrides"]))
+
+    def cell(stats: dict[str, Any], spec: str) -> str:
+        return fmt(stats["mean"], spec) + (
+            "" if stats["std"] is None else f" ± {fmt(stats['std'], spec)}"
+        )
+
+    header = ["trial", "seeds", *keys, *(t for _, t, _, _ in AVERAGED)]
+    rows = [[g["name"], f"{g['finished']}/{g['runs']}", *(fmt_value(g["overrides"].get(k)) for k in keys),
+             *(cell(g[k], f) for k, _, _, f in AVERAGED)] for g in groups]  # fmt: skip
+    return header, rows
+
+
+def _csv_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    keys = _swept_keys(records)
+    columns = _columns(records)
+    header = ["trial", "status", *keys, "seed", *(k for k, _, _, _ in columns), "error"]
+    rows = [[r["name"], r["status"], *(r["overrides"].get(k) for k in keys), r["seed"],
+             *(get(r) for _, _, get, _ in columns), r.get("error")] for r in records]  # fmt: skip
+    return header, rows
+
+
+def write_sweep_file(spec: SweepSpec) -> Path:
+    """Record what was asked (file, base, command-line overrides) beside the results."""
+    record = {"name": spec.name, "file": str(spec.path), "base": str(spec.base), "mode": spec.mode,
+              "cli": spec.cli, "sweep": yaml.safe_load(spec.path.read_text(encoding="utf-8"))}  # fmt: skip
+    path = spec.out / "sweep.yaml"
+    path.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write all_results.json, results.md and results.csv into ``spec.out``."""
+    groups = group_records(records) if spec.seeds else []
+    search = vars(spec.search) if spec.search else None
+    doc = {"sweep": spec.name, "file": str(spec.path), "base": str(spec.base), "mode": spec.mode,
+           "set": spec.common, "cli": spec.cli, "seeds": spec.seeds, "search": search,
+           "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "trials": records, "groups": groups}  # fmt: skip
+    files = {"all_results": spec.out / "all_results.json", "results_md": spec.out / "results.md",
+             "results_csv": spec.out / "results.csv"}  # fmt: skip
+    rundir.write_json(files["all_results"], doc)
+    text = (
+        f"# Sweep {spec.name}\n\n{len(records)} run(s) from `{spec.path}` (base `{spec.base}`).\n\n"
+    )
+    text += _markdown(*runs_table(records))
+    if groups:
+        text += "\n## Mean ± std over seeds\n\n" + _markdown(*groups_table(groups))
+    files["results_md"].write_text(text, encoding="utf-8")
+    with open(files["results_csv"], "w", newline="", encoding="utf-8") as handle:
+        header, rows = _csv_rows(records)
+        csv.writer(handle).writerows([header, *rows])
+    return files
