@@ -1,0 +1,262 @@
+"""``export_onnx``: a trained run -> a checked, verified ONNX file that carries its preprocessing.
+
+The file has one input ``input`` (N, 3, S, S) float32 with a dynamic batch axis and one output
+``logits`` (N, classes). Class names, mean/std, input size, architecture and the imagefit
+version live in the model's ``metadata_props`` (keys ``imagefit.*``), so ``predict`` and any
+other consumer need nothing else. Verification runs real images of the run's own split through
+ONNX Runtime and PyTorch and compares the logits; ``RUN/export.json`` records the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import imagefit
+from imagefit.config import Config
+from imagefit.export import ExportError
+from imagefit.export.preprocess import normalise, real_inputs
+from imagefit.models.trained import load_trained, resolve_checkpoint
+from imagefit.train.rundir import write_json
+
+log = logging.getLogger(__name__)
+
+INPUT, OUTPUT = "input", "logits"
+META_PREFIX = "imagefit."
+# torch.onnx's own test suite and the PyTorch ONNX tutorial compare ONNX Runtime with PyTorch at
+# rtol 1e-3, atol 1e-5 (torchvision's test_onnx likewise); anything looser hides real bugs.
+RTOL, ATOL = 1e-3, 1e-5
+VERIFY_IMAGES = 16
+PREPROCESSING = ("RGB; shorter side resized to image_size (bilinear, antialiased); centre crop "
+                 "image_size x image_size; (pixel - 255*mean) / (255*std); NCHW float32")  # fmt: skip
+
+
+def export_onnx(target: str | Path, out: str | Path | None = None, opset: int = 17, int8: bool = False,
+                verify: bool = True, batch_sizes: Sequence[int] = (1, 8)) -> dict[str, Any]:  # fmt: skip
+    """Export a run folder or checkpoint to ONNX; return (and write to RUN/export.json) a report.
+
+    ``out`` defaults to ``RUN/model.onnx`` (RUN = the checkpoint's folder); ``int8`` adds
+    ``<out stem>.int8.onnx``. Raises ExportError when the file fails the ONNX checker or its
+    outputs differ from PyTorch beyond rtol 1e-3 / atol 1e-5 (then export.json is written and
+    the file is renamed ``*.rejected.onnx``).
+    """
+    checkpoint = resolve_checkpoint(target)
+    run_dir = checkpoint.parent
+    model, meta, _ = load_trained(checkpoint)
+    path = Path(out) if out is not None else run_dir / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    exporter = write_onnx(model, meta, path, opset)
+    result: dict[str, Any] = {
+        "onnx": str(path), "checkpoint": str(checkpoint), "arch": meta["arch"], "opset": opset,
+        "exporter": exporter, "size_bytes": path.stat().st_size, "input": INPUT, "output": OUTPUT,
+        "input_shape": ["batch", 3, meta["image_size"], meta["image_size"]],
+        "export_seconds": round(time.perf_counter() - started, 2),
+    }  # fmt: skip
+    if verify:
+        result["verification"] = verify_onnx(model, path, meta, run_dir, batch_sizes)
+        _reject_if_failed(result, run_dir)
+    if int8:
+        from imagefit.export.quantize import quantize_int8
+
+        result["int8"] = quantize_int8(path, meta, run_dir)
+    write_json(run_dir / "export.json", result)
+    log.info(
+        "exported %s (%s, opset %d, %.1f MB)", path, exporter, opset, result["size_bytes"] / 2**20
+    )
+    return result
+
+
+def export_after_training(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
+    """``export.onnx: true``: export the finished run; a failure is logged, the run stays complete."""
+    if not cfg.export.onnx:
+        return None
+    try:
+        return export_onnx(run_dir, opset=cfg.export.opset, int8=cfg.export.int8)
+    except Exception as exc:  # noqa: BLE001 - the trained run is the result; export can be redone
+        log.error("%s: ONNX export failed (%s: %s); retry with `imagefit export %s --onnx`",
+                  run_dir, type(exc).__name__, exc, run_dir)  # fmt: skip
+        return None
+
+
+def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
+    """A file that does not reproduce PyTorch moves to ``*.rejected.onnx``, so that nothing
+    picks it up by its usual name; export.json records why, then ExportError is raised."""
+    check = result["verification"]
+    if check["passed"]:
+        return
+    path = Path(result["onnx"])
+    rejected = path.with_name(f"{path.stem}.rejected.onnx")
+    path.replace(rejected)
+    result["onnx"] = str(rejected)
+    write_json(run_dir / "export.json", result)
+    raise ExportError(f"{path}: ONNX Runtime does not reproduce PyTorch ({check['summary']}); "
+                      f"kept as {rejected.name} for inspection, details in {run_dir / 'export.json'}")  # fmt: skip
+
+
+def write_onnx(model: nn.Module, meta: dict[str, Any], path: Path, opset: int) -> str:
+    """Export, stamp the metadata and run the full checker; written atomically. Returns the exporter."""
+    import onnx
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        try:
+            exporter = _torch_export(model, meta["image_size"], tmp, opset)
+        except Exception as exc:  # torch raises many types here; say which arch and opset failed
+            hint = "; the torch.export exporter may succeed: try --opset 18" if opset < 18 else ""
+            # Only the first line: the rest is a dump of the TorchScript graph.
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise ExportError(f"{path}: torch.onnx.export of {meta['arch']} failed at opset {opset}: "
+                              f"{type(exc).__name__}: {reason}{hint}") from exc  # fmt: skip
+        proto = onnx.load(str(tmp))
+        _check_opset(proto, opset, path)
+        onnx.helper.set_model_props(proto, metadata_props(meta))
+        proto.doc_string = f"imagefit {meta['arch']} classifier, {meta['num_classes']} classes"
+        onnx.save(proto, str(tmp))
+        _full_check(tmp, path)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return exporter
+
+
+def _torch_export(model: nn.Module, size: int, path: Path, opset: int) -> str:
+    """torch.onnx.export with a dynamic batch axis; returns which exporter wrote the file.
+
+    The torch.export-based exporter only emits opset >= 18: asked for less, it falls back to 18
+    without an error for ResNets and EfficientNets (its down-converter fails on Reduce ops).
+    Opsets below 18 therefore use the TorchScript exporter, as timm's onnx_export does.
+    """
+    example = (torch.randn(2, 3, size, size),)  # batch 2: tracing cannot specialise on 1
+    if opset >= 18:
+        torch.onnx.export(model, example, str(path), opset_version=opset, dynamo=True,
+                          input_names=[INPUT], output_names=[OUTPUT], verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          external_data=False)  # fmt: skip
+        return "dynamo"
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but still the only one that honours opset < 18.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, example, str(path), opset_version=opset, dynamo=False,
+                          input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})  # fmt: skip
+    return "torchscript"
+
+
+def _check_opset(proto: Any, opset: int, path: Path) -> None:
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise ExportError(f"{path}: asked for opset {opset}, the exporter produced {got}")
+
+
+def _full_check(tmp: Path, path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{path}: the ONNX checker rejects the exported model: {exc}") from None
+
+
+def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
+    """The ``imagefit.*`` metadata_props that let a consumer preprocess and label by itself."""
+    values = {"version": imagefit.__version__, "arch": meta["arch"], "classes": meta["classes"],
+              "num_classes": meta["num_classes"], "image_size": meta["image_size"],
+              "mean": list(meta["mean"]), "std": list(meta["std"]), "input": INPUT,
+              "output": OUTPUT, "preprocessing": PREPROCESSING}  # fmt: skip
+    return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
+    """``imagefit.*`` metadata_props (e.g. ``session.get_modelmeta().custom_metadata_map``) ->
+    a meta dict like a checkpoint's (arch, classes, num_classes, image_size, mean, std)."""
+    try:
+        meta = {k: json.loads(custom[META_PREFIX + k])
+                for k in ("classes", "num_classes", "image_size", "mean", "std")}  # fmt: skip
+    except KeyError as exc:
+        raise ExportError(f"{source}: no {exc.args[0]} metadata; not an ONNX file exported by "
+                          "imagefit (its preprocessing is unknown)") from None  # fmt: skip
+    meta["arch"] = custom.get(META_PREFIX + "arch", "?")
+    meta["input"] = custom.get(META_PREFIX + "input", INPUT)
+    return meta
+
+
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with full graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unrelated types (Fail, InvalidGraph)
+        raise ExportError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
+
+
+def run_session(session: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits of ``x`` (N, 3, S, S) float32, fed in batches of ``batch_size``."""
+    name = session.get_inputs()[0].name
+    chunks = [
+        session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(chunks) if chunks else np.empty((0, 0), np.float32)
+
+
+def _verification_inputs(meta: dict[str, Any], run_dir: Path, count: int) -> tuple[str, np.ndarray]:
+    """Real images of the run (val, else test, else train), else seeded noise with a warning."""
+    size = meta["image_size"]
+    split, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), count, size)
+    if len(pixels):
+        return f"{split} split of {run_dir / 'split.json'}", normalise(
+            pixels, meta["mean"], meta["std"]
+        )
+    log.warning("%s: no split.json with readable images; verifying on random inputs", run_dir)
+    noise = np.random.default_rng(0).standard_normal((count, 3, size, size)).astype(np.float32)
+    return "random normal (no readable split.json images)", noise
+
+
+def verify_onnx(model: nn.Module, path: Path, meta: dict[str, Any], run_dir: Path,
+                batch_sizes: Sequence[int] = (1, 8)) -> dict[str, Any]:  # fmt: skip
+    """Compare ONNX Runtime with PyTorch on real images at each batch size.
+
+    Passes when every logit is within ``ATOL + RTOL * |torch|`` and top-1 agrees except on
+    near-ties (images whose two competing logits are closer than that tolerance).
+    """
+    count = max(VERIFY_IMAGES, 2 * max(batch_sizes))
+    source, x = _verification_inputs(meta, run_dir, count)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    session = ort_session(path)
+    per_batch = {str(b): compare_logits(run_session(session, x, b), reference) for b in batch_sizes}
+    passed = all(
+        r["within_tolerance"] and r["disagreements"] == r["near_ties"] for r in per_batch.values()
+    )
+    worst = max(r["max_abs_diff"] for r in per_batch.values())
+    agreement = min(r["top1_agreement"] for r in per_batch.values())
+    summary = f"max |onnx - torch| {worst:.3g}, top-1 agreement {agreement:.2%} on {len(x)} images"
+    return {"inputs": source, "images": len(x), "rtol": RTOL, "atol": ATOL, "batch_sizes": per_batch,
+            "max_abs_diff": worst, "top1_agreement": agreement, "passed": passed, "summary": summary}  # fmt: skip
+
+
+def compare_logits(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    """Max abs difference, tolerance check and top-1 agreement of ``out`` against ``ref``."""
+    diff = np.abs(out.astype(np.float64) - ref)
+    tolerance = ATOL + RTOL * np.abs(ref)
+    top_ref, top_out = ref.argmax(1), out.argmax(1)
+    rows = np.flatnonzero(top_ref != top_out)
+    gap = ref[rows, top_ref[rows]] - ref[rows, top_out[rows]]
+    near = int(np.sum(gap <= tolerance[rows, top_ref[rows]] * 2))  # both logits may move by tol
+    return {"max_abs_diff": float(diff.max(initial=0.0)), "within_tolerance": bool(np.all(diff <= tolerance)),
+            "top1_agreement": float(np.mean(top_ref == top_out)) if len(ref) else 1.0,
+            "disagreements": len(rows), "near_ties": near}  # fmt: skip

@@ -1,0 +1,145 @@
+"""``predict``: class scores for image files, from a checkpoint, a run folder or an ONNX file.
+
+The preprocessing (size, mean, std, class names) comes with the model: a checkpoint's ``meta``
+or an exported file's ``imagefit.*`` metadata, so nothing has to be repeated on the command
+line. A file that cannot be read gets an ``error`` entry; the other files are still predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagefit.data.images import is_image_file, load_array
+from imagefit.errors import CheckpointError, DataError
+from imagefit.export.preprocess import normalise
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 64
+
+
+@dataclass
+class Predictor:
+    """A loaded model and the preprocessing that goes with it."""
+
+    source: str
+    meta: dict[str, Any]  # classes, image_size, mean, std
+    logits: Callable[[np.ndarray], np.ndarray]  # (N, 3, S, S) float32 -> (N, classes)
+
+
+def load_predictor(model_path: str | Path) -> Predictor:
+    """A checkpoint or run folder runs in PyTorch; an ``.onnx`` file in ONNX Runtime."""
+    path = Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        return _onnx_predictor(path)
+    from imagefit.models.trained import load_trained
+
+    model, meta, _ = load_trained(path)
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return Predictor(str(path), meta, logits)
+
+
+def _onnx_predictor(path: Path) -> Predictor:
+    from imagefit.export.onnx import ort_session, read_metadata
+
+    if not path.is_file():
+        raise CheckpointError(f"no such ONNX file: {path}")
+    session = ort_session(path)
+    meta = read_metadata(session.get_modelmeta().custom_metadata_map, path)
+    name = session.get_inputs()[0].name
+    return Predictor(str(path), meta, lambda x: session.run(None, {name: x})[0])
+
+
+Problem = tuple[Path, str, str]  # (path, message, kind) of an input that is no image file
+
+
+def expand_images(images: Iterable[str | Path]) -> list[Path | Problem]:
+    """Files as given, folders as their image files (recursive, sorted); a missing path or an
+    image-less folder becomes a :data:`Problem`."""
+    found: list[Path | Problem] = []
+    for item in map(Path, images):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            found.extend(files or [(item, f"{item}: folder holds no image files", "no_images")])
+        elif item.exists():
+            found.append(item)
+        else:
+            found.append((item, f"{item}: file not found", "missing"))
+    return found
+
+
+def predict(model_path: str | Path, images: Sequence[str | Path], top_k: int = 5,
+            batch_size: int = BATCH_SIZE) -> list[dict[str, Any]]:  # fmt: skip
+    """One dict per image, in order: ``{"file", "label", "index", "probability", "top_k": [...]}``,
+    or ``{"file", "error", "kind"}`` for an image that could not be read."""
+    if top_k < 1:
+        raise DataError(f"top_k must be at least 1, got {top_k}")
+    predictor = load_predictor(model_path)
+    items = expand_images(images)
+    if not items:
+        raise DataError("no images given")
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(items), batch_size):
+        results.extend(_predict_batch(predictor, items[start : start + batch_size], top_k))
+    failed = sum("error" in r for r in results)
+    log.info(
+        "predicted %d images with %s (%d failed)", len(results) - failed, predictor.source, failed
+    )
+    return results
+
+
+def _predict_batch(
+    predictor: Predictor, items: list[Path | Problem], top_k: int
+) -> list[dict[str, Any]]:
+    """Decode what can be decoded, predict those in one batch, keep the others' errors in place."""
+    meta = predictor.meta
+    results: list[dict[str, Any]] = []
+    good: list[tuple[int, np.ndarray]] = []
+    for item in items:
+        if isinstance(item, tuple):
+            results.append({"file": str(item[0]), "error": item[1], "kind": item[2]})
+            continue
+        try:
+            good.append((len(results), load_array(item, meta["image_size"])))
+            results.append({"file": str(item)})
+        except DataError as exc:
+            results.append(
+                {"file": str(item), "error": str(exc), "kind": getattr(exc, "kind", "unreadable")}
+            )
+    if good:
+        x = normalise(np.stack([pixels for _, pixels in good]), meta["mean"], meta["std"])
+        probs = softmax(predictor.logits(x))
+        for (position, _), row in zip(good, probs, strict=True):
+            results[position].update(_top(row, meta["classes"], top_k))
+    return results
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    # Shifted by the row maximum so that exp cannot overflow.
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _top(probs: np.ndarray, classes: list[str], k: int) -> dict[str, Any]:
+    """The best class and the ``k`` best (ties: lower index first, like argmax)."""
+    order = np.argsort(-probs, kind="stable")[: min(k, len(classes))]
+    top = [{"label": classes[i], "index": int(i), "probability": float(probs[i])} for i in order]
+    return {
+        "label": top[0]["label"],
+        "index": top[0]["index"],
+        "probability": top[0]["probability"],
+        "top_k": top,
+    }

@@ -1,0 +1,86 @@
+"""Pixels for exported models: the training loaders' normalisation, and real images of a run.
+
+Export verification, INT8 calibration, ``predict`` and the MLflow input example all turn files
+into model inputs here, through :func:`imagefit.data.images.load_array` and the same
+arithmetic as :class:`imagefit.data.loaders.Loader`, so every path sees identical numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imagefit.data.folder import Sample
+from imagefit.data.images import load_array
+from imagefit.data.splits import SplitManifest
+from imagefit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32, exactly as the training loaders compute it.
+
+    The Loader subtracts ``mean * 255`` and divides by ``std * 255`` in float32; doing the
+    same (rather than ``x / 255`` first) keeps the logits bit-identical to evaluation.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
+    m = torch.tensor(mean).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std).view(1, -1, 1, 1) * 255
+    return ((x - m) / s).contiguous().numpy()
+
+
+def run_manifest(run_dir: Path) -> SplitManifest | None:
+    """The run's ``split.json``, or None when the folder has none (a bare checkpoint)."""
+    path = run_dir / "split.json"
+    if not path.is_file():
+        return None
+    return SplitManifest.load(path)
+
+
+def spread(samples: Sequence[Sample], count: int) -> list[Sample]:
+    """``count`` samples evenly spaced over ``samples`` (sorted by class: covers every class)."""
+    if len(samples) <= count:
+        return list(samples)
+    picks = np.linspace(0, len(samples) - 1, count).round().astype(int)
+    return [samples[i] for i in picks]
+
+
+def load_samples(samples: Sequence[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``samples`` to (N, S, S, 3) uint8 and (N,) labels; unreadable files are skipped."""
+    arrays, labels = [], []
+    for path, label in samples:
+        try:
+            arrays.append(load_array(path, size))
+        except DataError as exc:
+            log.warning("skipped: %s", exc)
+            continue
+        labels.append(label)
+    if not arrays:
+        return np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64)
+    return np.stack(arrays), np.asarray(labels, dtype=np.int64)
+
+
+def split_samples(
+    run_dir: Path, splits: Sequence[str], count: int | None = None
+) -> tuple[str, list[Sample]]:
+    """The first of ``splits`` that the run's split.json holds: (its name, up to ``count`` files)."""
+    manifest = run_manifest(run_dir)
+    for name in splits:
+        items = manifest.splits.get(name) if manifest else None
+        if items:
+            return name, spread(items, count) if count else list(items)
+    return "", []
+
+
+def real_inputs(
+    run_dir: Path, splits: Sequence[str], count: int, size: int
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """(split name, pixels, labels) of up to ``count`` real images of the run; empty if none."""
+    name, samples = split_samples(run_dir, splits, count)
+    pixels, labels = load_samples(samples, size)
+    return (name if len(pixels) else ""), pixels, labels

@@ -1,0 +1,336 @@
+"""MLflow sink (``track.mlflow: true``): params, per-epoch metrics, test metrics, artifacts, model.
+
+Where: ``track.mlflow_uri``, else MLflow's own resolution (``MLFLOW_TRACKING_URI``, else its
+local default in the working folder: ``sqlite:///mlflow.db`` with artifacts under ``./mlruns``,
+or the ``./mlruns`` file store when one already holds data). Experiment: ``track.mlflow_experiment``.
+
+What: params = the whole resolved config flattened to dotted keys; metrics per epoch with
+``step = epoch``; the test metrics and run summary at the end; artifacts = config.yaml, history,
+split, metrics.json, summary.json, plots/, best.pt and, when exported, the ONNX files and
+export.json; the best model with MLflow's PyTorch flavour, a real input example and a signature.
+
+Nesting (sweeps): inside ``with mlflow_parent("sweep-name", cfg.track):`` -- or whenever the
+environment variable ``IMAGEFIT_MLFLOW_PARENT_RUN_ID`` holds a run id, which child processes
+inherit -- every run becomes a nested run under that parent.
+
+Failures: the Tracker switches a failing sink off with a warning and training goes on; the run
+folder is the complete record. Connection attempts fail within seconds, not minutes, because
+MLflow's HTTP retry and timeout defaults are lowered here (explicit environment values win).
+``mlflow`` itself is imported only when a run asks for it: the import takes seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from imagefit.config import Config, TrackConfig
+from imagefit.errors import ImagefitError, Interrupted
+from imagefit.track.base import register_sink
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "IMAGEFIT_MLFLOW_PARENT_RUN_ID"
+RUN_RECORD = "mlflow.json"  # run folder -> its MLflow run, so a resumed run continues it
+# MLflow's defaults retry a dead server 7 times with backoff 2 s and a 120 s timeout: minutes of
+# stalled training per call. Two quick retries still ride out a server restart.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}  # fmt: skip
+ARTIFACTS = {"config.yaml": "", "history.json": "", "history.csv": "", "split.json": "",
+             "metrics.json": "", "summary.json": "", "environment.json": "", "export.json": "",
+             "best.pt": "checkpoints", "model.onnx": "onnx", "model.int8.onnx": "onnx"}  # fmt: skip
+
+
+class TrackingError(ImagefitError):
+    """The tracking server cannot be reached or refuses a call."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> ``{"section.key": "value"}`` (lists as ``[a, b]``; None as ``null``)."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = "null" if value is None else str(value)
+    return flat
+
+
+def _lower_http_defaults() -> None:
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def _client(track: TrackConfig) -> tuple[Any, str]:
+    """(MlflowClient, its tracking URI) for ``track``."""
+    _lower_http_defaults()
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise TrackingError(
+            f"track.mlflow needs the mlflow package ({exc}): pip install mlflow"
+        ) from None
+
+    uri = track.mlflow_uri or mlflow.get_tracking_uri()
+    return mlflow.MlflowClient(tracking_uri=uri), uri
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+@contextmanager
+def mlflow_parent(name: str, track: TrackConfig | None = None) -> Iterator[str | None]:
+    """Start a parent run named ``name``; runs started inside (here or in child processes) nest
+    under it. Yields its run id; the run ends FINISHED, or FAILED if the block raised.
+
+    An unreachable server yields None after a warning: the runs inside still train.
+    """
+    track = track or TrackConfig()
+    try:
+        client, uri = _client(track)
+        run = client.create_run(_experiment_id(client, track.mlflow_experiment), run_name=name)
+    except Exception as exc:  # noqa: BLE001 - tracking must never stop a sweep
+        log.warning("MLflow parent run '%s' not started: %s", name, _reason(exc))
+        yield None
+        return
+    run_id, previous = run.info.run_id, os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = run_id
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
+        _end_parent(client, run_id, status)
+        log.info("MLflow parent run %s (%s) at %s: %s", name, run_id, uri, status)
+
+
+def _end_parent(client: Any, run_id: str, status: str) -> None:
+    try:
+        client.set_terminated(run_id, status)
+    except Exception as exc:  # noqa: BLE001 - the children are logged; only the status is lost
+        log.warning("MLflow parent run %s could not be marked %s: %s", run_id, status, _reason(exc))
+
+
+@contextmanager
+def _process_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``uri`` for one call.
+
+    ``mlflow.pytorch.log_model`` has no URI argument and reads the global one; it is restored
+    afterwards, environment variable included, so a run never redirects later runs.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous, env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+class MlflowSink:
+    """One MLflow run per imagefit run (a resumed run continues its MLflow run)."""
+
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.run_dir = run_dir
+        self.client, self.uri = _client(cfg.track)
+        self.finished = False
+        with self._explained():
+            self.run_id, resumed = self._start(cfg)
+            if not resumed:  # a resumed config differs (split_manifest); MLflow params are final
+                self.client.log_batch(self.run_id, params=_params(cfg))
+        log.info(
+            "MLflow: run %s in experiment '%s' at %s",
+            self.run_id,
+            cfg.track.mlflow_experiment,
+            self.uri,
+        )
+
+    @contextmanager
+    def _explained(self) -> Iterator[None]:
+        """MLflow's errors as one line that names the server; the run is then marked FAILED,
+        because the Tracker drops a failed sink and its close() never comes."""
+        try:
+            yield
+        except Exception as exc:
+            if getattr(self, "run_id", None):
+                self._mark_failed()
+            raise TrackingError(f"MLflow at {self.uri}: {_reason(exc)}") from exc
+
+    def _mark_failed(self) -> None:
+        try:
+            self.client.set_terminated(self.run_id, "FAILED")
+        except Exception as exc:  # noqa: BLE001 - the server is likely gone; the caller reports it
+            log.debug("could not mark MLflow run %s FAILED: %s", self.run_id, exc)
+
+    def _start(self, cfg: Config) -> tuple[str, bool]:
+        """(run id, whether it continues the MLflow run of a resumed run folder)."""
+        from imagefit.train.rundir import write_json
+
+        record = _read_record(self.run_dir / RUN_RECORD)
+        if record.get("uri") == self.uri and record.get("run_id"):
+            self.client.update_run(record["run_id"], status="RUNNING")
+            return record["run_id"], True
+        experiment = _experiment_id(self.client, cfg.track.mlflow_experiment)
+        tags = {"imagefit.run_dir": str(self.run_dir.resolve()), "imagefit.model": cfg.model.name}
+        if os.environ.get(PARENT_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+        run = self.client.create_run(experiment, run_name=self.run_dir.name, tags=tags)
+        write_json(self.run_dir / RUN_RECORD, {"uri": self.uri, "run_id": run.info.run_id,
+                                               "experiment_id": experiment})  # fmt: skip
+        return run.info.run_id, False
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        with self._explained():
+            self._metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None:
+        keep = ("best_epoch", "best_val_accuracy", "epochs_run", "params_total", "params_trainable",
+                "train_images_per_s", "train_time_s", "wall_time_s")  # fmt: skip
+        with self._explained():
+            self._metrics(
+                {f"test_{k}": v for k, v in metrics.items()},
+                step=int(summary.get("epochs_run") or 0),
+            )
+            self._metrics({k: summary.get(k) for k in keep})
+            self._artifacts(run_dir)
+            self._log_model(run_dir)
+        self.finished = True
+
+    def close(self) -> None:
+        error = sys.exc_info()[1]  # close() runs in fit()'s `finally`: this is why it ended
+        status = "KILLED" if isinstance(error, Interrupted) else "FAILED"
+        status = "FINISHED" if self.finished else status
+        with self._explained():
+            self.client.set_terminated(self.run_id, status)
+
+    def _metrics(self, values: dict[str, Any], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        numbers = [Metric(k, float(v), now, step) for k, v in values.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)]  # fmt: skip
+        if numbers:
+            self.client.log_batch(self.run_id, metrics=numbers)
+
+    def _artifacts(self, run_dir: Path) -> None:
+        for name, folder in ARTIFACTS.items():
+            if (run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(run_dir / name), folder or None)
+        if (run_dir / "plots").is_dir():
+            self.client.log_artifacts(self.run_id, str(run_dir / "plots"), "plots")
+
+    def _log_model(self, run_dir: Path) -> None:
+        """The best checkpoint with the PyTorch flavour, real input examples and a signature.
+
+        Saved as MLflow's default ``pt2`` (torch.export: loads without imagefit or timm), else
+        pickled. The example holds two images because torch.export fixes a batch axis of 1.
+        """
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        from imagefit.models.trained import load_trained
+
+        model, meta, _ = load_trained(run_dir)
+        example = _input_example(run_dir, meta)
+        with torch.no_grad():
+            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+        info = {k: meta[k] for k in ("arch", "classes", "image_size", "mean", "std")}
+        common = {
+            "name": "model",
+            "signature": signature,
+            "input_example": example,
+            "metadata": info,
+        }
+        # log_model files the model under the *active* run's experiment (else "Default"), so the
+        # run is made active for the call, with the URI it lives at.
+        with _process_uri(self.uri), mlflow.start_run(run_id=self.run_id, nested=True):
+            try:
+                mlflow.pytorch.log_model(model, serialization_format="pt2",
+                                         pip_requirements=_requirements("torch"), **common)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - torch.export rejects some models; pickle does not
+                log.warning(
+                    "MLflow: torch.export of %s failed (%s); logging it pickled", meta["arch"], exc
+                )
+                mlflow.pytorch.log_model(model, serialization_format="pickle",
+                                         pip_requirements=_requirements("torch", "timm", "imagefit"),
+                                         **common)  # fmt: skip
+
+
+def _input_example(run_dir: Path, meta: dict[str, Any]) -> Any:
+    """Two real, normalised images of the run (val split), else zeros of the right shape."""
+    import numpy as np
+
+    from imagefit.export.preprocess import normalise, real_inputs
+
+    size = meta["image_size"]
+    _, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), 2, size)
+    if len(pixels) < 2:
+        pixels = np.zeros((2, size, size, 3), np.uint8)
+    return normalise(pixels, meta["mean"], meta["std"])
+
+
+def _requirements(*packages: str) -> list[str]:
+    """Pinned requirements of the logged model (a pickled one needs timm and imagefit classes).
+
+    Given explicitly, because MLflow's inference of them loads the model in a subprocess (slow).
+    """
+    from importlib import metadata
+
+    pins = []
+    for package in packages:
+        try:
+            version = metadata.version(package).split("+")[0]  # pip knows no local tag (+cu130)
+            pins.append(f"{package}=={version}")
+        except metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _params(cfg: Config) -> list[Any]:
+    from mlflow.entities import Param
+
+    return [Param(k, v) for k, v in flatten(cfg.to_dict()).items()]
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of MLflow's message: connection errors come with pages of urllib3 detail."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if any(
+        sign in text for sign in ("Max retries exceeded", "Connection refused", "NewConnection")
+    ):
+        return "cannot connect to the tracking server (is it running?); " + text[:200]
+    return text[:300]
+
+
+@register_sink("mlflow", lambda cfg: cfg.track.mlflow)
+def _make_sink(cfg: Config, run_dir: Path) -> MlflowSink:
+    return MlflowSink(cfg, run_dir)

@@ -1,0 +1,274 @@
+"""Tracking sinks against real back ends: MLflow's local default store, a real MLflow server on
+loopback (with a nested run under a parent), a dead server, TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config, write_pattern_folder
+from mlflow import MlflowClient
+
+from imagefit.config import Config, TrackConfig
+from imagefit.models.trained import load_trained
+from imagefit.track.mlflow_sink import HTTP_DEFAULTS, MlflowSink, flatten, mlflow_parent
+from imagefit.train.fit import fit
+
+EXPERIMENT = "imagefit-tests"
+# MLflow's own SQLAlchemy store warns about its queries; nothing here can act on it.
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real `mlflow server` (sqlite + proxied artifacts) on a free loopback port.
+
+    Launched when the module starts, so that it boots (tens of seconds on 2 cores) while the
+    local-store tests run; in its own session, so teardown stops its job-runner child too.
+    """
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/db.sqlite",
+               "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+    # The job runner (a pool of huey workers for GenAI jobs) is not needed and costs seconds of CPU.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(root / "server.log", "wb") as log_file:
+        process = subprocess.Popen(command, cwd=root, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)  # fmt: skip
+    try:
+        yield Server(f"http://127.0.0.1:{port}", process, root / "server.log")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=3)  # uvicorn would wait on idle keep-alive connections
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture
+def server(_server_process: Server) -> str:
+    """The server's URL, once /health answers."""
+    _wait_healthy(_server_process.url, _server_process.process, _server_process.log)
+    return _server_process.url
+
+
+def _wait_healthy(
+    url: str, process: subprocess.Popen, log_path: Path, timeout: float = 180
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mlflow server exited: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"mlflow server not healthy after {timeout} s: {log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(autouse=True)
+def _clean_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No outside tracking URI leaks in; the sink's HTTP defaults do not leak out."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in HTTP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _config(root: Path, out: Path, **track: object) -> Config:
+    return tiny_config(root, out, data={"image_size": 32},
+                       track={"mlflow": True, "mlflow_experiment": EXPERIMENT, **track})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pattern_folder(tmp_path_factory.mktemp("data") / "patterns", size=32)
+
+
+@pytest.fixture(scope="module")
+def local_run(patterns: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(project folder, run folder): a run with MLflow (no URI), TensorBoard and ONNX export on."""
+    project = tmp_path_factory.mktemp("project")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = _config(patterns, project / "runs", tensorboard=True)
+        cfg.export.onnx = True
+        run_dir = fit(cfg).run_dir
+    return project, run_dir
+
+
+def _only_run(client: MlflowClient) -> mlflow.entities.Run:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    [run] = client.search_runs([experiment.experiment_id])
+    return run
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def _assert_run_logged(client: MlflowClient, run: mlflow.entities.Run, run_dir: Path) -> None:
+    """Params = the flattened config; per-epoch metrics; test metrics; artifacts; the model."""
+    config = json.loads(
+        json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text()))
+    )
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    assert run.data.params == flatten(config)
+    assert run.data.params["optim.lr"] == "0.003" and run.data.params["data.image_size"] == "32"
+    history = json.loads((run_dir / "history.json").read_text())
+    val = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in val] == [(r["epoch"], r["val_accuracy"]) for r in history]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert run.data.metrics["params_total"] > 0
+    files = _artifacts(client, run.info.run_id)
+    for name in ("config.yaml", "history.json", "history.csv", "metrics.json", "summary.json",
+                 "split.json", "checkpoints/best.pt", "plots/training_curves.png"):  # fmt: skip
+        assert name in files, name
+
+
+def test_local_default_store(local_run: tuple[Path, Path]) -> None:
+    project, run_dir = local_run
+    assert (project / "mlflow.db").is_file() and (project / "mlruns").is_dir()  # MLflow's default
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = _only_run(client)
+    _assert_run_logged(client, run, run_dir)
+    assert {"onnx/model.onnx", "export.json"} <= _artifacts(client, run.info.run_id)
+    assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == run.info.run_id
+
+
+def test_logged_pytorch_model_has_signature_example_and_predicts(
+    local_run: tuple[Path, Path],
+) -> None:
+    project, run_dir = local_run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        client = MlflowClient()
+        run = _only_run(client)
+        [logged] = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id], output_format="list"
+        )
+        assert logged.source_run_id == run.info.run_id and logged.name == "model"
+        info = mlflow.models.get_model_info(f"models:/{logged.model_id}")
+        loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 32, 32)
+    assert info.saved_input_example_info is not None and info.metadata["classes"] == [
+        "class_0",
+        "class_1",
+        "class_2",
+    ]
+    model, _, _ = load_trained(run_dir)
+    x = torch.randn(5, 3, 32, 32)  # a batch size the example did not have
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_tensorboard_event_files(local_run: tuple[Path, Path]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir = local_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    history = json.loads((run_dir / "history.json").read_text())
+    scalars = events.Tags()["scalars"]
+    assert {"train_loss", "val_loss", "val_accuracy", "lr", "test_accuracy"} <= set(scalars)
+    val = [(e.step, e.value) for e in events.Scalars("val_accuracy")]
+    assert val == [(r["epoch"], pytest.approx(r["val_accuracy"])) for r in history]
+    [text] = events.Tensors("config/text_summary")
+    assert "name: simple_cnn" in text.tensor_proto.string_val[0].decode()
+
+
+def test_resumed_run_folder_continues_its_mlflow_run(local_run: tuple[Path, Path]) -> None:
+    project, run_dir = local_run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        cfg = _config(Path("unused"), project / "runs")
+        sink = MlflowSink(cfg, run_dir)
+        client = MlflowClient()
+        assert sink.run_id == _only_run(client).info.run_id
+        assert client.get_run(sink.run_id).info.status == "RUNNING"
+        sink.finished = True
+        sink.close()
+        assert client.get_run(sink.run_id).info.status == "FINISHED"
+
+
+def test_server_nested_under_a_parent(server: str, patterns: Path, tmp_path: Path) -> None:
+    track = TrackConfig(mlflow=True, mlflow_uri=server, mlflow_experiment=EXPERIMENT)
+    with mlflow_parent("sweep", track) as parent:
+        run_dir = fit(_config(patterns, tmp_path, mlflow_uri=server)).run_dir
+    assert "IMAGEFIT_MLFLOW_PARENT_RUN_ID" not in os.environ
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    [child] = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    _assert_run_logged(client, child, run_dir)
+    assert client.get_run(parent).info.status == "FINISHED"
+    [logged] = client.search_logged_models([experiment.experiment_id])
+    assert logged.source_run_id == child.info.run_id
+    assert mlflow.get_tracking_uri() != server  # the sink did not redirect this process
+
+
+def test_dead_server_warns_and_training_completes(
+    patterns: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    track = TrackConfig(mlflow=True, mlflow_uri=dead, mlflow_experiment=EXPERIMENT)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING), mlflow_parent("sweep", track) as parent:
+        assert parent is None and "IMAGEFIT_MLFLOW_PARENT_RUN_ID" not in os.environ
+        result = fit(_config(patterns, tmp_path, mlflow_uri=dead))
+    assert time.monotonic() - started < 60  # seconds of retries, not MLflow's default minutes
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "MLflow parent run 'sweep' not started" in warning
+    assert "tracking sink 'mlflow' failed" in warning and dead in warning
+    assert "cannot connect" in warning
+    for name in ("summary.json", "metrics.json", "history.json", "best.pt"):
+        assert (result.run_dir / name).is_file()
+    assert result.summary["status"] == "finished" and np.isfinite(result.metrics["accuracy"])
+
+
+def test_flatten_gives_dotted_keys() -> None:
+    flat = flatten({"a": {"b": 1, "c": [1, 2], "d": {"e": None}}, "f": "x"})
+    assert flat == {"a.b": "1", "a.c": "[1, 2]", "a.d.e": "null", "f": "x"}
+
+
+def test_sinks_register_without_importing_mlflow() -> None:
+    code = ("import sys, imagefit.track.base as base\n"
+            "assert {'mlflow', 'tensorboard'} <= set(base.SINKS), base.SINKS\n"
+            "assert 'mlflow' not in sys.modules and 'tensorboard' not in sys.modules")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
