@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from imagefit.cli.common import console
+from imagefit.cli.common import console, metric_table
 
 app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
 
@@ -35,3 +36,84 @@ def digits(out: Annotated[Path, typer.Argument(help="Output folder.")]) -> None:
     from imagefit.data.digits import write_digits
 
     console.print(f"wrote {write_digits(out)}")
+
+
+MinSize = Annotated[int, typer.Option("--min-size", min=1, help="Smallest side allowed, px.")]
+ReportDir = Annotated[Path | None, typer.Option("--out", help="Report folder [./verify-ROOT].")]
+Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Decoding threads.")]
+
+
+@app.command("verify")
+def verify(
+    root: Annotated[Path, typer.Argument(help="root/<class>/ or root/{train,val,test}/<class>/.")],
+    min_size: MinSize = 1,
+    out: ReportDir = None,
+    workers: Workers = None,
+) -> None:
+    """Find bad images, duplicates across classes and splits, and class imbalance.
+
+    Writes OUT/verify.json and OUT/bad_files.txt (for --set data.skip_list=...); exits 1 when
+    it finds errors.
+    """
+    from imagefit.data.verify import verify_dataset
+    from imagefit.errors import DataError
+
+    out = out or Path(f"verify-{root.resolve().name}")
+    if out.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"--out {out} is inside the dataset {root}: it would read as a class")
+    report = verify_dataset(root, min_size=min_size, workers=workers)
+    _print_report(report)
+    json_path, skip_path = (path.resolve() for path in report.write(out))
+    console.print(f"report: {json_path}")
+    console.print(f"skip list: {skip_path} ({len(report.skip_paths())} files; train with "
+                  f"--set data.skip_list={skip_path})")  # fmt: skip
+    if not report.ok:
+        console.print(f"[red]{report.errors} errors[/red]")
+        raise typer.Exit(code=1)
+    console.print("[green]no errors[/green]")
+
+
+def _print_report(report) -> None:  # noqa: ANN001 - a VerifyReport, imported lazily
+    counts = Table(title=f"{report.root} ({report.layout} layout): files per class (bad ones included)")
+    counts.add_column("class")
+    for split in report.counts:
+        counts.add_column(split, justify="right")
+    for name in report.classes:
+        counts.add_row(name, *(str(report.counts[split][name]) for split in report.counts))
+    console.print(counts)
+    rows = [("images scanned", report.scanned), ("imbalance (max/min)", report.imbalance_ratio)]
+    rows += [(f"bad: {kind}", n) for kind, n in report.bad_by_kind().items()]
+    rows += [(f"duplicates: {kind}", n) for kind, n in report.duplicates_by_kind().items() if n]
+    rows += [("structural problems", len(report.problems)), ("errors", report.errors)]
+    console.print(metric_table("verify", rows))
+    for line in report.problems:
+        console.print(f"[red]problem[/red] {line}")
+    for item in report.bad[:SHOWN]:
+        console.print(f"[red]bad[/red] {item.message}")
+    for group in [g for g in report.duplicates if g.is_error][:SHOWN]:
+        files = ", ".join(f"{f.split}/{f.label}/{f.path.name}" for f in group.files)
+        console.print(f"[red]duplicate ({', '.join(group.kinds)})[/red] {files}")
+    hidden = len(report.bad) + len(report.duplicates) - 2 * SHOWN
+    if hidden > 0:
+        console.print("... and more in verify.json")
+    for line in report.warnings():
+        console.print(f"[yellow]warning[/yellow] {line}")
+
+
+SHOWN = 10  # bad files and duplicate groups printed; verify.json has all
+
+
+@app.command("cifar10")
+def cifar10(
+    root: Annotated[Path, typer.Option("--root", help="Where the archive and batches live.")] = Path("data"),
+    fmt: Annotated[str, typer.Option("--format", help="python or binary.")] = "python",
+    download: Annotated[bool, typer.Option("--download", help="Download (checksum-verified) if absent.")] = False,
+    to_folder: Annotated[Path | None, typer.Option("--to-folder", help="Write an ImageFolder of PNGs here.")] = None,
+) -> None:
+    """Find, verify and extract CIFAR-10 (downloading with --download); convert to PNG folders."""
+    from imagefit.data.cifar import cifar10_to_folder, ensure_cifar10
+
+    batches = ensure_cifar10(root, fmt, download_missing=download)
+    console.print(f"CIFAR-10 batches: {batches}")
+    if to_folder is not None:
+        console.print(f"ImageFolder: {cifar10_to_folder(batches, to_folder)}")

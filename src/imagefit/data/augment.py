@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +30,9 @@ class AffineAugment:
 
     def __init__(self, cfg: AugmentConfig, size: int):
         self.cfg, self.size = cfg, size
+        # Without a random-resized crop every warp is a whole-pixel shift plus flips: index
+        # gathers then do what bilinear sampling at pixel centres does, ~5x faster on a CPU.
+        self.whole_pixels = cfg.scale == (1.0, 1.0)
 
     def is_identity(self) -> bool:
         c = self.cfg
@@ -57,6 +61,8 @@ class AffineAugment:
         cy = cy + shift[1] * 2.0 / self.size
         flip_x = torch.where(torch.rand(batch, generator=generator) < c.hflip, -1.0, 1.0)
         flip_y = torch.where(torch.rand(batch, generator=generator) < c.vflip, -1.0, 1.0)
+        if self.whole_pixels:
+            return shift_and_flip(x, shift, flip_x < 0, flip_y < 0), y
         theta = torch.zeros(batch, 2, 3, dtype=torch.float64)
         theta[:, 0, 0], theta[:, 0, 2] = width * flip_x, cx
         theta[:, 1, 1], theta[:, 1, 2] = height * flip_y, cy
@@ -65,6 +71,32 @@ class AffineAugment:
         warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
                                align_corners=False)  # fmt: skip
         return warped, y
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices off the image mirrored back in, edge pixel repeated: grid_sample's reflection
+    padding at align_corners=False (-1 -> 0, size -> size - 1). Shifts stay below ``size``."""
+    index = torch.where(index < 0, -index - 1, index)
+    return torch.where(index >= size, 2 * size - 1 - index, index)
+
+
+def shift_and_flip(x: torch.Tensor, shift: torch.Tensor, flip_x: torch.Tensor,
+                   flip_y: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(B, C, S, S) -> same: each image flipped (bool (B,)), then moved by ``shift`` (2, B)
+    whole pixels (x, y) with reflection padding: one row gather on the channels-last view."""
+    batch, channels, size, _ = x.shape
+    base = torch.arange(size)
+    cols = _reflect(torch.where(flip_x[:, None], size - 1 - base, base) + shift[0][:, None], size)
+    rows = _reflect(torch.where(flip_y[:, None], size - 1 - base, base) + shift[1][:, None], size)
+    image = torch.arange(batch)[:, None, None]
+    flat = ((image * size + rows[:, :, None]) * size + cols[:, None, :]).reshape(-1)  # (B*S*S,)
+    pixels = x.permute(0, 2, 3, 1).contiguous().reshape(-1, channels)  # no copy for loader batches
+    if x.device.type == "cpu":
+        # numpy's take copies rows of C values ~8x faster than torch's index_select on a CPU.
+        out = torch.from_numpy(np.take(pixels.numpy(), flat.numpy(), axis=0))
+    else:
+        out = pixels.index_select(0, flat.to(x.device))
+    return out.view(batch, size, size, channels).permute(0, 3, 1, 2)  # channels_last strides
 
 
 # Further batch ops (RandAugment, random erasing, mixup/cutmix) register here by config key:

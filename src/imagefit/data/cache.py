@@ -4,6 +4,9 @@ Decoding PNGs is the cost that dominates small-image training on a CPU; doing it
 parallel threads: Pillow releases the GIL while decoding and resizing) and keeping the pixels
 as one ``(N, S, S, 3)`` uint8 array lets every later epoch, and every later run on the same
 files, skip it. The cache key hashes the files' bytes, so an edited image is never served stale.
+
+Decoding writes each image straight into its row of the cache file, so a dataset larger than
+memory decodes with the memory of a few images; reading it back is a memory map.
 """
 
 from __future__ import annotations
@@ -12,17 +15,19 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from imagefit.data.decode import get_decoder
 from imagefit.data.folder import Sample
-from imagefit.data.images import load_array
 from imagefit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,46 +52,135 @@ class DecodedImages:
     bad: dict[int, str] = field(default_factory=dict)
 
 
-def cache_key(samples: Sequence[Sample], size: int, min_size: int) -> str:
-    digest = hashlib.sha256(f"v{PREPROCESS_VERSION}:{size}:{min_size}".encode())
+def cache_key(samples: Sequence[Sample], size: int, min_size: int, decoder: str = "pillow") -> str:
+    tag = "" if decoder == "pillow" else f":{decoder}"  # pillow keeps the keys it always had
+    digest = hashlib.sha256(f"v{PREPROCESS_VERSION}:{size}:{min_size}{tag}".encode())
     for path, _ in samples:
         digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
     return digest.hexdigest()[:32]
 
 
-def _decode_all(
-    samples: Sequence[Sample], size: int, min_size: int, on_bad: str, workers: int
-) -> DecodedImages:
-    pixels = np.empty((len(samples), size, size, 3), dtype=np.uint8)
-    bad: dict[int, str] = {}
+PixelSink = Callable[[int, np.ndarray], None]  # (sample position, (S, S, 3) pixels) -> None
 
-    def decode(position: int) -> None:
-        try:
-            pixels[position] = load_array(samples[position][0], size, min_size)
-        except DataError as exc:
-            bad[position] = str(exc)
 
+def _decode_each(samples: Sequence[Sample], size: int, min_size: int, workers: int, decoder: str,
+                 store: PixelSink) -> dict[int, str]:  # fmt: skip
+    """Decode every sample in threads and hand it to ``store``; returns the bad positions."""
+    decode, bad = get_decoder(decoder), {}
+
+    def work(chunk: range) -> int:
+        for position in chunk:
+            try:
+                store(position, decode(samples[position][0], size, min_size))
+            except DataError as exc:
+                bad[position] = str(exc)
+        return len(chunk)
+
+    # Chunks, not one task per image: a million futures would cost more than the pixels.
+    chunks = [range(i, min(i + 64, len(samples))) for i in range(0, len(samples), 64)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        bar = tqdm(pool.map(decode, range(len(samples))), total=len(samples),
-                   desc=f"decode {size}px", unit="img", disable=None)  # fmt: skip
-        for _ in bar:
-            pass
+        bar = tqdm(total=len(samples), desc=f"decode {size}px", unit="img", disable=None)
+        for done in pool.map(work, chunks):
+            bar.update(done)
+        bar.close()
+    return bad
+
+
+def _raise_bad(bad: dict[int, str], on_bad: str) -> None:
     if bad and on_bad == "error":
         first = min(bad)
         more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
         raise DataError(bad[first] + more + "; set data.on_bad=skip to leave bad files out")
+
+
+def _decode_all(samples: Sequence[Sample], size: int, min_size: int, on_bad: str, workers: int,
+                decoder: str = "pillow") -> DecodedImages:  # fmt: skip
+    """Decode into memory (when the cache folder cannot be written)."""
+    pixels = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    bad = _decode_each(samples, size, min_size, workers, decoder, pixels.__setitem__)
+    _raise_bad(bad, on_bad)
     keep = [i for i in range(len(samples)) if i not in bad]
     return DecodedImages(pixels[keep] if bad else pixels, keep, bad)
 
 
-def _atomic_save(array: np.ndarray, meta: dict, npy: Path, meta_path: Path) -> None:
+HEADER_BYTES = 128  # room for any (N, S, S, 3) header; a multiple of numpy's 64-byte alignment
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A .npy version 1.0 header of a C-order uint8 array, padded to HEADER_BYTES."""
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}"
+    body = text.ljust(HEADER_BYTES - 11) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
+
+
+def _write_rows(fd: int, samples: Sequence[Sample], size: int, min_size: int, on_bad: str,
+                workers: int, decoder: str) -> tuple[list[int], dict[int, str]]:  # fmt: skip
+    """Decode sample i into row i of the open .npy file ``fd``; drop bad rows; (keep, bad)."""
+    row = size * size * 3
+    os.pwrite(fd, _npy_header((len(samples), size, size, 3)), 0)
+
+    def store(position: int, pixels: np.ndarray) -> None:
+        data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+        if os.pwrite(fd, data, HEADER_BYTES + position * row) != row:
+            raise OSError(f"short write at image {position}")
+
+    bad = _decode_each(samples, size, min_size, workers, decoder, store)
+    _raise_bad(bad, on_bad)
+    keep = [i for i in range(len(samples)) if i not in bad]
+    if bad:  # close the gaps; rows only move towards the start, so in order is safe
+        for new, old in enumerate(keep):
+            if new != old:
+                os.pwrite(fd, os.pread(fd, row, HEADER_BYTES + old * row), HEADER_BYTES + new * row)
+        os.pwrite(fd, _npy_header((len(keep), size, size, 3)), 0)
+    os.ftruncate(fd, HEADER_BYTES + len(keep) * row)
+    return keep, bad
+
+
+def _decode_to_cache(samples: Sequence[Sample], size: int, min_size: int, on_bad: str,
+                     workers: int, decoder: str, npy: Path, meta_path: Path) -> DecodedImages:  # fmt: skip
+    """Decode straight into the cache file (never the whole array in memory), then map it."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=npy.parent, suffix=".tmp", delete=False) as handle:
-        np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, npy)
-    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    found: dict[str, Any] = {}
+
+    def write(handle: IO[bytes]) -> None:
+        found["keep"], found["bad"] = _write_rows(handle.fileno(), samples, size, min_size,
+                                                  on_bad, workers, decoder)  # fmt: skip
+
+    _atomic_write(npy, write)
+    meta = {"keep": found["keep"], "bad": found["bad"], "size": size, "count": len(samples)}
+    # The meta file goes last: it is what marks the entry complete.
+    _atomic_write(meta_path, lambda handle: handle.write(json.dumps(meta).encode("utf-8")))
+    log.info("image cache written: %s", npy)
+    return DecodedImages(np.load(npy, mmap_mode="r"), found["keep"], found["bad"])
+
+
+def _atomic_write(target: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Temp file, fsync, rename: a kill or a full disk never leaves a torn cache entry."""
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
+        try:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            handle.close()
+            Path(handle.name).unlink(missing_ok=True)
+            raise
+    os.replace(handle.name, target)
+
+
+def _read_entry(npy: Path, meta_path: Path) -> tuple[np.ndarray, dict] | None:
+    """A cache entry, or None when it is absent or damaged (then it is decoded again)."""
+    if not (npy.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        pixels = np.load(npy, mmap_mode="r")
+        if len(pixels) != len(meta["keep"]):
+            raise ValueError(f"{len(pixels)} images but {len(meta['keep'])} listed")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("image cache entry %s is damaged (%s); decoding again", npy, exc)
+        return None
+    return pixels, meta
 
 
 def decode_cached(
@@ -96,26 +190,27 @@ def decode_cached(
     on_bad: str = "error",
     cache_dir: str | Path | None = None,
     workers: int | None = None,
+    decoder: str = "pillow",
 ) -> DecodedImages:
     """Decoded pixels of ``samples`` at ``size``: from the disk cache, or decoded and stored.
 
-    The array is memory-mapped when read back, so a cache larger than RAM still loads.
+    The array is memory-mapped (a ``np.memmap``) whenever the cache folder is writable, so a
+    cache larger than RAM decodes and loads; ``decoder`` names an
+    :mod:`imagefit.data.decode` decoder.
     """
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(samples, size, min_size)
+    key = cache_key(samples, size, min_size, decoder)
     npy, meta_path = directory / f"{key}.npy", directory / f"{key}.json"
-    if npy.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    entry = _read_entry(npy, meta_path)
+    if entry is not None:
+        pixels, meta = entry
         bad = {int(k): v for k, v in meta["bad"].items()}
         if not bad or on_bad == "skip":
             log.info("image cache hit: %s (%d images)", npy, len(meta["keep"]))
-            return DecodedImages(np.load(npy, mmap_mode="r"), meta["keep"], bad)
+            return DecodedImages(pixels, meta["keep"], bad)
     workers = workers or min(8, os.cpu_count() or 1)
-    decoded = _decode_all(samples, size, min_size, on_bad, workers)
     try:
-        meta = {"keep": decoded.keep, "bad": decoded.bad, "size": size, "count": len(samples)}
-        _atomic_save(decoded.pixels, meta, npy, meta_path)
-        log.info("image cache written: %s", npy)
+        return _decode_to_cache(samples, size, min_size, on_bad, workers, decoder, npy, meta_path)
     except OSError as exc:  # a read-only or full cache folder costs speed, not the run
-        log.warning("could not write the image cache in %s: %s", directory, exc)
-    return decoded
+        log.warning("could not write the image cache in %s (%s); decoding into memory", directory, exc)
+    return _decode_all(samples, size, min_size, on_bad, workers, decoder)

@@ -7,13 +7,12 @@ evaluation and inference see identical pixels.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imagefit.errors import DataError
+from imagefit.errors import ImageError
 
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".pbm", ".pnm", ".bmp", ".webp", ".tif", ".tiff",
@@ -45,40 +44,75 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def _refuse_bomb(path: Path, image: Image.Image) -> None:
+    """Refuse more pixels than ``Image.MAX_IMAGE_PIXELS`` before decoding any of them.
+
+    Pillow itself only raises above twice its limit and merely warns in between; turning that
+    warning into an error with ``warnings.catch_warnings`` is not thread-safe (the decoders run
+    in threads, and one thread leaving the block removed another's filter, so bombs got
+    through), hence this explicit check on the header's size.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise ImageError(
+            f"{path}: refused, {width}x{height} = {width * height:,} pixels is more than "
+            f"{limit:,} (PIL.Image.MAX_IMAGE_PIXELS; decompression bomb?)",
+            kind="too_large",
+        )
+
+
 def load_rgb(path: str | Path, min_size: int = 1) -> Image.Image:
-    """Open, verify, EXIF-rotate and convert one image; raise DataError naming the file."""
+    """Open, verify, EXIF-rotate and convert one image; raise ImageError naming the file.
+
+    ``ImageError.kind`` says why a file was refused (see :class:`imagefit.errors.ImageError`).
+    """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            # A decompression bomb is refused, not loaded: Pillow only warns below 2x its limit.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                image = ImageOps.exif_transpose(image)
+        with Image.open(path) as image:
+            _refuse_bomb(path, image)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            try:
                 rgb = to_rgb(image)
+            except ValueError as exc:
+                raise ImageError(f"{path}: unsupported image mode {image.mode} ({exc})",
+                                 kind="unsupported_mode") from None  # fmt: skip
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: refused, too many pixels (decompression bomb?): {exc}") from None
+        raise ImageError(f"{path}: file not found", kind="missing") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused, too many pixels (decompression bomb?): {exc}",
+                         kind="too_large") from None  # fmt: skip
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image Pillow can read") from None
+        raise ImageError(f"{path}: not an image Pillow can read", kind="not_image") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageError(f"{path}: cannot decode image ({exc})", kind="unreadable") from None
     if min(rgb.size) < min_size:
-        raise DataError(
-            f"{path}: image is {rgb.size[0]}x{rgb.size[1]}, smaller than data.min_size={min_size}"
+        raise ImageError(
+            f"{path}: image is {rgb.size[0]}x{rgb.size[1]}, smaller than data.min_size={min_size}",
+            kind="too_small",
         )
     return rgb
 
 
+def resize_plan(width: int, height: int, size: int) -> tuple[int, int, int, int] | None:
+    """(new width, new height, left, top) of :func:`resize_center_crop`; None: no resize.
+
+    Shared with the torch resize of :mod:`imagefit.data.decode`, so both crop the same box.
+    """
+    if (width, height) == (size, size):
+        return None
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+
+
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Shorter side to ``size`` (bilinear, antialiased), then a centred ``size`` x ``size`` crop."""
-    width, height = image.size
-    if (width, height) != (size, size):
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    plan = resize_plan(*image.size, size)
+    if plan is not None:
+        new_w, new_h, left, top = plan
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
         image = image.crop((left, top, left + size, top + size))
     return image
 

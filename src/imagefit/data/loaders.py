@@ -9,6 +9,7 @@ makes mid-epoch resume exact.
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from imagefit.config import Config, DataConfig
 from imagefit.data.augment import BatchAugment
+from imagefit.data.balance import balanced_sample_weights
 from imagefit.data.cache import decode_cached, decoded_bytes
+from imagefit.data.decode import decode_array
+from imagefit.data.disk import DiskArraySource
 from imagefit.data.folder import Sample
-from imagefit.data.images import load_array
 from imagefit.data.splits import SplitManifest, resolve_splits
 from imagefit.errors import DataError
 
@@ -66,8 +69,10 @@ class ArraySource:
 
 
 class _FileDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], size: int, min_size: int, skip_bad: bool):
+    def __init__(self, samples: Sequence[Sample], size: int, min_size: int, skip_bad: bool,
+                 decoder: str = "pillow"):  # fmt: skip
         self.samples, self.size, self.min_size, self.skip_bad = samples, size, min_size, skip_bad
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -75,7 +80,7 @@ class _FileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int] | None:
         path, label = self.samples[index]
         try:
-            return load_array(path, self.size, self.min_size), label
+            return decode_array(path, self.size, self.min_size, self.decoder), label
         except DataError as exc:
             if not self.skip_bad:
                 raise
@@ -91,21 +96,39 @@ def _collate(items: list[tuple[np.ndarray, int] | None]) -> Batch:
     return pixels, torch.tensor([label for _, label in kept], dtype=torch.int64)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process.
+
+    Ctrl-C, ``kill -TERM -<pgid>`` and schedulers such as SLURM signal the whole process
+    group. A worker that died of it made the main process crash with "DataLoader worker ...
+    is killed by signal" instead of finishing its step and saving; the main process shuts
+    its workers down itself, and they exit on their own when it is gone.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StreamSource:
     """Files decoded on the fly by DataLoader workers (datasets too big to cache)."""
 
     def __init__(self, samples: Sequence[Sample], size: int, min_size: int, skip_bad: bool,
-                 workers: int, pin_memory: bool):  # fmt: skip
-        self.dataset = _FileDataset(samples, size, min_size, skip_bad)
+                 workers: int, pin_memory: bool, decoder: str = "pillow"):  # fmt: skip
+        self.dataset = _FileDataset(samples, size, min_size, skip_bad, decoder)
         self.workers, self.pin_memory = workers, pin_memory
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
+        # A DataLoader draws its workers' base seed from the generator it is given, else from
+        # the global torch RNG: that draw shifted every later dropout mask, so streaming runs
+        # differed from cached ones and a resumed epoch from an uninterrupted one. Decoding is
+        # deterministic, so a private, fixed generator changes nothing else.
         loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in index_batches],
                             num_workers=self.workers, collate_fn=_collate,
-                            pin_memory=self.pin_memory)  # fmt: skip
+                            pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0),
+                            worker_init_fn=_ignore_stop_signals if self.workers else None,
+                            )  # fmt: skip
         yield from loader
 
 
@@ -115,9 +138,18 @@ class Loader:
     def __init__(self, source: PixelSource, batch_size: int, device: torch.device, *,
                  shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
                  mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 limit: int | None = None):  # fmt: skip
+                 limit: int | None = None, weights: np.ndarray | None = None,
+                 shard: tuple[int, int] = (0, 1)):  # fmt: skip
+        """``weights`` (n,) probabilities: with ``shuffle``, draw each epoch by them instead
+        of permuting (e.g. :func:`imagefit.data.balance.balanced_sample_weights`).
+
+        ``shard`` (rank, world size), distributed training: with ``shuffle`` this rank takes
+        its slice of every global batch of ``world x batch_size``; without, a contiguous
+        ``1/world`` of the samples (no padding: gathering the shards in rank order restores
+        the sample order)."""
         self.source, self.batch_size, self.device = source, batch_size, device
         self.shuffle, self.augment, self.seed, self.limit = shuffle, augment, seed, limit
+        self.weights, self.shard = weights, shard
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
@@ -126,16 +158,35 @@ class Loader:
         return len(self.source)
 
     def __len__(self) -> int:
-        full = -(-len(self.source) // self.batch_size)
+        count, (rank, world) = len(self.source), self.shard
+        if world > 1 and self.shuffle:
+            # A last global batch too small to give every rank a sample is left out.
+            full, rest = divmod(count, self.batch_size * world)
+            full += rest >= world
+        else:
+            mine = count // world + (rank < count % world)  # np.array_split's shard sizes
+            full = -(-mine // self.batch_size)
         return min(full, self.limit) if self.limit else full
 
     def index_batches(self, epoch: int) -> list[np.ndarray]:
         count = len(self.source)
-        if self.shuffle:
+        if self.shuffle and self.weights is not None:
+            # Weighted draw with replacement, same epoch length: a pure function of (seed,
+            # epoch) like the permutation, so a resumed epoch sees the same batches.
+            rng = np.random.default_rng(derive_seed(self.seed, epoch))
+            order = rng.choice(count, size=count, replace=True, p=self.weights)
+        elif self.shuffle:
             order = np.random.default_rng(derive_seed(self.seed, epoch)).permutation(count)
         else:
             order = np.arange(count)
-        return [order[i : i + self.batch_size] for i in range(0, count, self.batch_size)][: len(self)]
+        rank, world = self.shard
+        if world > 1 and self.shuffle:
+            step = self.batch_size * world
+            batches = [np.array_split(order[i : i + step], world)[rank] for i in range(0, count, step)]
+        else:
+            mine = np.array_split(order, world)[rank]
+            batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        return batches[: len(self)]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start..`` of ``epoch``: images (B, 3, S, S) float, targets (B,) or (B, K)."""
@@ -147,12 +198,15 @@ class Loader:
             labels = labels.to(self.device, non_blocking=True)
             x = pixels.permute(0, 3, 1, 2).float()  # (B, 3, S, S), channels_last strides
             if self.augment is not None:
-                generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, start + offset))
-                x, targets = self.augment(x / 255.0, labels, generator)
-                x = x * 255.0
+                # Each rank draws its own augmentation for its shard of the global batch.
+                parts = (self.shard[0],) if self.shard[1] > 1 else ()
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, start + offset, *parts))
+                x, targets = self.augment(x.div_(255.0), labels, generator)
+                # (x * 255 - mean) / std in one pass: training batches only, so evaluation
+                # keeps the arithmetic that export.preprocess.normalise mirrors bit for bit.
+                yield torch.addcmul(-self.mean / self.std, x, 255.0 / self.std), targets
             else:
-                targets = labels
-            yield (x - self.mean) / self.std, targets
+                yield (x - self.mean) / self.std, labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
@@ -200,7 +254,7 @@ def _apply_skip_list(manifest: SplitManifest, path: str, skipped: dict[str, str]
 
 def should_cache(d: DataConfig, count: int, size: int) -> bool:
     """The fast path when asked, or when ``count`` decoded images fit the memory budget."""
-    return d.cache == "always" or (
+    return d.cache in ("always", "mmap") or (
         d.cache == "auto" and decoded_bytes(count, size) <= d.memory_budget_mb * 2**20
     )
 
@@ -210,18 +264,28 @@ def make_source(d: DataConfig, samples: list[Sample], size: int, cache: bool, de
     """A pixel source for ``samples`` and the samples it really holds (bad files skipped)."""
     if not cache:
         source = StreamSource(samples, size, d.min_size, d.on_bad == "skip", d.num_workers,
-                              device.type == "cuda")  # fmt: skip
+                              device.type == "cuda", d.decoder)  # fmt: skip
         return source, samples
-    decoded = decode_cached(samples, size, d.min_size, d.on_bad, d.cache_dir)
+    decoded = decode_cached(samples, size, d.min_size, d.on_bad, d.cache_dir, decoder=d.decoder)
     for position, reason in decoded.bad.items():
         skipped[str(samples[position][0])] = reason
         log.warning("skipped bad image: %s", reason)
     kept = [samples[i] for i in decoded.keep]
-    return ArraySource(decoded.pixels, [label for _, label in kept], device), kept
+    labels = [label for _, label in kept]
+    over_budget = decoded_bytes(len(kept), size) > d.memory_budget_mb * 2**20
+    if (d.cache == "mmap" or over_budget) and isinstance(decoded.pixels, np.memmap):
+        log.info("%d images read from the cache file per batch (%s)", len(kept),
+                 "data.cache=mmap" if d.cache == "mmap" else "over data.memory_budget_mb")  # fmt: skip
+        return DiskArraySource(decoded.pixels, labels, device), kept
+    return ArraySource(decoded.pixels, labels, device), kept
 
 
-def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = None) -> DataBundle:
-    """Resolve the splits of ``cfg.data`` and build the train/val/test loaders."""
+def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = None,
+               shard: tuple[int, int] = (0, 1)) -> DataBundle:  # fmt: skip
+    """Resolve the splits of ``cfg.data`` and build the train/val/test loaders.
+
+    ``shard`` (rank, world size): this process's part of every split (distributed training).
+    """
     d, t = cfg.data, cfg.train
     manifest = load_manifest(cfg)
     skipped: dict[str, str] = {}
@@ -240,7 +304,11 @@ def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = No
         train = name == "train"
         augment = BatchAugment(cfg.augment, d.image_size, len(manifest.classes)) if train and d.augment else None
         size = (batch_size or t.batch_size) if train else (t.eval_batch_size or t.batch_size)
+        weights = None
+        if train and d.sampler == "balanced":
+            weights = balanced_sample_weights([label for _, label in kept], manifest.classes)
         loaders[name] = Loader(source, size, device, shuffle=train, augment=augment, seed=t.seed,
-                               mean=d.mean, std=d.std, limit=t.limit_batches)  # fmt: skip
+                               mean=d.mean, std=d.std, limit=t.limit_batches,
+                               weights=weights, shard=shard)  # fmt: skip
     return DataBundle(manifest.classes, manifest, loaders["train"], loaders["val"],
                       loaders.get("test"), cache, skipped)  # fmt: skip
