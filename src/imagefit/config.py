@@ -7,7 +7,8 @@ dotted key name, because a typo in an experiment config silently ignored costs a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,6 +17,7 @@ from imagefit.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SEED_LIMIT = 2**63  # numpy's SeedSequence takes no negative seed, torch none of 2**64 or more
 
 
 class Section(BaseModel):
@@ -30,15 +32,24 @@ class DataConfig(Section):
     augment: bool = True  # master switch; details in the `augment` section
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
-    split_seed: int = 42
+    split_seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     split_manifest: str | None = None  # use an existing split.json instead of splitting
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
-    cache: Literal["auto", "always", "never"] = "auto"
+    # auto: decode once into a cached array when it fits memory_budget_mb, else stream files;
+    # always: the cached array, read from disk per batch when over the budget; mmap: the
+    # cached array, always read from disk per batch (never held in RAM); never: stream
+    cache: Literal["auto", "always", "mmap", "never"] = "auto"
+    # pillow: the canonical pixels; torchvision: JPEGs decoded by torchvision.io and all images
+    # resized by torch (2-4x faster; up to 1 level off Pillow on a few % of pixels)
+    decoder: Literal["pillow", "torchvision"] = "pillow"
     cache_dir: str | None = None  # default: $IMAGEFIT_CACHE or ~/.cache/imagefit
     memory_budget_mb: int = Field(4096, ge=1)  # decoded dataset larger than this streams
     num_workers: int = Field(2, ge=0)
+    # shuffle: each image once per epoch; balanced: draw the epoch (same length) with
+    # replacement, each class equally likely, for imbalanced data
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -79,6 +90,8 @@ class OptimConfig(Section):
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
+    # auto: fused kernels where the optimizer and device have them (CUDA, CPU), else foreach
+    implementation: Literal["auto", "fused", "foreach", "loop"] = "auto"
 
 
 class ScheduleConfig(Section):
@@ -94,13 +107,17 @@ class ScheduleConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # per process: torchrun with N processes trains on N x this
     eval_batch_size: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     device: str = "auto"  # auto (cuda -> mps -> cpu) | cpu | cuda | cuda:1 | mps
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model (slow first steps, faster later ones)
+    sync_bn: bool = False  # distributed: batch-norm statistics over the global batch
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # balanced: weight the training loss by n / (classes * count[class]) of the train split
+    class_weights: Literal["none", "balanced"] = "none"
     grad_clip: float | None = Field(None, gt=0)
     monitor: str = "val_accuracy"  # selects best.pt, drives early stopping and plateau
     patience: int | None = Field(None, ge=1)  # early stopping; None turns it off
@@ -109,6 +126,11 @@ class TrainConfig(Section):
     deterministic: bool = False
     limit_batches: int | None = Field(None, ge=1)  # cap batches per epoch and per evaluation
     threads: int | None = Field(None, ge=1)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _off_is_a_word(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads `amp: off` as False
 
     @field_validator("monitor")
     @classmethod
@@ -176,8 +198,26 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _is_text_field(parts: list[str]) -> bool:
+    """True when ``parts`` names a text field: ``str``, ``str | None`` or a Literal of words."""
+    model: Any = Config
+    for part in parts:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        model = fields[part].annotation
+    if get_origin(model) is Literal:
+        return all(isinstance(choice, str) for choice in get_args(model))
+    return model is str or (get_origin(model) in (Union, UnionType) and str in get_args(model))
+
+
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    """Apply ``key.sub=value`` to a nested dict in place."""
+    """Apply ``key.sub=value`` to a nested dict in place.
+
+    A text field takes the text as written when YAML would read a number or a boolean:
+    ``output.name=2024`` names a run "2024" and ``train.amp=off`` is "off", not False
+    (``null`` still means None).
+    """
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{assignment}' is not of the form key.sub=value")
@@ -188,7 +228,10 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override '{assignment}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = parse_value(raw)
+    value = parse_value(raw)
+    if isinstance(value, bool | int | float) and _is_text_field(parts):
+        value = raw.strip()
+    node[parts[-1]] = value
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:

@@ -14,6 +14,18 @@ class DataError(ImagefitError):
     """A dataset, folder or image file cannot be used as asked."""
 
 
+class ImageError(DataError):
+    """One image file cannot be used; ``kind`` says why, for reports that group bad files.
+
+    Kinds: ``missing``, ``not_image``, ``unreadable`` (truncated or corrupt), ``unsupported_mode``,
+    ``too_small``, ``too_large`` (more pixels than Pillow's decompression-bomb limit).
+    """
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class CheckpointError(ImagefitError):
     """A checkpoint or run folder is missing, damaged, unsafe or does not fit."""
 

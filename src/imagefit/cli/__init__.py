@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from imagefit.cli import data, run
+from imagefit.cli import data, export, run, sweep, tune
+from imagefit.cli.common import main_process
 from imagefit.errors import ImagefitError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,6 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
            quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:  # fmt: skip
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    if not main_process():
+        level = max(level, logging.WARNING)  # under torchrun, rank 0 speaks for the run
     logging.basicConfig(level=level, format="%(levelname).1s %(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)  # fmt: skip
 
@@ -31,6 +34,9 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 run.register(app)
 app.add_typer(run.config_app, name="config")
 app.add_typer(data.app, name="data")
+sweep.register(app)  # sweep, report, baseline
+export.register(app)  # export, predict
+tune.register(app)  # tune-batch
 
 
 def main() -> None:

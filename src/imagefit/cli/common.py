@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+import os
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,7 +12,12 @@ from rich.table import Table
 console = Console()
 
 SetOption = Annotated[list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")]
-LimitOption = Annotated[Optional[int], typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")]  # noqa: UP007
+LimitOption = Annotated[int | None, typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")]  # noqa: UP007
+
+
+def main_process() -> bool:
+    """False on the ranks other than 0 of a torchrun launch: they neither log info nor print."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def fmt(value: Any) -> str:

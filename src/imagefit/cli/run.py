@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from imagefit.cli.common import LimitOption, SetOption, console, metric_table, print_result, with_limit
+from imagefit.cli.common import (
+    LimitOption,
+    SetOption,
+    console,
+    main_process,
+    metric_table,
+    print_result,
+    with_limit,
+)
 from imagefit.errors import ImagefitError
 
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
@@ -26,10 +34,10 @@ def demo(
 
 
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config.")] = None,  # noqa: UP007
+    config: Annotated[Path | None, typer.Argument(help="YAML config.")] = None,  # noqa: UP007
     overrides: SetOption = [],  # noqa: B006
     limit_batches: LimitOption = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run folder.")] = None,  # noqa: UP007
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder.")] = None,  # noqa: UP007
 ) -> None:
     """Train from CONFIG into a new run folder, or --resume RUN_DIR."""
     from imagefit.config import load_config
@@ -43,13 +51,14 @@ def train(
         if config is None:
             raise ImagefitError("give a CONFIG file (or --resume RUN_DIR)")
         result = fit(load_config(config, with_limit(overrides, limit_batches)))
-    print_result(result)
+    if main_process():
+        print_result(result)
 
 
 def eval_(
     target: Annotated[Path, typer.Argument(help="Run folder or checkpoint.")],
     split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset root (if moved).")] = None,  # noqa: UP007
+    data: Annotated[str | None, typer.Option("--data", help="Dataset root (if moved).")] = None,  # noqa: UP007
     limit_batches: LimitOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
 ) -> None:
@@ -67,7 +76,7 @@ def eval_(
 
 @config_app.command("show")
 def config_show(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config (defaults if absent).")] = None,  # noqa: UP007
+    config: Annotated[Path | None, typer.Argument(help="YAML config (defaults if absent).")] = None,  # noqa: UP007
     overrides: SetOption = [],  # noqa: B006
 ) -> None:
     """Print the resolved config (defaults <- file <- --set)."""

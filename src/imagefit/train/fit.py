@@ -4,6 +4,7 @@ for epoch: train_one_epoch -> evaluate(val) -> log -> checkpoint -> early stop; 
 split, once, with the best checkpoint. Every epoch ends with ``last.pt`` holding all state
 (weights, optimizer, schedule, scaler, early stopping, RNG, history), and a signal mid-epoch
 saves the position inside the epoch too, so ``fit(resume=run_dir)`` continues exactly.
+Under torchrun every process runs fit(); :mod:`imagefit.train.distributed` holds what differs.
 """
 
 from __future__ import annotations
@@ -22,12 +23,21 @@ from imagefit.config import Config, config_from_dict
 from imagefit.data.loaders import DataBundle, build_data, derive_seed
 from imagefit.errors import CheckpointError, Interrupted
 from imagefit.evaluate.metrics import compute_metrics
+from imagefit.export.onnx import export_after_training
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, count_parameters
 from imagefit.track.base import Tracker
 from imagefit.train import rundir
-from imagefit.train.checkpoint import load_checkpoint, save_checkpoint
+from imagefit.train.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
+from imagefit.train.distributed import (
+    Distributed,
+    NullTracker,
+    TrainingModule,
+    convert_sync_bn,
+    session,
+)
 from imagefit.train.loop import EpochProgress, Precision, evaluate, train_one_epoch
+from imagefit.train.losses import create_criterion
 from imagefit.train.optim import LRSchedule, create_optimizer
 from imagefit.train.runtime import amp_dtype, configure, rng_state, set_rng_state
 from imagefit.train.signals import graceful_stop
@@ -66,6 +76,8 @@ class Run:
     train_images: int = 0
     wall_before: float = 0.0  # wall time of earlier sessions of a resumed run
     started: float = field(default_factory=time.perf_counter)
+    dist: Distributed = field(default_factory=Distributed)
+    wrap: TrainingModule = field(default_factory=lambda: TrainingModule(Distributed()))  # DDP, compile
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -79,17 +91,21 @@ class Run:
         d = self.cfg.data
         return {"arch": self.cfg.model.name, "classes": self.data.classes,
                 "num_classes": len(self.data.classes), "image_size": d.image_size,
-                "mean": list(d.mean), "std": list(d.std), "run_dir": str(self.run_dir.resolve()),
+                "mean": list(d.mean), "std": list(d.std), "decoder": d.decoder,
+                "run_dir": str(self.run_dir.resolve()),
                 "init": getattr(self.model, "imagefit_init", {"init": self.cfg.model.init})}  # fmt: skip
 
     def state(self) -> dict[str, Any]:
+        """Everything to resume; distributed, every rank calls it (it gathers their RNG and sums)."""
         p = self.progress
+        progress = {"loss_sum": p.loss_sum, "correct": p.correct, "count": p.count, "seconds": p.seconds}
+        ranks = self.dist.gather({"rng": rng_state(), "progress": progress}) if self.dist.enabled else None
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(), "early_stopping": self.stopper.state_dict(),
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "epoch": self.epoch, "batch": p.batch,
-            "progress": {"loss_sum": p.loss_sum, "correct": p.correct, "count": p.count, "seconds": p.seconds},
+            "progress": progress, "ranks": ranks,
             "history": self.history, "train_seconds": self.train_seconds, "train_images": self.train_images,
             "wall_seconds": self.wall_seconds(),
             "rng": rng_state(), "config": self.cfg.to_dict(), "classes": self.data.classes,
@@ -111,33 +127,31 @@ class Run:
         if self.precision.scaler is not None and state["scaler"] is not None:
             self.precision.scaler.load_state_dict(state["scaler"])
         self.epoch, self.history = state["epoch"], state["history"]
-        self.progress = EpochProgress(batch=state["batch"], **state["progress"])
+        mine = self.dist.rank_state(state) or {"rng": state["rng"], "progress": state["progress"]}
+        self.progress = EpochProgress(batch=state["batch"], **mine["progress"])
         self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
         self.wall_before = state.get("wall_seconds", 0.0)
-        set_rng_state(state["rng"])
+        set_rng_state(mine["rng"])
 
 
-def _build(cfg: Config, run_dir: Path, init: str | None = None) -> Run:
-    device = configure(cfg.train)
-    data = build_data(cfg, device)
+def _build(cfg: Config, run_dir: Path, init: str | None = None, dist: Distributed | None = None) -> Run:
+    dist = dist or Distributed()
+    device = dist.place(configure(cfg.train))
+    with dist.main_first():  # rank 0 decodes the image cache; the others then read it
+        data = build_data(cfg, device, shard=dist.shard)
     model = create_model(cfg.model.name, len(data.classes), init or cfg.model.init, cfg.model.drop_rate)
     model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    model = convert_sync_bn(model, dist, cfg.train.sync_bn)
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     precision = Precision(device, dtype, scaler, cfg.train.channels_last)
     optimizer = create_optimizer(model, cfg.optim, cfg.finetune)
     stopper = EarlyStopping(cfg.train.monitor, cfg.train.patience, cfg.train.min_delta)
     schedule = LRSchedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, stopper.mode)
-    criterion = _criterion(cfg)
-    return Run(cfg, run_dir, data, model, optimizer, schedule, stopper, precision, criterion)
-
-
-def _criterion(cfg: Config) -> nn.Module:
-    if cfg.data.augment and (cfg.augment.mixup > 0 or cfg.augment.cutmix > 0):
-        from timm.loss import SoftTargetCrossEntropy
-
-        return SoftTargetCrossEntropy()  # mixup targets are soft, label smoothing included
-    return nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    train_labels = [label for _, label in data.manifest.splits["train"]]
+    criterion = create_criterion(cfg, train_labels, data.classes).to(device)
+    return Run(cfg, run_dir, data, model, optimizer, schedule, stopper, precision, criterion,
+               dist=dist, wrap=TrainingModule(dist, cfg.train.compile))  # fmt: skip
 
 
 def _enter_phase(run: Run, epoch: int) -> None:
@@ -149,8 +163,10 @@ def _enter_phase(run: Run, epoch: int) -> None:
 
 def _save(run: Run, names: list[str]) -> None:
     state = run.state()
-    for name in names:
-        save_checkpoint(state, run.run_dir / name)
+    if run.dist.is_main:
+        for name in names:
+            save_checkpoint(state, run.run_dir / name)
+    run.dist.barrier()  # no rank goes on (or exits) before rank 0 has written
 
 
 def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
@@ -158,18 +174,22 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     _enter_phase(run, epoch)
     lr = run.schedule.start_epoch(epoch)
     if run.progress.batch == 0:  # a resumed epoch restored the RNG state of its checkpoint
-        torch.manual_seed(derive_seed(run.cfg.train.seed, epoch, 1))
+        torch.manual_seed(derive_seed(run.cfg.train.seed, epoch, 1, *run.dist.seed_parts))
     started = time.perf_counter()
-    p = train_one_epoch(run.model, run.data.train, run.optimizer, run.criterion, run.precision,
-                        epoch, run.progress, run.cfg.train.grad_clip, should_stop=lambda: bool(stop))  # fmt: skip
+    p = train_one_epoch(run.wrap(run.model), run.data.train, run.optimizer, run.criterion, run.precision,
+                        epoch, run.progress, run.cfg.train.grad_clip, should_stop=lambda: bool(stop),
+                        agree=run.dist.agree_step)  # fmt: skip
     p.seconds += time.perf_counter() - started
     if p.interrupted:
         _save(run, ["last.pt"])
         raise Interrupted(f"stopped at epoch {epoch + 1}, batch {p.batch}; resume with "
                           f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
+    loss_sum, correct, count = run.dist.sum([p.loss_sum, p.correct, p.count])  # all ranks' images
+    p.loss_sum, p.correct, p.count = loss_sum, correct, int(count)
     run.train_seconds += p.seconds
     run.train_images += p.count
-    targets, logits, loss = evaluate(run.model, run.data.val, run.precision, desc="val")
+    run.dist.sync_buffers(run.model)
+    targets, logits, loss = run.dist.gather_predictions(*evaluate(run.model, run.data.val, run.precision, desc="val"))
     val = compute_metrics(targets, logits, run.data.classes, loss)
     return {"epoch": epoch + 1, "train_loss": p.loss, "train_accuracy": p.accuracy,
             "val_loss": val["loss"], "val_accuracy": val["accuracy"],
@@ -177,40 +197,48 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
             "lr": lr, "phase": run.phase(epoch), "time_s": p.seconds}  # fmt: skip
 
 
-def _train_epochs(run: Run, tracker: Tracker, on_epoch: EpochHook | None = None) -> None:
-    cfg = run.cfg
-    with graceful_stop() as stop:
-        while run.epoch < cfg.train.epochs and not run.stopper.should_stop:
-            row = _epoch(run, run.epoch, stop)
-            run.history.append(row)
-            tracker.log_epoch(row)
-            value = row[cfg.train.monitor] if cfg.train.monitor in row else None
-            run.schedule.end_epoch(value)
-            improved = value is not None and run.stopper.update(value, row["epoch"])
-            run.epoch, run.progress = run.epoch + 1, EpochProgress()
-            every = cfg.train.checkpoint_every
-            periodic = [f"epoch_{run.epoch:03d}.pt"] if every and run.epoch % every == 0 else []
-            _save(run, ["last.pt"] + (["best.pt"] if improved else []) + periodic)
+def _train_epochs(run: Run, tracker: Tracker, stop: Any, on_epoch: EpochHook | None = None) -> None:
+    cfg, dist = run.cfg, run.dist
+    if dist.any(bool(stop)) and run.epoch < cfg.train.epochs and not run.stopper.should_stop:
+        # A signal while the data loaded; fit() has saved the starting point.
+        raise Interrupted(f"stopped before training epoch {run.epoch + 1}; resume with "
+                          f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
+    while run.epoch < cfg.train.epochs and not run.stopper.should_stop:
+        row = _epoch(run, run.epoch, stop)
+        run.history.append(row)
+        tracker.log_epoch(row)
+        value = row.get(cfg.train.monitor)
+        run.schedule.end_epoch(value)
+        improved = value is not None and run.stopper.update(value, row["epoch"])
+        run.epoch, run.progress = run.epoch + 1, EpochProgress()
+        every = cfg.train.checkpoint_every
+        periodic = [f"epoch_{run.epoch:03d}.pt"] if every and run.epoch % every == 0 else []
+        # last.pt goes last: it is the commit point. A kill while best.pt is written then
+        # resumes from the previous last.pt and redoes this epoch (and best.pt) exactly,
+        # instead of leaving a last.pt that claims a best.pt which never got written.
+        _save(run, (["best.pt"] if improved else []) + periodic + ["last.pt"])
+        if dist.is_main:
             rundir.write_history(run.run_dir, run.history)
-            if on_epoch is not None:
-                on_epoch(row)  # may raise, e.g. to prune a sweep trial; the state is saved
-            log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
-                     "lr %.3g  %.1fs%s", row["epoch"], cfg.train.epochs, row["train_loss"],
-                     row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["lr"],
-                     row["time_s"], "  *" if improved else "")  # fmt: skip
-            if stop and run.epoch < cfg.train.epochs:
-                raise Interrupted(f"stopped after epoch {run.epoch}; resume with "
-                                  f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(row)  # may raise, e.g. to prune a sweep trial; the state is saved
+        log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
+                 "lr %.3g  %.1fs%s", row["epoch"], cfg.train.epochs, row["train_loss"],
+                 row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["lr"],
+                 row["time_s"], "  *" if improved else "")  # fmt: skip
+        if dist.any(bool(stop)) and run.epoch < cfg.train.epochs:
+            raise Interrupted(f"stopped after epoch {run.epoch}; resume with "
+                              f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
 
 
 def _finish(run: Run, tracker: Tracker) -> RunResult:
     """Test the best checkpoint once; write metrics.json and summary.json."""
-    best = load_checkpoint(run.run_dir / "best.pt", map_location=run.precision.device)
-    run.model.load_state_dict(best["model"])
+    run.dist.load_from_main(run.model, lambda: load_checkpoint(run.run_dir / "best.pt")["model"])
     metrics = None
     if run.data.test is not None:
-        targets, logits, loss = evaluate(run.model, run.data.test, run.precision, desc="test")
+        evaluated = evaluate(run.model, run.data.test, run.precision, desc="test")
+        targets, logits, loss = run.dist.gather_predictions(*evaluated)
         metrics = {"split": "test", **compute_metrics(targets, logits, run.data.classes, loss)}
+    if metrics is not None and run.dist.is_main:
         rundir.write_json(run.run_dir / "metrics.json", metrics)
     total, trainable = count_parameters(run.model)
     summary = {
@@ -226,16 +254,33 @@ def _finish(run: Run, tracker: Tracker) -> RunResult:
         "early_stopped": run.stopper.should_stop, "skipped_files": len(run.data.skipped),
         "status": "finished",
     }  # fmt: skip
+    if not run.dist.is_main:
+        return RunResult(run.run_dir, run.history, metrics, summary)
     rundir.write_json(run.run_dir / "summary.json", summary)
+    write_plots(run.run_dir)
+    export_after_training(run.cfg, run.run_dir)  # before log_final: MLflow logs the ONNX file
     tracker.log_final(metrics or {}, summary, run.run_dir)
     return RunResult(run.run_dir, run.history, metrics, summary)
 
 
+def write_plots(run_dir: Path) -> None:
+    """Write ``run_dir/plots/``; a plotting error only logs a warning (the run is complete)."""
+    try:
+        from imagefit.evaluate.plots import plot_run
+
+        plot_run(run_dir)
+    except Exception as exc:  # noqa: BLE001 - pictures must never fail a finished run
+        log.warning("%s: could not write plots (%s: %s)", run_dir, type(exc).__name__, exc)
+
+
 def _write_records(run: Run) -> None:
-    rundir.write_json(run.run_dir / "environment.json", rundir.environment(run.precision.device, run.cfg.train.seed))
+    environment = rundir.environment(run.precision.device, run.cfg.train.seed)
+    rundir.write_json(run.run_dir / "environment.json", {**environment, "world_size": run.dist.world_size})
     run.data.manifest.save(run.run_dir / "split.json")
     if run.data.skipped:
         rundir.write_json(run.run_dir / "skipped.json", run.data.skipped)
+    if run.history:  # a kill between last.pt and history.json left the files one epoch behind
+        rundir.write_history(run.run_dir, run.history)
     total, trainable = count_parameters(run.model)
     log.info("model %s: %d parameters, %d trainable (%s)", run.cfg.model.name, total, trainable,
              run.phase(run.epoch))  # fmt: skip
@@ -247,36 +292,58 @@ def fit(cfg: Config | None = None, *, resume: str | Path | None = None,
 
     ``on_epoch(row)`` is called after each epoch's history row is saved.
     """
-    if resume is not None:
-        run_dir = Path(resume)
-        state = _resume_state(run_dir)
-        cfg = config_from_dict(state["config"], source=f"{run_dir}/last.pt")
-        cfg.data.split_manifest = cfg.data.split_manifest or str(run_dir / "split.json")
-        run = _build(cfg, run_dir, init="scratch")  # weights come from the checkpoint
-        run.model.imagefit_init = state["meta"].get("init")
-        run.load_state(state)
-        log.info("resuming %s at epoch %d, batch %d", run_dir, run.epoch + 1, run.progress.batch)
-    else:
-        if cfg is None:
-            raise ValueError("fit() needs a config or a run folder to resume")
-        run_dir = rundir.create_run_dir(cfg)
-        run = _build(cfg, run_dir)
-    _write_records(run)
-    tracker = Tracker(run.cfg, run.run_dir)
-    try:
-        _train_epochs(run, tracker, on_epoch)
-        return _finish(run, tracker)
-    finally:
-        tracker.close()
+    if resume is None and cfg is None:
+        raise ValueError("fit() needs a config or a run folder to resume")
+    # The handlers cover the whole run, not only the epochs: a signal while the data loads
+    # stops before the first step (with a checkpoint), and one during the final test
+    # evaluation lets the run finish, where the default action would kill the process.
+    with graceful_stop() as stop, session() as dist:
+        if resume is not None:
+            run = _resume(Path(resume), dist)
+        else:
+            run = _build(cfg, _new_run_dir(cfg, dist), dist=dist)
+        if dist.is_main:
+            _write_records(run)
+        if not dist.broadcast((run.run_dir / "last.pt").is_file()):
+            _save(run, ["last.pt"])  # from here on, a kill at any moment leaves a resumable run
+        tracker = Tracker(run.cfg, run.run_dir) if dist.is_main else NullTracker()
+        try:
+            _train_epochs(run, tracker, stop, on_epoch)
+            return _finish(run, tracker)
+        finally:
+            tracker.close()
 
 
-def _resume_state(run_dir: Path) -> dict[str, Any]:
+def _new_run_dir(cfg: Config, dist: Distributed) -> Path:
+    """Rank 0 creates the run folder; every rank learns its name."""
+    run_dir = Path(dist.broadcast(str(rundir.create_run_dir(cfg)) if dist.is_main else ""))
+    if not dist.is_main:
+        cfg.output.name = run_dir.name
+    return run_dir
+
+
+def _resume(run_dir: Path, dist: Distributed | None = None) -> Run:
+    state = _resume_state(run_dir, clean=dist is None or dist.is_main)
+    cfg = config_from_dict(state["config"], source=f"{run_dir}/last.pt")
+    cfg.data.split_manifest = cfg.data.split_manifest or str(run_dir / "split.json")
+    run = _build(cfg, run_dir, init="scratch", dist=dist)  # weights come from the checkpoint
+    run.model.imagefit_init = state["meta"].get("init")
+    run.load_state(state)
+    log.info("resuming %s at epoch %d, batch %d", run_dir, run.epoch + 1, run.progress.batch)
+    return run
+
+
+def _resume_state(run_dir: Path, clean: bool = True) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise CheckpointError(f"cannot resume: run folder not found: {run_dir}")
     last = run_dir / "last.pt"
     if not last.is_file():
-        raise CheckpointError(f"cannot resume {run_dir}: it has no last.pt (the run never finished an "
-                              "epoch or was not made by imagefit); start it again instead")  # fmt: skip
+        raise CheckpointError(
+            f"cannot resume {run_dir}: it has no last.pt (the run never started training or was "
+            "not made by imagefit); start it again instead"
+        )
+    if clean:  # distributed, only rank 0 touches the folder
+        remove_partial_writes(run_dir)
     state = load_checkpoint(last)
     missing = {"model", "optimizer", "config", "epoch", "rng"} - set(state)
     if missing:

@@ -2,14 +2,15 @@
 
 Running sums stay on the device (no per-step ``.item()`` for metrics); the one host sync per
 step is the finiteness check, which must happen before ``optimizer.step()`` to keep the weights
-of the last good step.
+of the last good step. The stop request travels in the same small tensor, so that in a
+distributed run one all-reduce per step makes every process agree on both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,45 @@ from tqdm.auto import tqdm
 from imagefit.data.loaders import Loader
 from imagefit.errors import TrainingStopped
 from imagefit.models.transfer import freeze_frozen_norms
+
+# (step finite: 0-dim bool tensor, stop requested here) -> (finite on every process, stop
+# requested on any): what all processes of a distributed run agree on, in one all-reduce.
+StepAgreement = Callable[[torch.Tensor, bool], tuple[bool, bool]]
+
+
+def _bars_disabled() -> bool | None:
+    """No progress bars on the other processes of a distributed run (None: tqdm decides)."""
+    return True if int(os.environ.get("RANK", "0")) > 0 else None
+
+
+def grad_norm(params: Sequence[torch.Tensor], clip: float | None) -> torch.Tensor | None:
+    """Total L2 norm of the gradients (None without any), clipping them to ``clip`` if set.
+
+    Without a clip only the norm is computed: ``clip_grad_norm_(params, inf)`` also multiplied
+    every gradient by 1.0, a second pass over all of them on every step.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    if clip is not None:
+        return nn.utils.clip_grad_norm_(params, clip)
+    if not hasattr(nn.utils, "get_total_norm"):  # torch < 2.6
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    # One C++ loop over the tensors instead of one Python call each (small models feel it).
+    foreach = True if grads[0].device.type in ("cpu", "cuda") else None
+    return nn.utils.get_total_norm(grads, foreach=foreach)
+
+
+def step_is_finite(loss: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
+    """0-dim bool on the device, without a host sync: loss and gradient norm are finite.
+
+    ``norm`` is None under a grad scaler without clipping: the scaler skips steps with
+    non-finite gradients itself (and lowers its scale).
+    """
+    probe = loss.detach().float()
+    if norm is not None:
+        probe = probe * 0 + norm  # inf * 0 is nan: one test covers both
+    return torch.isfinite(probe)
 
 
 @dataclass
@@ -71,49 +111,56 @@ def train_one_epoch(
     progress: EpochProgress,
     grad_clip: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    agree: StepAgreement | None = None,
 ) -> EpochProgress:
-    """Train from ``progress.batch`` to the end of the epoch (or until ``should_stop``)."""
+    """Train from ``progress.batch`` to the end of the epoch (or until ``should_stop``).
+
+    ``agree`` makes the processes of a distributed run take the same decisions each step.
+    """
     model.train()
     freeze_frozen_norms(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    device = precision.device
-    sums = torch.tensor([progress.loss_sum, progress.correct], dtype=torch.float64, device=device)
+    # Running sums on the device (float64; MPS has none); read once, at the end.
+    kind = torch.float32 if precision.device.type == "mps" else torch.float64
+    loss_sum = torch.tensor(progress.loss_sum, dtype=kind, device=precision.device)
+    correct = torch.tensor(progress.correct, dtype=kind, device=precision.device)
     count = progress.count
     bar = tqdm(loader.epoch(epoch, progress.batch), total=len(loader), initial=progress.batch,
-               desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=None)  # fmt: skip
+               desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=_bars_disabled())  # fmt: skip
     for step, (x, targets) in enumerate(bar, start=progress.batch):
         with precision.autocast():
             logits = model(precision.prepare(x))
             loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
-        if precision.scaler is not None:
-            precision.scaler.scale(loss).backward()
-            precision.scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
-        finite = torch.isfinite(loss.detach()) & (torch.isfinite(norm) | (precision.scaler is not None))
-        if not bool(finite):
+        scaler = precision.scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None and grad_clip is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        # With a scaler and no clip the norm is never needed: the scaler checks the gradients.
+        norm = grad_norm(params, grad_clip) if scaler is None or grad_clip is not None else None
+        finite = step_is_finite(loss, norm)
+        finite, stop = agree(finite, should_stop()) if agree else (bool(finite), should_stop())
+        if not finite:  # the one host sync of a step: before the step, to keep good weights
             what = "loss" if not torch.isfinite(loss) else "gradient norm"
             raise TrainingStopped(
                 f"non-finite {what} at epoch {epoch + 1}, step {step + 1} (loss={loss.item()}, "
-                f"grad norm={norm.item()}); stopped before the optimizer step, so the weights "
-                "are those of the last good step"
+                f"grad norm={norm.item() if norm is not None else None}); stopped before the "
+                "optimizer step, so the weights are those of the last good step"
             )
-        if precision.scaler is not None:
-            precision.scaler.step(optimizer)
-            precision.scaler.update()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
         else:
             optimizer.step()
         hard = targets.argmax(1) if targets.ndim == 2 else targets
-        sums += torch.stack([loss.detach().double() * len(x),
-                             (logits.argmax(1) == hard).sum().double()])  # fmt: skip
+        loss_sum.add_(loss.detach(), alpha=len(x))
+        correct.add_((logits.argmax(1) == hard).sum())
         count += len(x)
         progress.batch = step + 1
-        if should_stop() and progress.batch < len(loader):
+        if stop and progress.batch < len(loader):
             progress.interrupted = True
             break
-    progress.loss_sum, progress.correct = (float(v) for v in sums.tolist())
+    progress.loss_sum, progress.correct = float(loss_sum), float(correct)
     progress.count = count
     return progress
 
@@ -127,7 +174,7 @@ def evaluate(
     all_logits, all_targets = [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=precision.device)
     for x, targets in tqdm(loader.epoch(0), total=len(loader), desc=desc, unit="batch",
-                           leave=False, disable=None):  # fmt: skip
+                           leave=False, disable=_bars_disabled()):  # fmt: skip
         with precision.autocast():
             logits = model(precision.prepare(x)).float()
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()

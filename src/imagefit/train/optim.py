@@ -18,19 +18,42 @@ from torch import nn
 from imagefit.config import FinetuneConfig, OptimConfig, ScheduleConfig
 from imagefit.errors import ConfigError
 
-OptimizerFactory = Callable[[list[dict[str, Any]], OptimConfig], torch.optim.Optimizer]
+
+def _fused_capable() -> list[str]:
+    """Device types with fused kernels in this torch (its own list, which it checks at step())."""
+    from torch.utils import _foreach_utils
+
+    return getattr(_foreach_utils, "_get_fused_kernels_supported_devices", lambda: ["cuda"])()
+
+
+# factory(param groups, config, **kernel options such as fused=True) -> optimizer
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr, betas=c.betas, eps=c.eps),
-    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps),
-    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum,
-                                             nesterov=c.nesterov and c.momentum > 0),
+    "adam": lambda groups, c, **kw: torch.optim.Adam(groups, lr=c.lr, betas=c.betas, eps=c.eps, **kw),
+    "adamw": lambda groups, c, **kw: torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, **kw),
+    "sgd": lambda groups, c, **kw: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum,
+                                                   nesterov=c.nesterov and c.momentum > 0, **kw),
 }  # fmt: skip
+# Devices with fused Adam/AdamW/SGD kernels (CPU since torch 2.4). On a CPU they are ~20x
+# faster than torch's default per-tensor loop for a ResNet-18 (benchmarks/fit_vs_loop.py).
+FUSED_DEVICES = ("cuda", "cpu") if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 4) else ("cuda",)
 
 
 def _lookup(registry: dict[str, Any], name: str, key: str) -> Any:
     if name not in registry:
         raise ConfigError(f"{key} '{name}' is not one of: {', '.join(sorted(registry))}")
     return registry[name]
+
+
+def kernel_options(implementation: str, device: torch.device) -> dict[str, bool]:
+    """The optimizer keyword for ``optim.implementation`` on ``device``: fused, foreach or loop."""
+    if implementation == "auto":
+        implementation = "fused" if device.type in FUSED_DEVICES else "foreach"
+    elif implementation == "fused" and device.type not in _fused_capable():
+        raise ConfigError(f"optim.implementation 'fused': torch has no fused optimizer kernels "
+                          f"for {device.type}; use auto or foreach")  # fmt: skip
+    return {"fused": {"fused": True}, "foreach": {"foreach": True},
+            "loop": {"foreach": False}}[implementation]  # fmt: skip
 
 
 def create_optimizer(model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig) -> torch.optim.Optimizer:
@@ -51,7 +74,8 @@ def create_optimizer(model: nn.Module, optim: OptimConfig, finetune: FinetuneCon
             p.requires_grad_(trainable[n])
     for group in groups:
         group.setdefault("lr_scale", 1.0)
-    return factory(groups, optim)
+    device = next(model.parameters()).device
+    return factory(groups, optim, **kernel_options(optim.implementation, device))
 
 
 # A schedule is the lr multiplier of an epoch (0-based) of `epochs`: f(epoch, epochs, cfg).
