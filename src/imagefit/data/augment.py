@@ -9,13 +9,13 @@ batch is the same whatever the device, the worker count, or where a resumed run 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagefit.config import AugmentConfig
+from imagefit.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 
 # (images (B, C, S, S) float in [0, 1], targets (B,) int or (B, K) soft, generator) -> same
 BatchOp = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -99,10 +99,12 @@ def shift_and_flip(x: torch.Tensor, shift: torch.Tensor, flip_x: torch.Tensor,
     return out.view(batch, size, size, channels).permute(0, 3, 1, 2)  # channels_last strides
 
 
-# Further batch ops (RandAugment, random erasing, mixup/cutmix) register here by config key:
-# each factory gets (config, image size, number of classes) and returns an op, or None when the
-# config switches it off.
-OpFactory = Callable[[AugmentConfig, int, int], BatchOp | None]
+# Further batch ops (RandAugment, random erasing, mixup/cutmix: imagefit.data.batch_ops) register
+# here by config key. Each factory gets (config, image size, number of classes, data mean, data
+# std) and returns an op, or None when the config switches it off. The mean and std are those the
+# loader normalises with after the ops: ops that fill pixels (erasing noise, RandAugment's fill
+# colour) need them to work in [0, 1] space what timm does in normalised space.
+OpFactory = Callable[[AugmentConfig, int, int, Sequence[float], Sequence[float]], BatchOp | None]
 BATCH_OPS: dict[str, OpFactory] = {}
 
 
@@ -115,16 +117,22 @@ def register_batch_op(name: str) -> Callable[[OpFactory], OpFactory]:
 
 
 @register_batch_op("affine")
-def _affine(cfg: AugmentConfig, size: int, num_classes: int) -> BatchOp | None:
+def _affine(cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float],
+            std: Sequence[float]) -> BatchOp | None:  # fmt: skip
     op = AffineAugment(cfg, size)
     return None if op.is_identity() else op
 
 
 class BatchAugment:
-    """The configured batch ops, applied in registration order."""
+    """The configured batch ops, applied in registration order.
 
-    def __init__(self, cfg: AugmentConfig, size: int, num_classes: int):
-        built = (factory(cfg, size, num_classes) for factory in BATCH_OPS.values())
+    ``mean``/``std``: the per-channel normalisation the loader applies after the ops (defaults:
+    ``DataConfig``'s, ImageNet's).
+    """
+
+    def __init__(self, cfg: AugmentConfig, size: int, num_classes: int, *,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):  # fmt: skip
+        built = (factory(cfg, size, num_classes, mean, std) for factory in BATCH_OPS.values())
         self.ops: list[BatchOp] = [op for op in built if op is not None]
 
     def __call__(
@@ -133,3 +141,9 @@ class BatchAugment:
         for op in self.ops:
             x, y = op(x, y, generator)
         return x, y
+
+
+# Last, so that "affine" is registered first and batch_ops can import this module's names; any
+# import of augment (hence any BatchAugment) then has every op. Importing batch_ops first works
+# too: it imports this module, whose import of batch_ops then finds the one already loading.
+from imagefit.data import batch_ops  # noqa: E402, F401

@@ -19,22 +19,32 @@ log = logging.getLogger(__name__)
 
 
 class SoftTargetCrossEntropy(nn.Module):
-    """Cross-entropy against soft targets (B, K) (mixup/cutmix), optionally class-weighted.
+    """Cross-entropy against soft targets (B, K) (mixup/cutmix), optionally class-weighted and
+    label-smoothed.
 
-    With weights ``w`` the loss is ``sum_i sum_k w_k t_ik (-log p_ik) / sum_i sum_k w_k t_ik``,
-    which for one-hot targets equals ``nn.CrossEntropyLoss(weight=w)``.
+    ``smoothing`` eps mixes the targets with the uniform distribution, ``s_ik = (1 - eps) t_ik
+    + eps / K``. With weights ``w`` the loss is
+    ``sum_i sum_k w_k s_ik (-log p_ik) / sum_i sum_k w_k t_ik``: normalised by the weight of
+    the unsmoothed targets, as ``nn.CrossEntropyLoss`` normalises by ``sum_i w_(y_i)``, so for
+    one-hot targets it equals ``nn.CrossEntropyLoss(weight=w, label_smoothing=eps)``. Without
+    weights it is the batch mean of ``sum_k s_ik (-log p_ik)``.
     """
 
-    def __init__(self, weight: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor | None = None, smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+        self.smoothing = smoothing
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, K)
+        smoothed = targets
+        if self.smoothing > 0:
+            smoothed = targets * (1 - self.smoothing) + self.smoothing / targets.shape[-1]
         if self.weight is None:
-            return -(targets * log_probs).sum(-1).mean()
-        weighted = targets * self.weight  # (B, K)
-        return -(weighted * log_probs).sum() / weighted.sum()
+            return -(smoothed * log_probs).sum(-1).mean()
+        return -(smoothed * self.weight * log_probs).sum() / (targets * self.weight).sum()
 
 
 def create_criterion(cfg: Config, train_labels: Sequence[int], classes: Sequence[str]) -> nn.Module:
@@ -43,5 +53,6 @@ def create_criterion(cfg: Config, train_labels: Sequence[int], classes: Sequence
     if cfg.train.class_weights == "balanced":
         weight = torch.from_numpy(balanced_class_weights(train_labels, classes))
     if cfg.data.augment and (cfg.augment.mixup > 0 or cfg.augment.cutmix > 0):
-        return SoftTargetCrossEntropy(weight)  # mixup targets are soft, label smoothing included
+        # mixup/cutmix targets are soft (B, K): the loss smooths them
+        return SoftTargetCrossEntropy(weight, smoothing=cfg.train.label_smoothing)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
