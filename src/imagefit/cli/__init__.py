@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from imagefit.cli import data, export, run, sweep, tune
+from imagefit.cli import data, export, fractal, pipeline, run, sweep, tune
 from imagefit.cli.common import main_process
 from imagefit.errors import ImagefitError, Interrupted
 
@@ -34,9 +34,11 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 run.register(app)
 app.add_typer(run.config_app, name="config")
 app.add_typer(data.app, name="data")
+fractal.register(data.app)  # data fractal-search, ofdb, fractaldb
 sweep.register(app)  # sweep, report, baseline
 export.register(app)  # export, predict
 tune.register(app)  # tune-batch
+pipeline.register(app)  # pipeline
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 The pieces live in ``fractal_search`` (category search, parameter CSVs), ``fractal_render``
 (the fast renderer) and ``fractal_reference`` (the slow literal official renderer, for tests);
 this module writes whole datasets in the official layout and provides ``FractalDataset``.
-The official algorithm and its quirks are described in /work/shared/fdsl/README.md.
+The official quirks are options, official by default: see ``fractal_render``.
 """
 
 from __future__ import annotations
@@ -65,12 +65,14 @@ logger = logging.getLogger(__name__)
 OFDB_WEIGHTS = (OFDB_OFFICIAL_WEIGHT_ROW,)  # the one weight row of official 2D-OFDB images
 
 
-def _check_options(size: int, points: int, fmt: str, draw: str) -> str:
+def _check_options(size: int, points: int, fmt: str, draw: str, burn_in: int = 0) -> str:
     """Validate the shared writer options; return the normalised draw mode."""
     if fmt not in IMAGE_FORMATS:
         raise DataError(f"unknown image format {fmt!r}; choose one of {', '.join(IMAGE_FORMATS)}")
     if size < 8 or points < 2:
         raise DataError(f"need size >= 8 and points >= 2, got size {size}, points {points}")
+    if not 0 <= burn_in < points:
+        raise DataError(f"need 0 <= burn_in < points, got burn_in {burn_in}, points {points}")
     return normalize_draw(draw)
 
 
@@ -128,18 +130,22 @@ def write_ofdb(
     *,
     seed: int = 0,
     weight_row: Sequence[float] | None = OFDB_OFFICIAL_WEIGHT_ROW,
+    keep_aspect: bool = False,
+    burn_in: int = 0,
+    vflip: bool = True,
 ) -> int:
     """Write 2D-OFDB: one image per category CSV, ``OUT/NAME/NAME_00_count_0_flip0.FMT``.
 
     ``fmt`` is "png" (official) or "ppm" (seed 000's copy). ``weight_row`` defaults to the
     official script's first row of weights_0.4.csv (a x 0.2); pass None for all ones.
+    ``keep_aspect``, ``burn_in`` and ``vflip`` are the official quirks (``fractal_render``).
     Returns the number of images written; the bytes depend only on the inputs and ``seed``.
     """
     start = time.perf_counter()
-    mode = _check_options(size, points, fmt, draw)
-    spec = CategorySpec(
-        Path(out_dir), (_row_or_none(weight_row),), 1, 1, size, points, mode, fmt, seed
-    )
+    mode = _check_options(size, points, fmt, draw, burn_in)
+    spec = CategorySpec(Path(out_dir), (_row_or_none(weight_row),), instances=1, flips=1,
+                        size=size, points=points, draw=mode, fmt=fmt, seed=seed,
+                        keep_aspect=keep_aspect, burn_in=burn_in, vflip=vflip)  # fmt: skip
     written = _run_jobs(_category_jobs(params_dir, spec), workers, progress, "2D-OFDB")
     logger.info(
         "wrote %d 2D-OFDB images to %s in %.1f s", written, out_dir, time.perf_counter() - start
@@ -161,19 +167,25 @@ def write_fractaldb(
     progress: bool = True,
     *,
     seed: int = 0,
+    keep_aspect: bool = False,
+    burn_in: int = 0,
+    vflip: bool = True,
 ) -> int:
     """Write FractalDB: per category, weight rows x ``instances`` patch re-renders x ``flips``,
     named ``NAME/NAME_RR_count_C_flipF.FMT`` as the official renderer does.
 
-    Point draw modes are deterministic, so like the official code they write count 0 only.
-    Returns the number of images written.
+    ``weights_file`` is a CSV path or the name of an official one ("0.4"). Point draw modes
+    are deterministic, so like the official code they write count 0 only. Returns the number
+    of images written.
     """
     start = time.perf_counter()
-    mode = _check_options(size, points, fmt, draw)
+    mode = _check_options(size, points, fmt, draw, burn_in)
     if instances < 1 or not 1 <= flips <= 4:
         raise DataError(f"need instances >= 1 and 1 <= flips <= 4, got {instances}, {flips}")
     rows = tuple(tuple(float(v) for v in row) for row in read_weights(weights_file))
-    spec = CategorySpec(Path(out_dir), rows, instances, flips, size, points, mode, fmt, seed)
+    spec = CategorySpec(Path(out_dir), rows, instances=instances, flips=flips, size=size,
+                        points=points, draw=mode, fmt=fmt, seed=seed, keep_aspect=keep_aspect,
+                        burn_in=burn_in, vflip=vflip)  # fmt: skip
     written = _run_jobs(_category_jobs(params_dir, spec), workers, progress, "FractalDB")
     logger.info(
         "wrote %d FractalDB images to %s in %.1f s", written, out_dir, time.perf_counter() - start

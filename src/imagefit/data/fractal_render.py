@@ -381,6 +381,10 @@ class CategorySpec:
     draw: str = "patch_gray"
     fmt: str = "png"
     seed: int = 0
+    # The official quirks, official by default (see the module docstring).
+    keep_aspect: bool = False
+    burn_in: int = 0
+    vflip: bool = True
 
 
 def category_key(name: str) -> int:
@@ -410,13 +414,14 @@ def write_category(name: str, params: np.ndarray, spec: CategorySpec) -> int:
     instances = 1 if normalize_draw(spec.draw).startswith("point") else spec.instances
     written = 0
     for row_index, row in enumerate(spec.weight_rows):
-        xs, ys = fractal_points(params, spec.size, spec.points, row)
+        xs, ys = fractal_points(params, spec.size, spec.points, row,
+                                keep_aspect=spec.keep_aspect, burn_in=spec.burn_in)  # fmt: skip
         for count in range(instances):
             rng = np.random.default_rng([spec.seed, category_key(name), row_index, count])
             canvas = draw_canvas(xs, ys, spec.size, spec.draw, rng=rng)
             for flip in range(spec.flips):
                 target = folder / image_name(name, row_index, count, flip, spec.fmt)
-                save_image(orient(canvas, flip), target, spec.fmt)
+                save_image(orient(canvas, flip, spec.vflip), target, spec.fmt)
                 written += 1
     return written
 

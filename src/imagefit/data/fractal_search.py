@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from importlib import resources
 from pathlib import Path
 
 import numba
@@ -339,6 +340,28 @@ def read_params(params_dir: str | Path) -> list[np.ndarray]:
     return [read_param_file(path) for path in list_param_files(params_dir)]
 
 
+def shipped_weights() -> dict[str, Path]:
+    """The official FractalDB weight files that ship with imagefit, by name: "0.4" -> file."""
+    folder = resources.files("imagefit.resources") / "fractal_weights"
+    files = (Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".csv"))
+    return {path.stem.removeprefix("weights_"): path for path in files}
+
+
+def resolve_weights(name_or_path: str | Path) -> Path:
+    """A weight file: an existing path, or the name of a shipped one ("0.4", "weights_0.4.csv")."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_weights()
+    key = path.stem.removeprefix("weights_") if path.suffix == ".csv" else str(name_or_path)
+    if key in shipped:
+        return shipped[key]
+    names = ", ".join(sorted(shipped, key=float))
+    raise DataError(f"weight file {name_or_path} not found; give a CSV file or one of the "
+                    f"official ones: {names}")  # fmt: skip
+
+
 def read_weights(path: str | Path) -> np.ndarray:
-    """A FractalDB weight file: rows of 6 factors for a..f (e.g. ``weights_0.4.csv``)."""
-    return read_number_rows(path, 6, "weight factors for a,b,c,d,e,f")
+    """A FractalDB weight file: rows of 6 factors for a..f (e.g. ``weights_0.4.csv``); a bare
+    name such as "0.4" reads the official file shipped with imagefit."""
+    return read_number_rows(resolve_weights(path), 6, "weight factors for a,b,c,d,e,f")

@@ -21,7 +21,7 @@ from torch import nn
 
 from imagefit.config import Config, config_from_dict
 from imagefit.data.loaders import DataBundle, build_data, derive_seed
-from imagefit.errors import CheckpointError, Interrupted
+from imagefit.errors import CheckpointError, ConfigError, Interrupted
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.export.onnx import export_after_training
 from imagefit.models.registry import create_model
@@ -46,6 +46,7 @@ from imagefit.train.stopping import EarlyStopping
 log = logging.getLogger(__name__)
 
 EpochHook = Callable[[dict[str, Any]], None]
+LOGGED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")  # the epoch's log line
 
 
 @dataclass
@@ -77,7 +78,9 @@ class Run:
     wall_before: float = 0.0  # wall time of earlier sessions of a resumed run
     started: float = field(default_factory=time.perf_counter)
     dist: Distributed = field(default_factory=Distributed)
-    wrap: TrainingModule = field(default_factory=lambda: TrainingModule(Distributed()))  # DDP, compile
+    wrap: TrainingModule = field(
+        default_factory=lambda: TrainingModule(Distributed())
+    )  # DDP, compile
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -98,8 +101,17 @@ class Run:
     def state(self) -> dict[str, Any]:
         """Everything to resume; distributed, every rank calls it (it gathers their RNG and sums)."""
         p = self.progress
-        progress = {"loss_sum": p.loss_sum, "correct": p.correct, "count": p.count, "seconds": p.seconds}
-        ranks = self.dist.gather({"rng": rng_state(), "progress": progress}) if self.dist.enabled else None
+        progress = {
+            "loss_sum": p.loss_sum,
+            "correct": p.correct,
+            "count": p.count,
+            "seconds": p.seconds,
+        }
+        ranks = (
+            self.dist.gather({"rng": rng_state(), "progress": progress})
+            if self.dist.enabled
+            else None
+        )
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(), "early_stopping": self.stopper.state_dict(),
@@ -134,13 +146,23 @@ class Run:
         set_rng_state(mine["rng"])
 
 
-def _build(cfg: Config, run_dir: Path, init: str | None = None, dist: Distributed | None = None) -> Run:
+def _build(
+    cfg: Config, run_dir: Path, init: str | None = None, dist: Distributed | None = None
+) -> Run:
     dist = dist or Distributed()
     device = dist.place(configure(cfg.train))
     with dist.main_first():  # rank 0 decodes the image cache; the others then read it
         data = build_data(cfg, device, shard=dist.shard)
-    model = create_model(cfg.model.name, len(data.classes), init or cfg.model.init, cfg.model.drop_rate)
-    model = model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+    if data.val is None and not cfg.train.monitor.startswith("train_"):
+        raise ConfigError(f"train.monitor={cfg.train.monitor} needs a validation split, and "
+                          "data.val_fraction=0 leaves none: monitor train_loss or train_accuracy")  # fmt: skip
+    model = create_model(
+        cfg.model.name, len(data.classes), init or cfg.model.init, cfg.model.drop_rate
+    )
+    model = model.to(
+        device,
+        memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format,
+    )
     model = convert_sync_bn(model, dist, cfg.train.sync_bn)
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
@@ -189,8 +211,12 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     run.train_seconds += p.seconds
     run.train_images += p.count
     run.dist.sync_buffers(run.model)
-    targets, logits, loss = run.dist.gather_predictions(*evaluate(run.model, run.data.val, run.precision, desc="val"))
-    val = compute_metrics(targets, logits, run.data.classes, loss)
+    val = dict.fromkeys(("loss", "accuracy", "top5_accuracy", "f1_macro"))  # no val split: None
+    if run.data.val is not None:
+        targets, logits, loss = run.dist.gather_predictions(
+            *evaluate(run.model, run.data.val, run.precision, desc="val")
+        )
+        val = compute_metrics(targets, logits, run.data.classes, loss)
     return {"epoch": epoch + 1, "train_loss": p.loss, "train_accuracy": p.accuracy,
             "val_loss": val["loss"], "val_accuracy": val["accuracy"],
             "val_top5_accuracy": val["top5_accuracy"], "val_f1_macro": val["f1_macro"],
@@ -221,10 +247,9 @@ def _train_epochs(run: Run, tracker: Tracker, stop: Any, on_epoch: EpochHook | N
             rundir.write_history(run.run_dir, run.history)
         if on_epoch is not None:
             on_epoch(row)  # may raise, e.g. to prune a sweep trial; the state is saved
-        log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
-                 "lr %.3g  %.1fs%s", row["epoch"], cfg.train.epochs, row["train_loss"],
-                 row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["lr"],
-                 row["time_s"], "  *" if improved else "")  # fmt: skip
+        shown = "  ".join(f"{key} {row[key]:.4f}" for key in LOGGED if row[key] is not None)
+        log.info("epoch %d/%d  %s  lr %.3g  %.1fs%s", row["epoch"], cfg.train.epochs, shown,
+                 row["lr"], row["time_s"], "  *" if improved else "")  # fmt: skip
         if dist.any(bool(stop)) and run.epoch < cfg.train.epochs:
             raise Interrupted(f"stopped after epoch {run.epoch}; resume with "
                               f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
@@ -275,7 +300,9 @@ def write_plots(run_dir: Path) -> None:
 
 def _write_records(run: Run) -> None:
     environment = rundir.environment(run.precision.device, run.cfg.train.seed)
-    rundir.write_json(run.run_dir / "environment.json", {**environment, "world_size": run.dist.world_size})
+    rundir.write_json(
+        run.run_dir / "environment.json", {**environment, "world_size": run.dist.world_size}
+    )
     run.data.manifest.save(run.run_dir / "split.json")
     if run.data.skipped:
         rundir.write_json(run.run_dir / "skipped.json", run.data.skipped)
@@ -347,5 +374,7 @@ def _resume_state(run_dir: Path, clean: bool = True) -> dict[str, Any]:
     state = load_checkpoint(last)
     missing = {"model", "optimizer", "config", "epoch", "rng"} - set(state)
     if missing:
-        raise CheckpointError(f"{last}: not a resumable imagefit checkpoint (missing {sorted(missing)})")
+        raise CheckpointError(
+            f"{last}: not a resumable imagefit checkpoint (missing {sorted(missing)})"
+        )
     return state
