@@ -1,7 +1,11 @@
 """ImageFolder scanning, splits, the decoded-image cache and the loaders."""
 
+import contextlib
 import logging
+import os
 import shutil
+import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -11,14 +15,21 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from conftest import write_pattern_folder
 from imagefit.config import AugmentConfig, config_from_dict
+from imagefit.data import cache as cache_module
 from imagefit.data.augment import AffineAugment, BatchAugment
 from imagefit.data.cache import decode_cached
 from imagefit.data.folder import scan_folder
 from imagefit.data.loaders import ArraySource, Loader, StreamSource, build_data
-from imagefit.data.splits import SplitManifest, resolve_splits, stratified_split, write_split_folders
+from imagefit.data.splits import (
+    SplitManifest,
+    resolve_splits,
+    stratified_split,
+    write_split_folders,
+)
 from imagefit.errors import DataError
+
+from conftest import write_pattern_folder
 
 
 def test_class_index_matches_torchvision(tmp_path: Path) -> None:
@@ -92,7 +103,9 @@ def test_manifest_round_trip_and_split_folders(tmp_path: Path, pattern_root: Pat
     out = write_split_folders(manifest, tmp_path / "out")
     copied = resolve_splits(out)
     assert copied.layout == "folders"
-    assert {k: len(v) for k, v in copied.splits.items()} == {k: len(v) for k, v in manifest.splits.items()}
+    assert {k: len(v) for k, v in copied.splits.items()} == {
+        k: len(v) for k, v in manifest.splits.items()
+    }
     with pytest.raises(DataError, match="not empty"):
         write_split_folders(manifest, out)
 
@@ -107,6 +120,114 @@ def test_cache_is_keyed_by_content(tmp_path: Path, pattern_root: Path) -> None:
     edited = decode_cached(samples, 8, cache_dir=tmp_path / "c")
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2
     assert edited.pixels[0].min() == 255 and np.array_equal(edited.pixels[1:], first.pixels[1:])
+
+
+def _age(paths, seconds: int = 3600) -> None:
+    """Set the files' mtime ``seconds`` in the past: older than the racy window of the index."""
+    when = time.time_ns() - seconds * 10**9
+    for path in paths:
+        os.utime(path, ns=(when, when))
+
+
+def _counting_digest(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    read: list[Path] = []
+
+    def digest(path):
+        read.append(Path(path))
+        return real_digest(path)
+
+    real_digest = cache_module.file_digest
+    monkeypatch.setattr(cache_module, "file_digest", digest)
+    return read
+
+
+def test_cache_key_memoises_file_hashes_by_size_and_mtime(tmp_path: Path, pattern_root: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    samples = scan_folder(pattern_root).samples
+    _age(path for path, _ in samples)
+    read = _counting_digest(monkeypatch)
+    first = decode_cached(samples, 8, cache_dir=tmp_path / "c")
+    assert len(read) == len(samples) and (tmp_path / "c" / cache_module.HASH_INDEX).is_file()
+    read.clear()
+    again = decode_cached(samples, 8, cache_dir=tmp_path / "c")  # a new run: stats only
+    assert read == [] and len(list((tmp_path / "c").glob("*.npy"))) == 1
+    assert np.array_equal(np.asarray(again.pixels), first.pixels)
+    # the key is still the content's: the same as hashing every file without an index
+    key, index = cache_module.cache_key(samples, 8, 1), tmp_path / "c" / cache_module.HASH_INDEX
+    assert cache_module.cache_key(samples, 8, 1, index=index) == key
+    # an edited file (new bytes, new mtime) is read again, and only it; the key changes
+    edited = samples[0][0]
+    Image.new("RGB", (16, 16), (255, 255, 255)).save(edited)
+    _age([edited], seconds=1800)
+    read.clear()
+    changed = decode_cached(samples, 8, cache_dir=tmp_path / "c")
+    assert read == [edited] and len(list((tmp_path / "c").glob("*.npy"))) == 2
+    assert changed.pixels[0].min() == 255
+
+
+def test_same_size_edit_with_a_new_mtime_changes_the_key(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    files = [tmp_path / f"f{i}.bin" for i in range(3)]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 100)
+    _age(files)
+    samples, index = [(path, 0) for path in files], tmp_path / "index.sqlite"
+    key = cache_module.cache_key(samples, 8, 1, index=index)
+    read = _counting_digest(monkeypatch)
+    assert cache_module.cache_key(samples, 8, 1, index=index) == key and read == []
+    files[1].write_bytes(b"\xff" * 100)  # same size
+    _age([files[1]], seconds=600)
+    assert cache_module.cache_key(samples, 8, 1, index=index) != key and read == [files[1]]
+    # moved back: the key is the content's again (no entry names the old key otherwise)
+    files[1].write_bytes(bytes([1]) * 100)
+    _age([files[1]], seconds=300)
+    assert cache_module.cache_key(samples, 8, 1, index=index) == key
+
+
+def test_file_hash_index_is_never_trusted_blindly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    files = [tmp_path / f"f{i}.bin" for i in range(2)]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 10)
+    samples, index = [(path, 0) for path in files], tmp_path / "index.sqlite"
+    key = cache_module.cache_key(samples, 8, 1)
+    read = _counting_digest(monkeypatch)
+    # a file written moments ago may change again within its mtime tick: not memoised
+    assert cache_module.cache_key(samples, 8, 1, index=index) == key and len(read) == 2
+    assert cache_module.cache_key(samples, 8, 1, index=index) == key and len(read) == 4
+    # a damaged index is started again; one that cannot be opened costs reads, not the key
+    _age(files)
+    index.write_bytes(b"not a database" * 100)
+    with caplog.at_level(logging.WARNING):
+        assert cache_module.cache_key(samples, 8, 1, index=index) == key
+    assert "damaged" in caplog.text
+    read.clear()
+    assert cache_module.cache_key(samples, 8, 1, index=index) == key and read == []
+    blocked = tmp_path / "file" / "index.sqlite"
+    blocked.parent.write_text("a file where the folder should be")
+    assert cache_module.cache_key(samples, 8, 1, index=blocked) == key and len(read) == 2
+
+
+def test_file_hashes_are_written_as_they_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million new files' hashes are not held in memory until the end."""
+    files = [tmp_path / f"f{i}.bin" for i in range(5)]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 10)
+    _age(files)
+    monkeypatch.setattr(cache_module, "FLUSH_ROWS", 2)
+    index, stored = tmp_path / "index.sqlite", []
+    real_digest = cache_module.file_digest
+
+    def digest(path):
+        with contextlib.closing(sqlite3.connect(index)) as db:  # what another process sees
+            stored.append(db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+        return real_digest(path)
+
+    monkeypatch.setattr(cache_module, "file_digest", digest)
+    cache_module.cache_key([(path, 0) for path in files], 8, 1, index=index)
+    assert stored == [0, 0, 2, 2, 4]
 
 
 def test_bad_file_error_or_counted_skip(tmp_path: Path, pattern_root: Path) -> None:
@@ -127,7 +248,9 @@ def _loader(source, **kwargs) -> Loader:
 def test_stream_and_cache_give_identical_batches(pattern_root: Path, tmp_path: Path) -> None:
     samples = scan_folder(pattern_root).samples
     labels = [y for _, y in samples]
-    cached = ArraySource(decode_cached(samples, 12, cache_dir=tmp_path).pixels, labels, torch.device("cpu"))
+    cached = ArraySource(
+        decode_cached(samples, 12, cache_dir=tmp_path).pixels, labels, torch.device("cpu")
+    )
     streamed = StreamSource(samples, 12, 1, False, workers=2, pin_memory=False)
     augment = BatchAugment(AugmentConfig(scale=(0.5, 1.0), hflip=0.5), 12, 3)
     for (xa, ya), (xb, yb) in zip(_loader(cached, shuffle=True, augment=augment).epoch(1),
@@ -137,7 +260,11 @@ def test_stream_and_cache_give_identical_batches(pattern_root: Path, tmp_path: P
 
 def test_epoch_order_is_seeded_and_resumable(pattern_root: Path, tmp_path: Path) -> None:
     samples = scan_folder(pattern_root).samples
-    source = ArraySource(decode_cached(samples, 12, cache_dir=tmp_path).pixels, [y for _, y in samples], torch.device("cpu"))
+    source = ArraySource(
+        decode_cached(samples, 12, cache_dir=tmp_path).pixels,
+        [y for _, y in samples],
+        torch.device("cpu"),
+    )
     augment = BatchAugment(AugmentConfig(translate=0.2, hflip=0.5), 12, 3)
     loader = _loader(source, shuffle=True, augment=augment)
     full = list(loader.epoch(2))
@@ -154,11 +281,17 @@ def test_epoch_order_is_seeded_and_resumable(pattern_root: Path, tmp_path: Path)
 def test_affine_identity_and_flip() -> None:
     x = torch.rand(4, 3, 8, 8)
     generator = torch.Generator().manual_seed(0)
-    same, _ = AffineAugment(AugmentConfig(translate=0.0, hflip=0.0), 8)(x, torch.zeros(4), generator)
+    same, _ = AffineAugment(AugmentConfig(translate=0.0, hflip=0.0), 8)(
+        x, torch.zeros(4), generator
+    )
     assert torch.allclose(same, x, atol=1e-5)
-    flipped, _ = AffineAugment(AugmentConfig(translate=0.0, hflip=1.0), 8)(x, torch.zeros(4), generator)
+    flipped, _ = AffineAugment(AugmentConfig(translate=0.0, hflip=1.0), 8)(
+        x, torch.zeros(4), generator
+    )
     assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
-    shifted, _ = AffineAugment(AugmentConfig(translate=0.25, hflip=0.0), 8)(x, torch.zeros(4), generator)
+    shifted, _ = AffineAugment(AugmentConfig(translate=0.25, hflip=0.0), 8)(
+        x, torch.zeros(4), generator
+    )
     for image, original in zip(shifted, x, strict=True):  # whole-pixel shifts copy pixels exactly
         assert any(torch.allclose(image[:, 2:6, 2:6], original[:, 2 + dy : 6 + dy, 2 + dx : 6 + dx], atol=1e-5)
                    for dy in range(-2, 3) for dx in range(-2, 3))  # fmt: skip
@@ -179,7 +312,9 @@ def test_skip_list_leaves_files_out(pattern_root: Path, tmp_path: Path) -> None:
     listed = sorted(pattern_root.glob("class_0/*.png"))[:2]
     skip = tmp_path / "skip.txt"
     skip.write_text("\n".join(str(p) for p in listed))
-    cfg = config_from_dict({"data": {"root": str(pattern_root), "image_size": 8, "skip_list": str(skip)}})
+    cfg = config_from_dict(
+        {"data": {"root": str(pattern_root), "image_size": 8, "skip_list": str(skip)}}
+    )
     bundle = build_data(cfg, torch.device("cpu"))
     kept = {p for items in bundle.manifest.splits.values() for p, _ in items}
     assert not kept & set(listed) and len(bundle.skipped) == 2

@@ -7,11 +7,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
 from imagefit.config import config_from_dict
 from imagefit.errors import CheckpointError, Interrupted, TrainingStopped
 from imagefit.train import fit as fit_module
 from imagefit.train.fit import fit
+
+from conftest import tiny_config
 
 
 def weights(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
@@ -42,18 +43,33 @@ def test_run_folder_is_complete(pattern_root: Path, tmp_path: Path) -> None:
     for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted"):
         assert 0.0 <= metrics[key] <= 1.0
     state = torch.load(run / "last.pt", weights_only=True)  # loads without arbitrary code
-    for key in ("model", "optimizer", "scheduler", "epoch", "config", "classes", "rng", "early_stopping"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "config",
+        "classes",
+        "rng",
+        "early_stopping",
+    ):
         assert key in state
     assert state["classes"] == ["class_0", "class_1", "class_2"]
     env = json.loads((run / "environment.json").read_text())
-    assert env["seed"] == 0 and env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    assert (
+        env["seed"] == 0
+        and env["packages"]["torch"] == torch.__version__.split("+")[0]
+        or env["packages"]["torch"]
+    )
 
 
 def test_test_split_is_never_trained_on(pattern_root: Path, tmp_path: Path) -> None:
     run = fit(tiny_config(pattern_root, tmp_path)).run_dir
     split = json.loads((run / "split.json").read_text())["splits"]
     train = {p for p, _ in split["train"]}
-    assert train.isdisjoint(p for p, _ in split["test"]) and train.isdisjoint(p for p, _ in split["val"])
+    assert train.isdisjoint(p for p, _ in split["test"]) and train.isdisjoint(
+        p for p, _ in split["val"]
+    )
 
 
 def test_learns_digits(digits_root: Path, tmp_path: Path) -> None:
@@ -103,14 +119,18 @@ def test_resume_after_interrupt_is_bitwise_exact(pattern_root: Path, tmp_path: P
     assert resumed.metrics == reference.metrics
 
 
-def test_two_stage_transfer(pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_stage_transfer(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sections = {"train": {"epochs": 3}, "finetune": {"freeze_epochs": 1, "strategy": "full",
                                                      "unfreeze_lr_factor": 0.5}}  # fmt: skip
     result = fit(tiny_config(pattern_root, tmp_path / "a", **sections))
     phases = [row["phase"] for row in result.history]
     assert phases == ["freeze", "full", "full"]
     lrs = [row["lr"] for row in result.history]
-    assert lrs[1] == pytest.approx(0.003 * 0.5 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 3)).item()))
+    assert lrs[1] == pytest.approx(
+        0.003 * 0.5 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi / 3)).item())
+    )
     first = torch.load(result.run_dir / "last.pt", weights_only=True)
     assert first["epoch"] == 3
     # interrupted inside the frozen phase, resumed across the phase change: still exact
@@ -132,7 +152,9 @@ def test_frozen_phase_changes_only_the_head(pattern_root: Path, tmp_path: Path) 
     start = torch.load(again.run_dir / "last.pt", weights_only=True)["model"]
     for key, value in before["model"].items():  # same seed -> same init; only fc moved
         if not key.startswith("fc."):
-            assert torch.equal(value, start[key]) or torch.allclose(value, start[key], atol=1e-6), key
+            assert torch.equal(value, start[key]) or torch.allclose(value, start[key], atol=1e-6), (
+                key
+            )
 
 
 def test_early_stopping(pattern_root: Path, tmp_path: Path) -> None:
@@ -144,6 +166,7 @@ def test_early_stopping(pattern_root: Path, tmp_path: Path) -> None:
     assert len(result.history) == best + 2
 
 
+@pytest.mark.faults  # a fault case of issue 7 outside tests/faults: `pytest -m faults` runs it
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_non_finite_stops_before_the_step(pattern_root: Path, tmp_path: Path, where: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
@@ -181,7 +204,10 @@ def test_non_finite_stops_before_the_step(pattern_root: Path, tmp_path: Path, wh
 
     monkeypatch.setattr(fit_module, "_build", build)
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
-    with pytest.raises(TrainingStopped, match=rf"non-finite {'loss' if where == 'loss' else 'gradient norm'} at epoch 2, step 2"):
+    with pytest.raises(
+        TrainingStopped,
+        match=rf"non-finite {'loss' if where == 'loss' else 'gradient norm'} at epoch 2, step 2",
+    ):
         fit(cfg)
     for key, value in model_ref["m"].state_dict().items():
         assert torch.equal(value, snapshots["last"][key]), key

@@ -12,7 +12,6 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from test_export import train_digits_run
 from typer.testing import CliRunner
 
 from imagefit.cli import app
@@ -25,6 +24,8 @@ from imagefit.export.onnx import export_onnx
 from imagefit.export.predict import predict
 from imagefit.models.trained import load_trained
 from imagefit.train.loop import Precision, evaluate
+
+from test_export import train_digits_run
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,8 @@ def eval_path_top1(run_dir: Path, files: list[Path]) -> list[int]:
     model, meta, config = load_trained(run_dir)
     cfg = config_from_dict(config)
     device = torch.device("cpu")
-    source, _ = make_source(
-        cfg.data, [(f, 0) for f in files], meta["image_size"], False, device, {}
-    )
+    cfg.data.cache = "never"  # decode each file as the loader's workers do
+    source, _ = make_source(cfg.data, [(f, 0) for f in files], meta["image_size"], device, {})
     loader = Loader(source, 8, device, mean=meta["mean"], std=meta["std"])
     _, logits, _ = evaluate(model, loader, Precision(device, channels_last=cfg.train.channels_last))
     return [int(i) for i in np.argmax(logits, axis=1)]

@@ -8,10 +8,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_config
 from imagefit.cli import app
 from imagefit.errors import ConfigError
 from imagefit.train import tune_batch as tune
+
+from conftest import tiny_config
 
 
 def test_search_doubles_then_bisects_on_multiples_of_8() -> None:
@@ -82,6 +83,16 @@ def test_a_measured_peak_over_the_limit_does_not_fit(pattern_root: Path, tmp_pat
     assert 32 in batches and 24 in batches
 
 
+def test_balanced_class_weights_do_not_stop_the_probes(pattern_root: Path, tmp_path: Path,
+                                                       batches: list[int], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """train.class_weights=balanced used to fail with "train split has no images": the probes'
+    loss was built from no labels."""
+    monkeypatch.setattr(tune, "HostMemory", lambda: FakeRam(batches))
+    cfg = tiny_config(pattern_root, tmp_path, train={"class_weights": "balanced"})
+    assert tune.tune_batch(cfg, headroom=0.1).largest == 32
+    assert cfg.train.class_weights == "balanced"  # the caller's config is left as it was
+
+
 def test_nothing_fits(pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ram = FakeRam([])
     monkeypatch.setattr(ram, "total", lambda: tune.GIB)
@@ -95,7 +106,8 @@ def test_cli_prints_the_table(pattern_root: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(pattern_root, tmp_path).to_dict()))
     result = CliRunner().invoke(app, ["tune-batch", str(config), "--max-batch", "8",
-                                      "--set", "data.image_size=20"])  # fmt: skip
+                                      "--set", "data.image_size=20",
+                                      "--set", "train.class_weights=balanced"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "simple_cnn at 20 px" in result.output and "host RAM" in result.output
     assert "largest batch that fits: 8" in result.output

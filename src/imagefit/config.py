@@ -30,22 +30,28 @@ class DataConfig(Section):
     root: str | None = None  # ImageFolder root: <class>/<img> or {train,val,test}/<class>/<img>
     image_size: int = Field(224, ge=8)
     augment: bool = True  # master switch; details in the `augment` section
-    val_fraction: float = Field(0.15, gt=0, lt=1)
+    # 0: no validation split (e.g. pretraining on one image per class); best.pt then follows
+    # train.monitor, which must name a train_ column
+    val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     split_manifest: str | None = None  # use an existing split.json instead of splitting
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
-    # auto: decode once into a cached array when it fits memory_budget_mb, else stream files;
-    # always: the cached array, read from disk per batch when over the budget; mmap: the
-    # cached array, always read from disk per batch (never held in RAM); never: stream
+    # auto: decode once into the image cache file; held in RAM when it fits memory_budget_mb,
+    # else read from the memory-mapped file per batch, so RAM stays flat (files stream only if
+    # the cache folder cannot be written); always: as auto, but an unwritable cache folder
+    # decodes into RAM whatever the size; mmap: always read from the file per batch (never
+    # held in RAM); never: stream from files, decoded every epoch by DataLoader workers
     cache: Literal["auto", "always", "mmap", "never"] = "auto"
     # pillow: the canonical pixels; torchvision: JPEGs decoded by torchvision.io and all images
     # resized by torch (2-4x faster; up to 1 level off Pillow on a few % of pixels)
     decoder: Literal["pillow", "torchvision"] = "pillow"
     cache_dir: str | None = None  # default: $IMAGEFIT_CACHE or ~/.cache/imagefit
-    memory_budget_mb: int = Field(4096, ge=1)  # decoded dataset larger than this streams
+    memory_budget_mb: int = Field(
+        4096, ge=1
+    )  # decoded data larger than this: read from the cache file per batch
     num_workers: int = Field(2, ge=0)
     # shuffle: each image once per epoch; balanced: draw the epoch (same length) with
     # replacement, each class equally likely, for imbalanced data
@@ -257,7 +263,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Defaults <- YAML file <- ``key.sub=value`` overrides, validated once at the end."""
     tree = read_yaml(path) if path is not None else {}
     for assignment in overrides:

@@ -5,7 +5,9 @@
 - Config overrides: any valid value of any key, written as a user would on the command line,
   round-trips through dump/load; any invalid one raises ConfigError naming the key.
 - Split manifests: any sample list, fractions and seed give a stratified, deterministic
-  partition, and a manifest survives save/load.
+  partition, and a manifest survives save/load; a corrupted one (not JSON, a key missing or of
+  the wrong type, a bad item, a label out of range, ...) is a DataError naming the file and
+  what is wrong, and any JSON written anywhere in one loads or is a DataError, nothing else.
 """
 
 from __future__ import annotations
@@ -16,21 +18,22 @@ import math
 import tempfile
 import typing
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
 import pytest
 import yaml
-from conftest import write_pattern_folder
-from faultkit import checkpoint, run_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagefit.config import Config, config_from_dict, dump_config, load_config
-from imagefit.data.splits import SplitManifest, stratified_split
-from imagefit.errors import ConfigError
+from imagefit.data.splits import SPLITS, SplitManifest, stratified_split
+from imagefit.errors import ConfigError, DataError
 from imagefit.train.fit import fit
+
+from conftest import write_pattern_folder
+from faultkit import checkpoint, run_tree
 
 pytestmark = pytest.mark.faults
 
@@ -322,6 +325,217 @@ def test_manifest_save_load_round_trips(case, fractions, seed: int, moved: str) 
     assert {
         k: [(p.relative_to(relocated.root), y) for p, y in v] for k, v in relocated.splits.items()
     } == {k: [(p.relative_to(root), y) for p, y in v] for k, v in manifest.splits.items()}
+
+
+# --- invalid split manifests -------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+REQUIRED = ("root", "classes", "splits", "layout")
+CORRUPTIONS = (
+    "truncated",
+    "not utf-8",
+    "not an object",
+    "missing key",
+    "wrong type",
+    "duplicate class",
+    "split not a list",
+    "bad item",
+    "label out of range",
+    "path not relative",
+    "unknown split",
+    "no train",
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(value: Any) -> bool:
+    """An object of numbers: what ``fractions`` may hold besides null."""
+    return isinstance(value, dict) and all(_is_number(x) for x in value.values())
+
+
+def _is_pair(item: Any) -> bool:
+    return (
+        isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and _is_int(item[1])
+    )
+
+
+@st.composite
+def manifest_docs(draw: st.DrawFn) -> dict:
+    """A valid manifest as SplitManifest.save writes it."""
+    root, classes, samples = draw(sample_lists())
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    splits = stratified_split(samples, fractions, draw(SEEDS))
+    return SplitManifest(root, classes, splits, "stratified", 7, fractions).to_json()
+
+
+def _wrong(key: str) -> st.SearchStrategy[Any]:
+    """JSON values that ``key`` of a manifest must not hold."""
+    if key in ("root", "layout"):
+        return JSON.filter(lambda v: not isinstance(v, str))
+    if key == "splits":
+        return JSON.filter(lambda v: not isinstance(v, dict))
+    if key == "seed":
+        return JSON.filter(lambda v: v is not None and not _is_int(v))
+    if key == "fractions":
+        return JSON.filter(lambda v: v is not None and not _numbers(v))
+    not_a_name = JSON.filter(lambda v: not isinstance(v, str))  # key == "classes"
+    with_a_non_name = st.tuples(st.lists(NAME, max_size=2), not_a_name, st.lists(NAME, max_size=2))
+    return st.one_of(
+        JSON.filter(lambda v: not isinstance(v, list)),
+        with_a_non_name.map(lambda t: [*t[0], t[1], *t[2]]),
+    )
+
+
+@st.composite
+def corrupted_manifests(draw: st.DrawFn) -> tuple[str | bytes, str]:
+    """(file content, text the error must contain): a valid manifest with one thing broken."""
+    doc = draw(manifest_docs())
+    kind = draw(st.sampled_from(CORRUPTIONS))
+    name = draw(st.sampled_from(sorted(doc["splits"])))
+    items = doc["splits"][name]
+    position = draw(st.integers(0, len(items)))
+    if kind == "truncated":  # any proper prefix of a JSON object is not JSON
+        text = json.dumps(doc)
+        return text[: draw(st.integers(0, len(text) - 1))], "not a valid split manifest"
+    if kind == "not utf-8":
+        return b"\xff\xfe" + draw(st.binary(max_size=40)), "not a valid split manifest"
+    if kind == "not an object":
+        return json.dumps(draw(JSON.filter(lambda v: not isinstance(v, dict)))), "JSON object"
+    expect = ""
+    if kind == "missing key":
+        key = draw(st.sampled_from(REQUIRED))
+        del doc[key]
+        expect = f"'{key}'"
+    elif kind == "wrong type":
+        key = draw(st.sampled_from([*REQUIRED, "seed", "fractions"]))
+        doc[key] = draw(_wrong(key))
+        expect = f"'{key}'"
+    elif kind == "duplicate class":
+        doc["classes"].append(draw(st.sampled_from(doc["classes"])))
+        expect = "'classes'"
+    elif kind == "split not a list":
+        doc["splits"][name] = draw(JSON.filter(lambda v: not isinstance(v, list)))
+        expect = f"split '{name}'"
+    elif kind == "bad item":
+        items.insert(position, draw(JSON.filter(lambda v: not _is_pair(v))))
+        expect = f"split '{name}' item {position}"
+    elif kind == "label out of range":
+        count = len(doc["classes"])
+        label = draw(st.integers(max_value=-1) | st.integers(min_value=count))
+        items.insert(position, [draw(NAME), label])
+        expect = f"split '{name}' has labels outside the class list"
+    elif kind == "path not relative":
+        items.insert(position, [draw(st.just("") | NAME.map(lambda n: f"/{n}")), 0])
+        expect = f"split '{name}' item {position}: the path must be relative"
+    elif kind == "unknown split":
+        extra = draw(
+            st.from_regex(r"[a-z]{1,10}", fullmatch=True).filter(lambda s: s not in SPLITS)
+        )
+        doc["splits"][extra] = []
+        expect = "unknown split"
+    else:  # no train
+        del doc["splits"]["train"]
+        expect = "'train'"
+    return json.dumps(doc), expect
+
+
+def _load_written(content: str | bytes, **kwargs: Any) -> tuple[Path, Any]:
+    """(path, the manifest or the exception) of SplitManifest.load on a file of ``content``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "split.json"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        try:
+            return path, SplitManifest.load(path, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the tests look at which exception it is
+            return path, exc
+
+
+@PROPERTY
+@given(corrupted_manifests())
+def test_any_invalid_manifest_is_a_data_error_naming_the_file(
+    case: tuple[str | bytes, str],
+) -> None:
+    content, expect = case
+    path, outcome = _load_written(content)
+    assert isinstance(outcome, DataError), f"{type(outcome).__name__}: {outcome}"
+    assert str(path) in str(outcome) and expect in str(outcome), str(outcome)
+
+
+@st.composite
+def scribbled_manifests(draw: st.DrawFn) -> str:
+    """A valid manifest with any JSON value written at one place of it."""
+    doc, value = draw(manifest_docs()), draw(JSON)
+    place = draw(st.sampled_from(["key", "split", "item", "path", "label"]))
+    name = draw(st.sampled_from(sorted(doc["splits"])))
+    items = doc["splits"][name]
+    if place == "key":
+        doc[draw(st.sampled_from([*doc, "version", "root", "counts"]) | st.text(max_size=6))] = (
+            value
+        )
+    elif place == "split":
+        doc["splits"][draw(st.sampled_from([*SPLITS, name]) | st.text(max_size=6))] = value
+    elif items:
+        item = draw(st.sampled_from(items))
+        if place == "item":
+            items[items.index(item)] = value
+        else:
+            item[0 if place == "path" else 1] = value
+    return json.dumps(doc)
+
+
+@PROPERTY
+@given(scribbled_manifests(), st.booleans())
+def test_any_json_anywhere_loads_and_round_trips_or_is_a_data_error(
+    content: str, relocate: bool
+) -> None:
+    path, outcome = _load_written(content, root="/moved" if relocate else None)
+    if not isinstance(outcome, SplitManifest):
+        assert isinstance(outcome, DataError), f"{type(outcome).__name__}: {outcome}"
+        assert str(path) in str(outcome)
+        return
+    # still a manifest: then it is the one written, and saves back as it was read
+    doc, again = json.loads(content), outcome.to_json()
+    for key in ("classes", "layout", "seed", "fractions"):
+        assert json.dumps(again[key]) == json.dumps(doc.get(key)), key
+    assert again["splits"] == {
+        name: [[PurePosixPath(rel).as_posix(), label] for rel, label in items]
+        for name, items in doc["splits"].items()
+    }
+    assert again["root"] == ("/moved" if relocate else str(Path(doc["root"])))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[" * 100_000 + "]" * 100_000,  # nested past the recursion limit
+        '{"root": "/d", "layout": "x", "classes": ["a"], "splits": {"train": [["f", 1e400]]}}',
+        '{"root": "/d", "layout": "x", "classes": "ab", "splits": {"train": []}}',
+        '{"root": "/d", "layout": "x", "classes": ["a"], "splits": {"train": {"f0": 0}}}',
+        '{"root": "/d", "layout": "x", "classes": ["a"], "splits": []}',
+    ],
+    ids=["deep", "infinite-label", "classes-a-string", "split-an-object", "splits-a-list"],
+)
+def test_manifests_that_used_to_leak_or_load(content: str) -> None:
+    """These raised RecursionError, OverflowError or AttributeError, or loaded as nonsense
+    (the letters of a string as classes, the characters of a key as [path, label])."""
+    path, outcome = _load_written(content)
+    assert isinstance(outcome, DataError) and str(path) in str(outcome), repr(outcome)
 
 
 @pytest.mark.parametrize(

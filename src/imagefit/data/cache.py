@@ -3,7 +3,9 @@
 Decoding PNGs is the cost that dominates small-image training on a CPU; doing it once (in
 parallel threads: Pillow releases the GIL while decoding and resizing) and keeping the pixels
 as one ``(N, S, S, 3)`` uint8 array lets every later epoch, and every later run on the same
-files, skip it. The cache key hashes the files' bytes, so an edited image is never served stale.
+files, skip it. The cache key hashes the files' bytes, so an edited image is never served stale;
+each file's hash is memoised on (resolved path, size, mtime) in a small index next to the cache
+(:class:`FileHashes`), so a later run stats the files instead of reading them all again.
 
 Decoding writes each image straight into its row of the cache file, so a dataset larger than
 memory decodes with the memory of a few images; reading it back is a memory map.
@@ -15,8 +17,11 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
+import stat
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +48,10 @@ def decoded_bytes(count: int, size: int) -> int:
     return count * size * size * 3
 
 
+class CacheUnavailable(OSError):
+    """The cache folder cannot be written, and decoding into memory was ruled out."""
+
+
 @dataclass
 class DecodedImages:
     """Pixels of a list of samples; ``bad`` maps sample positions that failed to a reason."""
@@ -52,11 +61,131 @@ class DecodedImages:
     bad: dict[int, str] = field(default_factory=dict)
 
 
-def cache_key(samples: Sequence[Sample], size: int, min_size: int, decoder: str = "pillow") -> str:
+HASH_INDEX = "file-hashes.sqlite"  # in the cache folder, next to the entries
+# A file whose mtime is this close to the moment it is hashed may still change within the same
+# mtime tick (coarse on some filesystems) with the same size: its hash is not memoised.
+RACY_NS = 2 * 10**9
+FLUSH_ROWS = 4096  # new hashes written to the index this many at a time
+
+
+def file_digest(path: str | Path) -> bytes:
+    """sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.digest()
+
+
+class FileHashes:
+    """Files' sha256, memoised on (resolved path, size, mtime_ns) in a SQLite index file.
+
+    A file whose size or mtime changed is read and hashed again; so is every file when the
+    index cannot be opened or written (a read-only cache folder costs time, never a stale key).
+    Use as a context manager; new hashes are written as they come and when it closes.
+    """
+
+    def __init__(self, index: str | Path | None):
+        self.index = Path(index) if index is not None else None
+        self.db: sqlite3.Connection | None = None
+        self.fresh: list[tuple[str, int, int, bytes]] = []
+        self.parents: dict[str, str] = {}  # folder -> its resolved path
+        self.reads = 0  # files read and hashed (the rest came from the index)
+
+    def __enter__(self) -> FileHashes:
+        if self.index is not None:
+            self.db = self._open(self.index)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.db is None:
+            return
+        try:
+            self._flush()
+        finally:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+
+    def _flush(self) -> None:
+        """Write the new hashes (in batches: a million new files are not held until the end)."""
+        if self.db is None or not self.fresh:
+            return
+        try:
+            with self.db:  # one transaction
+                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", self.fresh)
+        except sqlite3.Error as exc:
+            log.warning("could not update the file hash index %s (%s)", self.index, exc)
+            self.db.close()
+            self.db = None
+        self.fresh.clear()
+
+    @staticmethod
+    def _open(index: Path) -> sqlite3.Connection | None:
+        db = None
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            for attempt in (1, 2):
+                db = sqlite3.connect(index, timeout=30)
+                try:
+                    db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER "
+                               "NOT NULL, mtime_ns INTEGER NOT NULL, sha256 BLOB NOT NULL)")  # fmt: skip
+                    return db
+                except sqlite3.DatabaseError as exc:
+                    db.close()
+                    db = None
+                    # "file is not a database": damaged, start it again; locked or read-only:
+                    # leave it to the runs that can use it.
+                    if attempt == 2 or isinstance(exc, sqlite3.OperationalError):
+                        raise
+                    log.warning("file hash index %s is damaged (%s); starting it again", index, exc)
+                    index.unlink()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("file hash index %s unusable (%s); hashing every file", index, exc)
+        return None
+
+    def _resolved(self, path: Path) -> tuple[str, os.stat_result]:
+        """The resolved path and stat of ``path``: folders resolved once, not once per file."""
+        folder = str(path.parent)
+        if folder not in self.parents:
+            self.parents[folder] = os.path.realpath(folder)
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            return os.path.realpath(path), os.stat(path)
+        return os.path.join(self.parents[folder], path.name), info
+
+    def digest(self, path: str | Path) -> bytes:
+        real, info = self._resolved(Path(path))  # stat before reading: a later edit re-hashes
+        if self.db is not None:
+            try:
+                row = self.db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?",
+                                      (real,)).fetchone()  # fmt: skip
+            except sqlite3.Error as exc:
+                log.warning("file hash index %s unusable (%s); hashing every file", self.index, exc)
+                self.db.close()
+                self.db = None
+                row = None
+            if row is not None and (row[0], row[1]) == (info.st_size, info.st_mtime_ns):
+                return bytes(row[2])
+        digest = file_digest(path)
+        self.reads += 1
+        if time.time_ns() - info.st_mtime_ns > RACY_NS:
+            self.fresh.append((real, info.st_size, info.st_mtime_ns, digest))
+            if len(self.fresh) >= FLUSH_ROWS:
+                self._flush()
+        return digest
+
+
+def cache_key(samples: Sequence[Sample], size: int, min_size: int, decoder: str = "pillow",
+              index: str | Path | None = None) -> str:  # fmt: skip
+    """A key of the files' contents and the preprocessing; ``index``: a :class:`FileHashes`
+    index file that spares reading files unchanged since an earlier run."""
     tag = "" if decoder == "pillow" else f":{decoder}"  # pillow keeps the keys it always had
     digest = hashlib.sha256(f"v{PREPROCESS_VERSION}:{size}:{min_size}{tag}".encode())
-    for path, _ in samples:
-        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    with FileHashes(index) as hashes:
+        for path, _ in samples:
+            digest.update(hashes.digest(path))
+    log.debug("cache key: %d files, %d read and hashed", len(samples), hashes.reads)
     return digest.hexdigest()[:32]
 
 
@@ -191,15 +320,18 @@ def decode_cached(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     decoder: str = "pillow",
+    memory_fallback: bool = True,
 ) -> DecodedImages:
     """Decoded pixels of ``samples`` at ``size``: from the disk cache, or decoded and stored.
 
     The array is memory-mapped (a ``np.memmap``) whenever the cache folder is writable, so a
     cache larger than RAM decodes and loads; ``decoder`` names an
-    :mod:`imagefit.data.decode` decoder.
+    :mod:`imagefit.data.decode` decoder. When the cache folder cannot be written the pixels
+    are decoded into memory, or, with ``memory_fallback=False`` (a dataset over the memory
+    budget), :class:`CacheUnavailable` is raised instead.
     """
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(samples, size, min_size, decoder)
+    key = cache_key(samples, size, min_size, decoder, index=directory / HASH_INDEX)
     npy, meta_path = directory / f"{key}.npy", directory / f"{key}.json"
     entry = _read_entry(npy, meta_path)
     if entry is not None:
@@ -212,5 +344,10 @@ def decode_cached(
     try:
         return _decode_to_cache(samples, size, min_size, on_bad, workers, decoder, npy, meta_path)
     except OSError as exc:  # a read-only or full cache folder costs speed, not the run
-        log.warning("could not write the image cache in %s (%s); decoding into memory", directory, exc)
+        if not memory_fallback:
+            raise CacheUnavailable(
+                f"could not write the image cache in {directory} ({exc})"
+            ) from exc
+        log.warning("could not write the image cache in %s (%s); decoding into memory",
+                    directory, exc)  # fmt: skip
     return _decode_all(samples, size, min_size, on_bad, workers, decoder)

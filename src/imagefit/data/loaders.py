@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from imagefit.config import Config, DataConfig
 from imagefit.data.augment import BatchAugment
 from imagefit.data.balance import balanced_sample_weights
-from imagefit.data.cache import decode_cached, decoded_bytes
+from imagefit.data.cache import CacheUnavailable, decode_cached, decoded_bytes
 from imagefit.data.decode import decode_array
 from imagefit.data.disk import DiskArraySource
 from imagefit.data.folder import Sample
@@ -49,7 +49,9 @@ class PixelSource(Protocol):
 class ArraySource:
     """Pixels already decoded into one array (the fast path)."""
 
-    def __init__(self, pixels: np.ndarray | torch.Tensor, labels: Sequence[int], device: torch.device):
+    def __init__(
+        self, pixels: np.ndarray | torch.Tensor, labels: Sequence[int], device: torch.device
+    ):
         if isinstance(pixels, np.ndarray):
             with warnings.catch_warnings():
                 # A memory-mapped cache is read-only; it is only ever read, so sharing is safe.
@@ -182,7 +184,9 @@ class Loader:
         rank, world = self.shard
         if world > 1 and self.shuffle:
             step = self.batch_size * world
-            batches = [np.array_split(order[i : i + step], world)[rank] for i in range(0, count, step)]
+            batches = [
+                np.array_split(order[i : i + step], world)[rank] for i in range(0, count, step)
+            ]
         else:
             mine = np.array_split(order, world)[rank]
             batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
@@ -200,7 +204,9 @@ class Loader:
             if self.augment is not None:
                 # Each rank draws its own augmentation for its shard of the global batch.
                 parts = (self.shard[0],) if self.shard[1] > 1 else ()
-                generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, start + offset, *parts))
+                generator = torch.Generator().manual_seed(
+                    derive_seed(self.seed, epoch, start + offset, *parts)
+                )
                 x, targets = self.augment(x.div_(255.0), labels, generator)
                 # (x * 255 - mean) / std in one pass: training batches only, so evaluation
                 # keeps the arithmetic that export.preprocess.normalise mirrors bit for bit.
@@ -219,7 +225,7 @@ class DataBundle:
     classes: list[str]
     manifest: SplitManifest
     train: Loader
-    val: Loader
+    val: Loader | None  # None: data.val_fraction=0, no validation
     test: Loader | None
     cached: bool
     skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
@@ -230,7 +236,9 @@ def _read_skip_list(path: str) -> set[Path]:
     if not file.is_file():
         raise DataError(f"data.skip_list: file not found: {file}")
     lines = file.read_text(encoding="utf-8").splitlines()
-    return {Path(line.strip()).resolve() for line in lines if line.strip() and not line.startswith("#")}
+    return {
+        Path(line.strip()).resolve() for line in lines if line.strip() and not line.startswith("#")
+    }
 
 
 def load_manifest(cfg: Config) -> SplitManifest:
@@ -252,32 +260,50 @@ def _apply_skip_list(manifest: SplitManifest, path: str, skipped: dict[str, str]
     log.info("skip list %s: left out %d files", path, len(skipped))
 
 
-def should_cache(d: DataConfig, count: int, size: int) -> bool:
-    """The fast path when asked, or when ``count`` decoded images fit the memory budget."""
-    return d.cache in ("always", "mmap") or (
-        d.cache == "auto" and decoded_bytes(count, size) <= d.memory_budget_mb * 2**20
-    )
+def over_budget(d: DataConfig, count: int, size: int) -> bool:
+    """Whether ``count`` decoded images of ``size`` px exceed ``data.memory_budget_mb``."""
+    return decoded_bytes(count, size) > d.memory_budget_mb * 2**20
 
 
-def make_source(d: DataConfig, samples: list[Sample], size: int, cache: bool, device: torch.device,
-                skipped: dict[str, str]) -> tuple[PixelSource, list[Sample]]:  # fmt: skip
-    """A pixel source for ``samples`` and the samples it really holds (bad files skipped)."""
-    if not cache:
-        source = StreamSource(samples, size, d.min_size, d.on_bad == "skip", d.num_workers,
-                              device.type == "cuda", d.decoder)  # fmt: skip
-        return source, samples
-    decoded = decode_cached(samples, size, d.min_size, d.on_bad, d.cache_dir, decoder=d.decoder)
+def make_source(d: DataConfig, samples: list[Sample], size: int, device: torch.device,
+                skipped: dict[str, str], *, budget_count: int | None = None,
+                ) -> tuple[PixelSource, list[Sample]]:  # fmt: skip
+    """A pixel source for ``samples`` and the samples it really holds (bad files skipped).
+
+    ``data.cache=never`` streams the files through DataLoader workers. Otherwise they are
+    decoded once into the image cache, whatever the dataset's size: cached pixels within
+    ``data.memory_budget_mb`` are held in memory (:class:`ArraySource`);
+    over it, or with ``data.cache=mmap``, each batch reads its rows from the cache file
+    (:class:`DiskArraySource`). ``budget_count``: the images weighed against the budget
+    (default ``len(samples)``; :func:`build_data` passes all splits', which share the budget).
+    """
+    if d.cache == "never":
+        return _stream(d, samples, size, device), samples
+    big = over_budget(d, len(samples) if budget_count is None else budget_count, size)
+    try:
+        # Over the budget, decoding into memory (a read-only cache folder) would need the
+        # very RAM the budget rules out: stream instead, unless the cache was insisted on.
+        decoded = decode_cached(samples, size, d.min_size, d.on_bad, d.cache_dir, decoder=d.decoder,
+                                memory_fallback=not big or d.cache != "auto")  # fmt: skip
+    except CacheUnavailable as exc:
+        log.warning("%s; streaming %d images from files (over data.memory_budget_mb)", exc,
+                    len(samples))  # fmt: skip
+        return _stream(d, samples, size, device), samples
     for position, reason in decoded.bad.items():
         skipped[str(samples[position][0])] = reason
         log.warning("skipped bad image: %s", reason)
     kept = [samples[i] for i in decoded.keep]
     labels = [label for _, label in kept]
-    over_budget = decoded_bytes(len(kept), size) > d.memory_budget_mb * 2**20
-    if (d.cache == "mmap" or over_budget) and isinstance(decoded.pixels, np.memmap):
+    if (d.cache == "mmap" or big) and isinstance(decoded.pixels, np.memmap):
         log.info("%d images read from the cache file per batch (%s)", len(kept),
                  "data.cache=mmap" if d.cache == "mmap" else "over data.memory_budget_mb")  # fmt: skip
         return DiskArraySource(decoded.pixels, labels, device), kept
     return ArraySource(decoded.pixels, labels, device), kept
+
+
+def _stream(d: DataConfig, samples: list[Sample], size: int, device: torch.device) -> StreamSource:
+    return StreamSource(samples, size, d.min_size, d.on_bad == "skip", d.num_workers,
+                        device.type == "cuda", d.decoder)  # fmt: skip
 
 
 def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = None,
@@ -291,18 +317,25 @@ def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = No
     skipped: dict[str, str] = {}
     if d.skip_list:
         _apply_skip_list(manifest, d.skip_list, skipped)
-    cache = should_cache(d, sum(len(items) for items in manifest.splits.values()), d.image_size)
+    total = sum(len(items) for items in manifest.splits.values())
+    cache = d.cache != "never"
+    where = "streamed from files"
+    if cache:
+        big = d.cache == "mmap" or over_budget(d, total, d.image_size)
+        where = "decoded once into the image cache, " + ("read per batch" if big else "in memory")
     log.info("data: %s, %d classes, %s images, %s", manifest.root, len(manifest.classes),
-             {k: len(v) for k, v in manifest.splits.items()},
-             "decoded once into memory" if cache else "streamed from files")  # fmt: skip
+             {k: len(v) for k, v in manifest.splits.items()}, where)  # fmt: skip
     loaders: dict[str, Loader] = {}
     for name, items in manifest.splits.items():
         if not items:
             continue
-        source, kept = make_source(d, items, d.image_size, cache, device, skipped)
+        source, kept = make_source(d, items, d.image_size, device, skipped, budget_count=total)
         manifest.splits[name] = kept
         train = name == "train"
-        augment = BatchAugment(cfg.augment, d.image_size, len(manifest.classes)) if train and d.augment else None
+        augment = None
+        if train and d.augment:
+            classes = len(manifest.classes)
+            augment = BatchAugment(cfg.augment, d.image_size, classes, mean=d.mean, std=d.std)
         size = (batch_size or t.batch_size) if train else (t.eval_batch_size or t.batch_size)
         weights = None
         if train and d.sampler == "balanced":
@@ -310,5 +343,5 @@ def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = No
         loaders[name] = Loader(source, size, device, shuffle=train, augment=augment, seed=t.seed,
                                mean=d.mean, std=d.std, limit=t.limit_batches,
                                weights=weights, shard=shard)  # fmt: skip
-    return DataBundle(manifest.classes, manifest, loaders["train"], loaders["val"],
+    return DataBundle(manifest.classes, manifest, loaders["train"], loaders.get("val"),
                       loaders.get("test"), cache, skipped)  # fmt: skip

@@ -11,6 +11,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,24 +56,108 @@ class SplitManifest:
 
     @classmethod
     def load(cls, path: str | Path, root: str | Path | None = None) -> SplitManifest:
-        """Read a manifest; ``root`` relocates it (the dataset moved, the files did not change)."""
+        """Read a manifest; ``root`` relocates it (the dataset moved, the files did not change).
+
+        Anything but a manifest as :meth:`save` writes it (unreadable, not JSON, a key missing
+        or of the wrong type, an unknown split, an absolute path, a label outside the class
+        list) is a :class:`DataError` that names the file and what is wrong.
+        """
         path = Path(path)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            base = Path(root) if root is not None else Path(raw["root"])
-            splits = {
-                name: [(base / rel, int(label)) for rel, label in items]
-                for name, items in raw["splits"].items()
-            }
-            manifest = cls(base, list(raw["classes"]), splits, raw["layout"], raw.get("seed"),
-                           raw.get("fractions"))  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise DataError(f"{path}: not a valid split manifest ({exc})") from None
-        for name, items in manifest.splits.items():
-            bad = [label for _, label in items if not 0 <= label < len(manifest.classes)]
-            if bad:
-                raise DataError(f"{path}: split '{name}' has labels outside the class list")
-        return manifest
+        try:
+            return cls._from_json(raw, root)
+        except _Invalid as exc:
+            raise DataError(f"{path}: not a valid split manifest: {exc}") from None
+
+    @classmethod
+    def _from_json(cls, raw: object, root: str | Path | None) -> SplitManifest:
+        if not isinstance(raw, dict):
+            raise _Invalid(f"expected a JSON object, got {_kind(raw)}")
+        required = ["classes", "splits", "layout"] + (["root"] if root is None else [])
+        missing = [key for key in required if key not in raw]
+        if missing:
+            raise _Invalid("missing " + ", ".join(f"'{key}'" for key in missing))
+        base = Path(root) if root is not None else Path(_typed(raw, "root", str, "a path"))
+        classes = _typed(raw, "classes", list, "a list of class names")
+        if not all(isinstance(name, str) for name in classes):
+            raise _Invalid("'classes' must be a list of class names (strings)")
+        if len(set(classes)) != len(classes):
+            raise _Invalid("'classes' names a class twice")
+        layout = _typed(raw, "layout", str, "a string")
+        seed = raw.get("seed")
+        if seed is not None and not _is_int(seed):
+            raise _Invalid(f"'seed' must be an integer or null, got {_kind(seed)}")
+        fractions = raw.get("fractions")
+        if fractions is not None and not (
+            isinstance(fractions, dict) and all(_is_number(v) for v in fractions.values())
+        ):
+            raise _Invalid("'fractions' must be an object of numbers or null")
+        named = _typed(raw, "splits", dict, "an object of splits")
+        unknown = sorted(set(named) - set(SPLITS))
+        if unknown:
+            raise _Invalid(f"unknown split(s) {unknown}; the splits are {list(SPLITS)}")
+        if "train" not in named:
+            raise _Invalid("no 'train' split")
+        splits = {name: _samples(name, items, base, len(classes)) for name, items in named.items()}
+        return cls(base, classes, splits, layout, seed, fractions)
+
+
+class _Invalid(Exception):
+    """What is wrong with a manifest's JSON (SplitManifest.load adds the file)."""
+
+
+def _kind(value: object) -> str:
+    """The JSON name of ``value``'s type, for messages."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "an array", dict: "an object", type(None): "null"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def _shape(item: object) -> str:
+    if not isinstance(item, list):
+        return _kind(item)
+    if len(item) != 2:
+        return f"an array of {len(item)}"
+    return f"[{_kind(item[0])}, {_kind(item[1])}]"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _typed(raw: dict, key: str, kind: type, what: str) -> Any:
+    value = raw[key]
+    if not isinstance(value, kind):
+        raise _Invalid(f"'{key}' must be {what}, got {_kind(value)}")
+    return value
+
+
+def _samples(name: str, items: object, base: Path, count: int) -> list[Sample]:
+    """Split ``name``'s ``[[relative path, label], ...]`` as samples under ``base``."""
+    if not isinstance(items, list):
+        raise _Invalid(f"split '{name}' must be a list of [path, label] pairs, got {_kind(items)}")
+    samples = []
+    for position, item in enumerate(items):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and _is_int(item[1])):  # fmt: skip
+            raise _Invalid(f"split '{name}' item {position} must be a [path, integer label] "
+                           f"pair, got {_shape(item)}")  # fmt: skip
+        rel, label = item
+        if not rel or Path(rel).is_absolute():  # save() could not write it back
+            raise _Invalid(f"split '{name}' item {position}: the path must be relative to the "
+                           f"root, got {rel[:80]!r}")  # fmt: skip
+        if not 0 <= label < count:
+            raise _Invalid(f"split '{name}' has labels outside the class list (item {position}: "
+                           f"label {label}, {count} classes)")  # fmt: skip
+        samples.append((base / rel, label))
+    return samples
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:
@@ -139,7 +224,9 @@ def resolve_splits(
         classes = find_classes(dirs["train"])
         splits = {name: scan_folder(path, classes).samples for name, path in dirs.items()}
         fractions = None
-        if "val" not in splits:
+        if "val" not in splits and val_fraction == 0:
+            splits["val"] = []
+        elif "val" not in splits:
             carved = stratified_split(splits["train"], {"train": 1 - val_fraction,
                                                          "val": val_fraction}, seed)  # fmt: skip
             splits.update(carved)
@@ -148,11 +235,11 @@ def resolve_splits(
                      len(splits["val"]), seed)  # fmt: skip
         splits.setdefault("test", [])
         manifest = SplitManifest(root, classes, splits, "folders", seed, fractions)
-    _check(manifest)
+    _check(manifest, need_val=val_fraction > 0)
     return manifest
 
 
-def _check(manifest: SplitManifest) -> None:
+def _check(manifest: SplitManifest, need_val: bool = True) -> None:
     if len(manifest.classes) < 2:
         raise DataError(
             f"{manifest.root}: found {len(manifest.classes)} class ({manifest.classes}); "
@@ -160,8 +247,10 @@ def _check(manifest: SplitManifest) -> None:
         )
     if not manifest.splits["train"]:
         raise DataError(f"{manifest.root}: the train split is empty")
-    if not manifest.splits["val"]:
-        raise DataError(f"{manifest.root}: the val split is empty; add images or raise val_fraction")
+    if need_val and not manifest.splits["val"]:
+        raise DataError(
+            f"{manifest.root}: the val split is empty; add images or raise val_fraction"
+        )
     if not manifest.splits["test"]:
         log.warning("%s: no test split; final test metrics will be skipped", manifest.root)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from imagefit.config import Config, config_from_dict
-from imagefit.data.loaders import Loader, make_source, should_cache
+from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest, resolve_splits
 from imagefit.errors import DataError
 from imagefit.evaluate.metrics import compute_metrics
@@ -40,14 +40,17 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", data_root: str 
     cfg = config_from_dict(config, source=str(checkpoint))
     manifest = _manifest(cfg, checkpoint, data_root)
     if manifest.classes != meta["classes"]:
-        raise DataError(f"the data's classes {manifest.classes} differ from the model's {meta['classes']}")
+        raise DataError(
+            f"the data's classes {manifest.classes} differ from the model's {meta['classes']}"
+        )
     samples = manifest.splits.get(split) or []
     if not samples:
         raise DataError(f"{manifest.root}: split '{split}' is empty or absent")
     size, skipped = meta["image_size"], {}
-    cache = should_cache(cfg.data, len(samples), size)
-    source, _ = make_source(cfg.data, samples, size, cache, dev, skipped)
-    loader = Loader(source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches)
+    source, _ = make_source(cfg.data, samples, size, dev, skipped)
+    loader = Loader(
+        source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
+    )
     precision = Precision(dev, channels_last=cfg.train.channels_last)
     targets, logits, loss = evaluate(model, loader, precision, desc=split)
     metrics = compute_metrics(targets, logits, meta["classes"], loss)

@@ -190,7 +190,7 @@ class _Trainer:
 def count_classes(cfg: Config, default: int = 1000) -> int:
     """Class folders of ``data.root`` (its train/ split when present), else ``default``."""
     root = Path(cfg.data.root) if cfg.data.root else None
-    for folder in ([root / "train", root] if root else []):
+    for folder in [root / "train", root] if root else []:
         if folder.is_dir():
             try:
                 return len(find_classes(folder))
@@ -211,11 +211,17 @@ def _trainer(cfg: Config, device: torch.device, classes: int) -> _Trainer:
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     precision = Precision(device, dtype, scaler, cfg.train.channels_last)
     optimizer = create_optimizer(model, cfg.optim, cfg.finetune)
-    criterion = create_criterion(cfg, [], [str(i) for i in range(classes)]).to(device)
+    # train.class_weights=balanced needs the train labels, which probing has no use for: a
+    # (classes,) weight vector does not change a step's memory, so the probe goes without it.
+    train = cfg.train.model_copy(update={"class_weights": "none"})
+    unweighted = cfg.model_copy(update={"train": train})
+    criterion = create_criterion(unweighted, [], [str(i) for i in range(classes)]).to(device)
     return _Trainer(cfg, model, optimizer, criterion, precision, classes)
 
 
-def search(fits: Callable[[int], bool], max_batch: int, start: int = 2, granularity: int = 8) -> int:
+def search(
+    fits: Callable[[int], bool], max_batch: int, start: int = 2, granularity: int = 8
+) -> int:
     """Largest batch in [start, max_batch] with ``fits``: doubling from ``start``, then bisection;
     0 when ``start`` does not fit."""
     lo, hi, batch = 0, max_batch + 1, min(start, max_batch)
