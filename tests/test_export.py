@@ -13,7 +13,6 @@ import onnx
 import pytest
 import timm
 import torch
-from conftest import tiny_config
 from typer.testing import CliRunner
 
 from imagefit.cli import app
@@ -25,6 +24,8 @@ from imagefit.export.onnx import compare_logits, export_onnx, ort_session, verif
 from imagefit.models.trained import load_trained
 from imagefit.train.checkpoint import save_checkpoint
 from imagefit.train.fit import fit
+
+from conftest import tiny_config
 
 
 def train_digits_run(out: Path, digits_root: Path) -> Path:
@@ -135,6 +136,31 @@ def test_opset_18_uses_the_torch_export_exporter(run_dir: Path, tmp_path: Path) 
     result = export_onnx(run_dir, out=tmp_path / "m18.onnx", opset=18)
     assert result["exporter"] == "dynamo" and result["verification"]["passed"]
     assert onnx.load(str(tmp_path / "m18.onnx")).opset_import[0].version == 18
+
+
+@pytest.mark.parametrize("arch", ["simple_cnn", "resnet18", "efficientnet_b0"])
+def test_opset_14_as_seed_004_exports_it(arch: str, run_dir: Path, tmp_path: Path) -> None:
+    """Seed 004 ships its model at opset 14: the TorchScript exporter, checked and verified."""
+    if arch == "simple_cnn":  # the trained digits run itself, copied so its export.json stays
+        shutil.copy(run_dir / "best.pt", tmp_path / "best.pt")
+    else:
+        _, meta, config = load_trained(run_dir)
+        model = _perturbed(arch, meta["num_classes"])
+        meta = {**meta, "arch": arch, "image_size": 64}
+        save_checkpoint(
+            {"model": model.state_dict(), "meta": meta, "config": config}, tmp_path / "best.pt"
+        )
+    shutil.copy(run_dir / "split.json", tmp_path / "split.json")
+    result = export_onnx(tmp_path / "best.pt", opset=14, batch_sizes=(1, 8))
+    assert result["opset"] == 14 and result["exporter"] == "torchscript"
+    check = result["verification"]
+    assert check["passed"] and check["inputs"].startswith("val split")
+    assert set(check["batch_sizes"]) == {"1", "8"} and check["top1_agreement"] == 1.0
+    assert check["max_abs_diff"] < 1e-3
+    proto = onnx.load(result["onnx"])
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 14
+    assert json.loads((tmp_path / "export.json").read_text())["opset"] == 14
 
 
 def test_a_model_that_differs_fails_verification(exported: dict[str, Any], run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -11,23 +12,85 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_plots import write_run
 
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.evaluate.report import config_differences, flatten_config, write_report
 
+from test_plots import write_run
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-# Appended by the test only (the report itself carries no script): marks the body once every
-# image has decoded, and records any script error.
+# Injected by the test only (the report itself carries no script). HOOK goes first in <head>,
+# before anything else can fail: it records script errors, failed resource loads (capture phase),
+# unhandled promise rejections and console.error/console.warn calls as a JSON list on <html>.
+HOOK = """<script>
+(() => {
+  const errors = [];
+  const root = document.documentElement;
+  const note = (kind, text) => {
+    errors.push(kind + ": " + String(text));
+    root.setAttribute("data-errors", JSON.stringify(errors));
+  };
+  root.setAttribute("data-errors", "[]");
+  window.addEventListener("error", e => {
+    const source = e.target && e.target !== window && (e.target.src || e.target.href);
+    note(source ? "resource" : "error", source || e.message);
+  }, true);
+  window.addEventListener("unhandledrejection", e => note("rejection", e.reason));
+  for (const level of ["error", "warn"]) {
+    const original = console[level].bind(console);
+    console[level] = (...args) => { note("console." + level, args.join(" ")); original(...args); };
+  }
+})();
+</script>"""
+# PROBE goes last in <body>: marks it once every image has decoded.
 PROBE = """<script>
-window.addEventListener("error", e => document.body.setAttribute("data-error", e.message));
 window.addEventListener("load", () => {
   const imgs = [...document.images];
   const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
   document.body.setAttribute("data-images", ok + "/" + imgs.length);
 });
 </script>"""
+# With --enable-logging=stderr Chromium logs every console message as `INFO:CONSOLE(...)`;
+# an uncaught exception or rejection reads "Uncaught ...": a second witness beside HOOK.
+UNCAUGHT = re.compile(r'CONSOLE[^\n]*"Uncaught[^\n]*')
+
+
+def render(page: Path, tmp_path: Path) -> tuple[str, list[str], list[str]]:
+    """(dumped DOM, errors HOOK recorded, Uncaught lines on stderr) of ``page`` with the hooks
+    injected, rendered by headless Chromium."""
+    assert CHROMIUM is not None
+    html_text = page.read_text(encoding="utf-8")
+    assert html_text.count("<head>") == 1 and html_text.count("</body>") == 1
+    probe = page.with_name(f"probe-{page.name}")
+    probe.write_text(
+        html_text.replace("<head>", "<head>" + HOOK).replace("</body>", PROBE + "</body>"),
+        encoding="utf-8",
+    )
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",  # containers give /dev/shm 64 MB: renderers crash on big pages
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    found = re.search(r'<html[^>]*\sdata-errors="([^"]*)"', dom)
+    assert found, f"the error hook did not run: {dom[:500]}"
+    return dom, json.loads(html.unescape(found.group(1))), UNCAUGHT.findall(result.stderr)
 
 
 def test_flatten_and_config_differences() -> None:
@@ -112,31 +175,35 @@ def test_missing_files_still_give_a_page(tmp_path: Path) -> None:
     CHROMIUM is None, reason="chromium is not installed (Debian package 'chromium')"
 )
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    assert CHROMIUM is not None
     runs = [write_run(tmp_path / "a"), write_run(tmp_path / "b", lr=0.01, num_classes=30)]
     out = write_report(runs, tmp_path / "report.html")
-    probe = tmp_path / "probe.html"
-    probe.write_text(out.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"))
     images = out.read_text(encoding="utf-8").count("<img ")
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        probe.as_uri(),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    dom = result.stdout
+    dom, errors, uncaught = render(out, tmp_path)
+    assert errors == [] and uncaught == [], (errors, uncaught)
     assert f'data-images="{images}/{images}"' in dom, dom[:500]
-    assert not re.search(r"<body[^>]*data-error", dom), dom[:500]
     assert "<table>" in dom and "Configuration differences" in dom
     assert images == 2 + 2 * 5  # comparison, and per run: curves, matrix, 3 per-class
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian package 'chromium')"
+)
+def test_chromium_check_catches_console_and_script_errors(tmp_path: Path) -> None:
+    """The check above is only as good as its hooks: a broken page must trip each of them."""
+    page = tmp_path / "broken.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>broken</title></head><body><p>x</p>"
+        '<script>console.error("logged", 42); null.field;</script>'
+        '<script>Promise.reject(new Error("refused"));</script>'
+        '<img alt="gone" src="missing.png"></body></html>',
+        encoding="utf-8",
+    )
+    dom, errors, uncaught = render(page, tmp_path)
+    assert "console.error: logged 42" in errors
+    assert any(e.startswith("error: Uncaught TypeError") for e in errors), errors
+    assert any(e.startswith("rejection: Error: refused") for e in errors), errors
+    assert any(e.startswith("resource: ") and e.endswith("missing.png") for e in errors), errors
+    assert any("TypeError" in line for line in uncaught) and any(
+        "refused" in line for line in uncaught
+    )
+    assert 'data-images="0/1"' in dom

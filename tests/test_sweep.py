@@ -12,10 +12,11 @@ import yaml
 from typer.testing import CliRunner
 
 from imagefit.cli import app
-from imagefit.config import Config
+from imagefit.config import Config, load_config
 from imagefit.errors import ConfigError, Interrupted
 from imagefit.sweep import load_sweep, run_sweep
 from imagefit.sweep import runner as sweep_runner
+from imagefit.sweep.table import groups_table
 from imagefit.train import fit as fit_module
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -195,6 +196,17 @@ def test_variants_seeds_baseline_and_failure(pattern_root: Path, tmp_path: Path,
     assert groups["cnn"]["test_accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     assert groups["broken"]["finished"] == 0 and groups["broken"]["test_accuracy"]["mean"] is None
     assert "## Mean ± std over seeds" in (out / "results.md").read_text()
+    cnn = by_name["cnn-seed0"]  # parameter counts: one value per trial, not a mean over seeds
+    assert groups["cnn"]["params_total"] == cnn["params_total"] > 0
+    assert groups["cnn"]["params_trainable"] == cnn["params_trainable"] > 0
+    header, rows = groups_table(result.groups)
+    cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert cells["cnn"]["params"] == f"{cnn['params_total']:,}"
+    assert cells["cnn"]["trainable"] == f"{cnn['params_trainable']:,}"
+    assert " ± " in cells["cnn"]["test acc"] and cells["broken"]["params"] == "-"
+    assert cells["hog"]["params"] == f"{hog['params_total']:,}"
+    means = (out / "results.md").read_text().split("## Mean ± std over seeds")[1]
+    assert "| params | trainable |" in means and f"| {cnn['params_total']:,} |" in means
 
     again = CountingFit()  # finished trials are skipped; the failed one is tried again
     monkeypatch.setattr(sweep_runner, "fit", again)
@@ -306,6 +318,11 @@ def test_shipped_sweeps_parse() -> None:
         32,
         42,
     )
+    # Seed 004 exports at opset 14, INT8 optional: every dogs training config (and so the sweep).
+    trained = sorted(p for p in (CONFIGS / "dogs").glob("*.yaml") if ".sweep" not in p.name)
+    assert len(trained) == 6
+    for cfg in [load_config(p) for p in trained] + [full]:
+        assert (cfg.export.onnx, cfg.export.opset, cfg.export.int8) == (True, 14, False)
 
 
 @pytest.mark.parametrize(("sweep", "base", "message"), [
@@ -338,19 +355,29 @@ def test_cli_set_key_is_checked(tmp_path: Path, pattern_root: Path) -> None:
         load_sweep(path, ["train.epoch=2"])
 
 
-def test_cli_sweep_and_baseline(tmp_path: Path, pattern_root: Path, quick_pictures: list) -> None:
+def test_cli_sweep_and_baseline(tmp_path: Path, pattern_root: Path, quick_pictures: list,
+                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     runner = CliRunner()
+    monkeypatch.setenv("COLUMNS", "200")  # rich folds cells to the terminal's width
     path = write_sweep(
         tmp_path,
-        {"variants": [{"name": "a", "set": {}}]},
+        {"variants": [{"name": "a", "set": {}}], "seeds": [0, 1]},
         base_tree(pattern_root, limit_batches=None),
     )
     result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "cli"), "--limit-batches", "1",
                                  "--set", "train.epochs=1"], catch_exceptions=False)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "sweep s" in result.output and "all_results" in result.output
-    config = yaml.safe_load((tmp_path / "cli" / "runs" / "a" / "config.yaml").read_text())
+    config = yaml.safe_load((tmp_path / "cli" / "runs" / "a-seed0" / "config.yaml").read_text())
     assert config["train"]["limit_batches"] == 1
+    # Both tables (per run, and mean ± std over seeds) show size and cost (issue 4 item 7).
+    runs_part, means_part = result.output.split("mean ± std over seeds")
+    summary = read(tmp_path / "cli" / "runs" / "a-seed0" / "summary.json")
+    for part in (runs_part, means_part):
+        for title in ("params", "trainable", "wall s", "images/s"):
+            assert title in part, (title, part)
+        assert f"{summary['params_total']:,}" in part
+    assert f"{summary['train_images_per_s']:.1f}" in runs_part
 
     (tmp_path / "hog.yaml").write_text(
         yaml.safe_dump({**base_tree(pattern_root), "output": {"dir": str(tmp_path / "b")}})

@@ -1,5 +1,6 @@
 """Tracking sinks against real back ends: MLflow's local default store, a real MLflow server on
-loopback (with a nested run under a parent), a dead server, TensorBoard event files."""
+loopback (with a nested run under a parent), a dead server, MLFLOW_TRACKING_URI, a sweep whose
+trials nest under one parent run, TensorBoard event files."""
 
 from __future__ import annotations
 
@@ -20,13 +21,18 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, write_pattern_folder
+import yaml
 from mlflow import MlflowClient
 
 from imagefit.config import Config, TrackConfig
+from imagefit.errors import Interrupted
 from imagefit.models.trained import load_trained
+from imagefit.sweep import load_sweep, run_sweep
+from imagefit.sweep import runner as sweep_runner
 from imagefit.track.mlflow_sink import HTTP_DEFAULTS, MlflowSink, flatten, mlflow_parent
 from imagefit.train.fit import fit
+
+from conftest import tiny_config, write_pattern_folder
 
 EXPERIMENT = "imagefit-tests"
 # MLflow's own SQLAlchemy store warns about its queries; nothing here can act on it.
@@ -260,6 +266,133 @@ def test_dead_server_warns_and_training_completes(
     for name in ("summary.json", "metrics.json", "history.json", "best.pt"):
         assert (result.run_dir / name).is_file()
     assert result.summary["status"] == "finished" and np.isfinite(result.metrics["accuracy"])
+
+
+def test_tracking_uri_from_the_environment_when_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No track.mlflow_uri: MLFLOW_TRACKING_URI decides, for runs and for parent runs alike."""
+    env_uri = f"sqlite:///{tmp_path / 'from-env.db'}"
+    monkeypatch.chdir(tmp_path)  # MLflow's default (unused here) would be ./mlflow.db
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
+    cfg = _config(Path("unused"), tmp_path / "runs")
+    assert cfg.track.mlflow_uri is None
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)
+    with mlflow_parent("env-sweep", cfg.track) as parent:
+        sink = MlflowSink(cfg, run_dir)
+        sink.finished = True
+        sink.close()
+    assert sink.uri == env_uri and parent is not None
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    client = MlflowClient(env_uri)
+    child = client.get_run(sink.run_id)
+    assert child.info.status == "FINISHED" and child.data.params["model.name"] == "simple_cnn"
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).info.run_name == "env-sweep"
+    assert json.loads((run_dir / "mlflow.json").read_text())["uri"] == env_uri
+
+
+def _quick_sweep_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for matplotlib (about a second a figure here; plots have their own tests)."""
+
+    def plot_comparison(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "comparison.png").write_bytes(b"png")
+        return [Path(out_dir) / "comparison.png"]
+
+    def write_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
+        Path(out).write_text("<html></html>")
+        return Path(out)
+
+    monkeypatch.setattr("imagefit.evaluate.plots.plot_run", lambda run_dir: [])
+    monkeypatch.setattr("imagefit.evaluate.plots.plot_comparison", plot_comparison)
+    monkeypatch.setattr("imagefit.evaluate.report.write_report", write_report)
+
+
+def _tiny_sweep(folder: Path, data: Path, lrs: list[float], **track: object) -> Path:
+    """A grid over optim.lr of simple_cnn at 16 px, 1 epoch of 2 batches, MLflow on."""
+    base = {"data": {"root": str(data), "image_size": 16, "num_workers": 0},
+            "model": {"name": "simple_cnn"}, "optim": {"name": "adam", "lr": 0.003},
+            "train": {"epochs": 1, "batch_size": 8, "threads": 1, "limit_batches": 2},
+            "track": {"mlflow": True, "mlflow_experiment": EXPERIMENT, **track}}  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "base.yaml").write_text(yaml.safe_dump(base))
+    path = folder / "lr.sweep.yaml"
+    sweep = {"name": "lr-study", "base": "base.yaml", "out": str(folder / "out"),
+             "grid": {"optim.lr": lrs}}  # fmt: skip
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_sweep_trials_are_nested_under_one_parent_run(
+    patterns: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2-trial sweep, interrupted before its second trial and then resumed: one parent run
+    (KILLED, then reopened and FINISHED) with both trials nested under it."""
+    _quick_sweep_pictures(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts in ./mlruns
+    uri = f"sqlite:///{tmp_path / 'sweep.db'}"
+    path = _tiny_sweep(tmp_path / "sweep", patterns, [0.001, 0.01], mlflow_uri=uri)
+    out = tmp_path / "sweep" / "out"
+    real_fit = sweep_runner.fit
+
+    def fit_until_second(cfg: Config | None = None, **kwargs: object) -> object:
+        if cfg is not None and cfg.output.name == "lr-0.01":
+            raise Interrupted("stop requested")
+        return real_fit(cfg, **kwargs)
+
+    monkeypatch.setattr(sweep_runner, "fit", fit_until_second)
+    with pytest.raises(Interrupted):
+        run_sweep(load_sweep(path))
+    client = MlflowClient(uri)
+    parent_id = json.loads((out / "mlflow_parent.json").read_text())["run_id"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+    monkeypatch.setattr(sweep_runner, "fit", real_fit)
+
+    result = run_sweep(load_sweep(path))  # resumes: the same parent, the missing trial added
+    assert [r["status"] for r in result.records] == ["finished", "finished"]
+    assert "IMAGEFIT_MLFLOW_PARENT_RUN_ID" not in os.environ
+    assert json.loads((out / "mlflow_parent.json").read_text())["run_id"] == parent_id
+    parent = client.get_run(parent_id)
+    assert parent.info.run_name == "lr-study" and parent.info.status == "FINISHED"
+    assert "mlflow.parentRunId" not in parent.data.tags
+    assert parent.data.tags["imagefit.sweep_dir"] == str(out.resolve())
+    runs = client.search_runs([parent.info.experiment_id])
+    children = [r for r in runs if r.info.run_id != parent_id]
+    assert sorted(r.info.run_name for r in children) == ["lr-0.001", "lr-0.01"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        own = json.loads((out / "runs" / child.info.run_name / "mlflow.json").read_text())
+        assert own["run_id"] == child.info.run_id and child.info.status == "FINISHED"
+    files = _artifacts(client, parent_id)
+    assert {"all_results.json", "results.md", "results.csv", "sweep.yaml", "report.html",
+            "plots/comparison.png"} <= files  # fmt: skip
+    (tmp_path / "download").mkdir()
+    logged = Path(
+        client.download_artifacts(parent_id, "all_results.json", str(tmp_path / "download"))
+    )
+    statuses = [t["status"] for t in json.loads(logged.read_text())["trials"]]
+    assert statuses == ["finished", "finished"]  # the final results replaced the interrupted ones
+
+
+def test_sweep_with_a_dead_server_warns_and_completes(
+    patterns: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _quick_sweep_pictures(monkeypatch)
+    dead = f"http://127.0.0.1:{_free_port()}"
+    path = _tiny_sweep(tmp_path / "sweep", patterns, [0.01], mlflow_uri=dead)
+    with caplog.at_level(logging.WARNING):
+        result = run_sweep(load_sweep(path))
+    assert [r["status"] for r in result.records] == ["finished"]
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "MLflow parent run 'lr-study' not started" in warning and "cannot connect" in warning
+    out = tmp_path / "sweep" / "out"
+    assert not (out / "mlflow_parent.json").exists()
+    assert (out / "all_results.json").is_file() and (out / "runs" / "lr-0.01" / "best.pt").is_file()
 
 
 def test_flatten_gives_dotted_keys() -> None:

@@ -4,10 +4,19 @@ A trial whose ``summary.json`` says finished is never run again; one with a ``la
 summary was interrupted and resumes from it; anything else starts afresh. A trial that raises
 is recorded as failed and the sweep goes on; an interrupt (signal, Ctrl-C) stops the sweep
 after writing what is known, so rerunning the same command continues where it stopped.
+
+MLflow: when the sweep's base config (with the file's ``set:`` and the command line's
+``--set``) has ``track.mlflow`` on, the trials are nested runs under one parent run named after
+the sweep, which gets the sweep's results (all_results.json, results.md/.csv, sweep.yaml,
+plots/, report.html) as artifacts at the end. Its id is kept in ``OUT/mlflow_parent.json``:
+rerunning the sweep reopens that parent (same tracking URI and experiment), so a resumed sweep
+stays one parent run; a resumed trial continues its own MLflow run under it. MLflow failing
+only warns, as it does for a single run.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import sys
@@ -19,17 +28,19 @@ from typing import Any
 
 import yaml
 
-from imagefit.config import Config
+from imagefit.config import Config, TrackConfig, apply_override
 from imagefit.errors import ImagefitError, Interrupted
 from imagefit.sweep import table
 from imagefit.sweep.baseline import run_hog_svm_baseline
-from imagefit.sweep.spec import BASELINES, SweepSpec, Trial
+from imagefit.sweep.spec import BASELINES, SweepSpec, Trial, set_dotted
+from imagefit.track.mlflow_sink import log_parent_artifacts, mlflow_parent
 from imagefit.train import rundir
 from imagefit.train.fit import EpochHook, fit
 
 log = logging.getLogger(__name__)
 
 TRIAL_FILE = "trial.json"  # the sweep's own record in a run folder: overrides, status, error
+PARENT_RECORD = "mlflow_parent.json"  # the sweep's MLflow parent run, reopened on a rerun
 
 
 @dataclass
@@ -195,11 +206,40 @@ def pending_records(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict
     return result
 
 
+def sweep_track(spec: SweepSpec) -> TrackConfig:
+    """The ``track`` section of the sweep's base config with ``set:`` and ``--set`` applied
+    (a trial's own overrides aside: the parent run is the sweep's, not a trial's)."""
+    tree = copy.deepcopy(spec.base_tree)
+    for key, value in spec.common.items():
+        set_dotted(tree, key, value)
+    for assignment in spec.cli:
+        apply_override(tree, assignment)
+    return TrackConfig.model_validate(tree.get("track") or {})
+
+
+def _parent_files(spec: SweepSpec) -> list[tuple[Path, str | None]]:
+    names = ("all_results.json", "results.md", "results.csv", "sweep.yaml", "report.html")
+    return [(spec.out / name, None) for name in names] + [(spec.out / "plots", "plots")]
+
+
 def run_sweep(spec: SweepSpec) -> SweepResult:
     """Run every trial of ``spec`` into ``spec.out`` and write all_results.json, results.md,
-    results.csv, plots/ and report.html there. Reruns skip finished trials."""
+    results.csv, plots/ and report.html there. Reruns skip finished trials.
+
+    With ``track.mlflow`` on in the sweep's base config, the trials nest under one MLflow
+    parent run (see the module's docstring)."""
     (spec.out / "runs").mkdir(parents=True, exist_ok=True)
     table.write_sweep_file(spec)
+    track = sweep_track(spec)
+    if not track.mlflow:
+        return _run_trials(spec, None, track)
+    tags = {"imagefit.sweep_dir": str(spec.out.resolve()), "imagefit.sweep_file": str(spec.path),
+            "imagefit.sweep_mode": spec.mode}  # fmt: skip
+    with mlflow_parent(spec.name, track, spec.out / PARENT_RECORD, tags) as parent:
+        return _run_trials(spec, parent, track)
+
+
+def _run_trials(spec: SweepSpec, parent: str | None, track: TrackConfig) -> SweepResult:
     records: list[dict[str, Any]] = []
     try:
         if spec.search is not None:
@@ -210,6 +250,8 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
             _run_planned(spec, records)
     except (Interrupted, KeyboardInterrupt) as exc:
         table.write_results(spec, records + pending_records(spec, records))
+        if parent:
+            log_parent_artifacts(parent, track, _parent_files(spec))
         # fit's message says `imagefit train --resume`; for a sweep, the sweep is what resumes.
         raise Interrupted(
             f"sweep {spec.name} stopped after {sum(r['status'] == 'finished' for r in records)} "
@@ -217,4 +259,6 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
         ) from exc
     files = table.write_results(spec, records)
     files.update(_visuals(spec, records))
+    if parent:
+        log_parent_artifacts(parent, track, _parent_files(spec))
     return SweepResult(spec.out, records, table.group_records(records) if spec.seeds else [], files)

@@ -45,7 +45,8 @@ COLUMNS = (
     ("wall_time_s", "wall s", _field("wall_time_s"), ".1f"),
     ("train_images_per_s", "images/s", _field("train_images_per_s"), ".1f"),
 )
-AVERAGED = COLUMNS[:5] + COLUMNS[7:]  # parameter counts do not vary over seeds
+CONSTANT = ("params_total", "params_trainable")  # the same for every seed: shown, not averaged
+AVERAGED = tuple(c for c in COLUMNS if c[0] not in CONSTANT)
 OBJECTIVE = ("value", "objective", _field("value"), ".4f")  # a search's per-trial value
 
 
@@ -114,10 +115,11 @@ def group_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     result = []
     for name, members in groups.items():
         done = [r for r in members if r["status"] == "finished"]
+        counted = next((r for r in done + members if r.get("params_total") is not None), members[0])
         result.append({
             "name": name, "overrides": members[0]["overrides"], "runs": len(members),
             "finished": len(done), "seeds": [r["seed"] for r in done],
-            "params_total": members[0].get("params_total"),
+            **{key: counted.get(key) for key in CONSTANT},
             **{key: _mean_std([get(r) for r in done]) for key, _, get, _ in AVERAGED},
         })  # fmt: skip
     return result
@@ -147,18 +149,25 @@ def runs_table(
     return header, rows
 
 
-def groups_table(groups: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of mean ± std over seeds."""
+def groups_table(
+    groups: list[dict[str, Any]], columns: tuple[str, ...] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of mean ± std over seeds: COLUMNS (or the ``columns`` named by key),
+    parameter counts as their one value."""
     keys = list(dict.fromkeys(k for g in groups for k in g["overrides"]))
+    shown = [c for c in COLUMNS if columns is None or c[0] in columns]
 
-    def cell(stats: dict[str, Any], spec: str) -> str:
+    def cell(group: dict[str, Any], key: str, spec: str) -> str:
+        if key in CONSTANT:
+            return fmt(group.get(key), spec)
+        stats = group[key]
         return fmt(stats["mean"], spec) + (
             "" if stats["std"] is None else f" ± {fmt(stats['std'], spec)}"
         )
 
-    header = ["trial", "seeds", *keys, *(t for _, t, _, _ in AVERAGED)]
+    header = ["trial", "seeds", *keys, *(t for _, t, _, _ in shown)]
     rows = [[g["name"], f"{g['finished']}/{g['runs']}", *(fmt_value(g["overrides"].get(k)) for k in keys),
-             *(cell(g[k], f) for k, _, _, f in AVERAGED)] for g in groups]  # fmt: skip
+             *(cell(g, k, f) for k, _, _, f in shown)] for g in groups]  # fmt: skip
     return header, rows
 
 

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 class Sink(Protocol):
     def log_epoch(self, row: dict[str, Any]) -> None: ...
 
-    def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None: ...
+    def log_final(
+        self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -43,7 +45,9 @@ class Tracker:
         self.sinks: dict[str, Sink] = {}
         for name, (enabled, factory) in SINKS.items():
             if enabled(cfg):
-                self._guard(name, lambda f=factory: self.sinks.__setitem__(name, f(cfg, run_dir)))
+                self._guard(
+                    name, lambda f=factory, n=name: self.sinks.__setitem__(n, f(cfg, run_dir))
+                )
 
     def _guard(self, name: str, call: Callable[[], Any]) -> None:
         try:

@@ -11,7 +11,9 @@ export.json; the best model with MLflow's PyTorch flavour, a real input example 
 
 Nesting (sweeps): inside ``with mlflow_parent("sweep-name", cfg.track):`` -- or whenever the
 environment variable ``IMAGEFIT_MLFLOW_PARENT_RUN_ID`` holds a run id, which child processes
-inherit -- every run becomes a nested run under that parent.
+inherit -- every run becomes a nested run under that parent. ``run_sweep`` opens one when the
+sweep's base config has ``track.mlflow`` on, and keeps its id in the sweep folder
+(``mlflow_parent.json``) so that a resumed sweep reopens the same parent.
 
 Failures: the Tracker switches a failing sink off with a warning and training goes on; the run
 folder is the complete record. Connection attempts fail within seconds, not minutes, because
@@ -25,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,26 +92,40 @@ def _experiment_id(client: Any, name: str) -> str:
 
 
 @contextmanager
-def mlflow_parent(name: str, track: TrackConfig | None = None) -> Iterator[str | None]:
+def mlflow_parent(
+    name: str,
+    track: TrackConfig | None = None,
+    record: Path | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[str | None]:
     """Start a parent run named ``name``; runs started inside (here or in child processes) nest
-    under it. Yields its run id; the run ends FINISHED, or FAILED if the block raised.
+    under it. Yields its run id; the run ends FINISHED, KILLED on an interrupt, or FAILED if the
+    block raised anything else.
 
-    An unreachable server yields None after a warning: the runs inside still train.
+    ``record`` (a JSON file, e.g. in a sweep folder) keeps the parent's id: a later call with the
+    same record, tracking URI and experiment reopens that run instead of starting another, so a
+    resumed sweep stays one parent. An unreachable server yields None after a warning: the runs
+    inside still train.
     """
     track = track or TrackConfig()
+    run_id: str | None = None
     try:
         client, uri = _client(track)
-        run = client.create_run(_experiment_id(client, track.mlflow_experiment), run_name=name)
+        run_id = _open_parent(client, uri, name, track, record, tags or {})
     except Exception as exc:  # noqa: BLE001 - tracking must never stop a sweep
         log.warning("MLflow parent run '%s' not started: %s", name, _reason(exc))
+    if run_id is None:
         yield None
         return
-    run_id, previous = run.info.run_id, os.environ.get(PARENT_ENV)
+    previous = os.environ.get(PARENT_ENV)
     os.environ[PARENT_ENV] = run_id
     status = "FAILED"
     try:
         yield run_id
         status = "FINISHED"
+    except (Interrupted, KeyboardInterrupt):
+        status = "KILLED"
+        raise
     finally:
         if previous is None:
             os.environ.pop(PARENT_ENV, None)
@@ -117,6 +133,45 @@ def mlflow_parent(name: str, track: TrackConfig | None = None) -> Iterator[str |
             os.environ[PARENT_ENV] = previous
         _end_parent(client, run_id, status)
         log.info("MLflow parent run %s (%s) at %s: %s", name, run_id, uri, status)
+
+
+def _open_parent(client: Any, uri: str, name: str, track: TrackConfig, record: Path | None,
+                 tags: dict[str, str]) -> str:  # fmt: skip
+    """The run id of the parent: the recorded one when it still exists where we log, else new."""
+    from imagefit.train.rundir import write_json
+
+    experiment = _experiment_id(client, track.mlflow_experiment)
+    saved = _read_record(record) if record is not None else {}
+    same_place = saved.get("uri") == uri and saved.get("experiment_id") == experiment
+    if same_place and saved.get("run_id"):
+        try:
+            run = client.get_run(saved["run_id"])
+            if run.info.lifecycle_stage == "active":
+                client.update_run(run.info.run_id, status="RUNNING")
+                log.info("MLflow: reopened parent run %s of '%s'", run.info.run_id, name)
+                return run.info.run_id
+        except Exception as exc:  # noqa: BLE001 - deleted or unreadable: start a new parent
+            log.info("MLflow parent run %s not reopened (%s)", saved["run_id"], _reason(exc))
+    run = client.create_run(experiment, run_name=name, tags=tags)
+    if record is not None:
+        write_json(record, {"uri": uri, "run_id": run.info.run_id, "experiment_id": experiment})
+    return run.info.run_id
+
+
+def log_parent_artifacts(
+    run_id: str, track: TrackConfig, files: Iterable[tuple[Path, str | None]]
+) -> None:
+    """Log ``(file or folder, artifact folder)`` pairs to the parent run ``run_id``; missing paths
+    are skipped. A failure is a warning: the files stay where they are."""
+    try:
+        client, _ = _client(track)
+        for path, folder in files:
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), folder)
+            elif path.is_file():
+                client.log_artifact(run_id, str(path), folder)
+    except Exception as exc:  # noqa: BLE001 - the sweep folder is the complete record
+        log.warning("MLflow parent run %s: artifacts not logged: %s", run_id, _reason(exc))
 
 
 def _end_parent(client: Any, run_id: str, status: str) -> None:
@@ -316,9 +371,10 @@ def _read_record(path: Path) -> dict[str, Any]:
     import json
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _reason(exc: Exception) -> str:
