@@ -34,5 +34,7 @@ def ratio_line(label: str, ours: list[float], base: list[float], goal: float | N
     ratios = sorted(o / b for o, b in zip(ours, base, strict=True))
     value = median(ratios)
     verdict = f"  (goal >= {goal:g}: {'met' if value >= goal else 'NOT met'})" if goal else ""
-    quartiles = f"[per-round ratios {ratios[len(ratios) // 4]:.2f}..{ratios[(3 * len(ratios)) // 4]:.2f}]"
+    quartiles = (
+        f"[per-round ratios {ratios[len(ratios) // 4]:.2f}..{ratios[(3 * len(ratios)) // 4]:.2f}]"
+    )
     return f"{label}: {median(ours):,.1f}/s vs {median(base):,.1f}/s = {value:.3f}x {quartiles}{verdict}"

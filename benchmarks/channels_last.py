@@ -18,6 +18,7 @@ import time
 import timm
 import torch
 import torch.nn.functional as F
+
 from _timing import interleaved, median, ratio_line
 
 
@@ -36,7 +37,9 @@ def case(model: torch.nn.Module, fmt: torch.memory_format, args: argparse.Namesp
     device = torch.device(args.device)
     model = model.to(device, memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(
+        memory_format=fmt
+    )
     y = torch.randint(0, 1000, (args.batch,), device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else None
 
@@ -66,7 +69,12 @@ def main() -> None:
         samples = interleaved(cases, args.rounds)
         print(f"{name} at {args.size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, "
               f"{args.rounds} rounds x {args.steps} steps")  # fmt: skip
-        print("  " + ratio_line("channels_last vs NCHW (training)", samples["channels_last"], samples["nchw"]))
+        print(
+            "  "
+            + ratio_line(
+                "channels_last vs NCHW (training)", samples["channels_last"], samples["nchw"]
+            )
+        )
         print("  medians: " + ", ".join(f"{k} {median(v):,.1f} img/s" for k, v in samples.items()))
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _timing import interleaved, median, ratio_line
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from imagefit.config import config_from_dict
 from imagefit.data.loaders import build_data
+
+from _timing import interleaved, median, ratio_line
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
@@ -49,7 +50,9 @@ def write_pngs(root: Path, count: int) -> Path:
     for index in range(count):
         coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         image = Image.fromarray(coarse).resize((32, 32), Image.Resampling.BICUBIC)
-        pixels = np.clip(np.asarray(image, dtype=np.int16) + rng.integers(-12, 12, (32, 32, 3)), 0, 255)
+        pixels = np.clip(
+            np.asarray(image, dtype=np.int16) + rng.integers(-12, 12, (32, 32, 3)), 0, 255
+        )
         target = root / f"class_{index % 10}" / f"{index:05d}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.astype(np.uint8)).save(target)

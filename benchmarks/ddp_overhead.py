@@ -24,9 +24,10 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _timing import interleaved, median, ratio_line
 
 from imagefit.data.digits import write_digits
+
+from _timing import interleaved, median, ratio_line
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,7 +39,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run_case(work: Path, root: Path, args: argparse.Namespace, processes: int, threads: int) -> float:
+def run_case(
+    work: Path, root: Path, args: argparse.Namespace, processes: int, threads: int
+) -> float:
     out = work / f"runs-{processes}x{threads}"
     batch = args.batch * 2 // processes  # the same global batch in every case
     config = {"data": {"root": str(root), "image_size": args.size, "num_workers": 0, "cache_dir": str(work / "cache")},
@@ -47,8 +50,20 @@ def run_case(work: Path, root: Path, args: argparse.Namespace, processes: int, t
               "output": {"dir": str(out)}}  # fmt: skip
     path = work / f"c-{processes}x{threads}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "imagefit", "-q", "train", str(path)]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+    ]
+    command = (launcher if processes > 1 else [sys.executable]) + [
+        "-m",
+        "imagefit",
+        "-q",
+        "train",
+        str(path),
+    ]
     subprocess.run(command, check=True, capture_output=True)
     summary = sorted(out.glob("*/summary.json"))[-1]
     return json.loads(summary.read_text())["train_images_per_s"]
@@ -65,9 +80,13 @@ def main() -> None:
                  "1 process x 2 threads": lambda: run_case(work, root, args, 1, 2)}  # fmt: skip
         samples = interleaved(cases, args.rounds)
     one, two, threads = (samples[k] for k in cases)
-    print(f"{args.model} at {args.size} px on digits, global batch {2 * args.batch}, 1 epoch, {args.rounds} rounds")
+    print(
+        f"{args.model} at {args.size} px on digits, global batch {2 * args.batch}, 1 epoch, {args.rounds} rounds"
+    )
     print(ratio_line("2 processes (DDP, gloo) vs 1 process, 1 thread each", two, one))
-    print(f"scaling efficiency: {median([t / o for t, o in zip(two, one, strict=True)]) / 2:.0%} of perfect")
+    print(
+        f"scaling efficiency: {median([t / o for t, o in zip(two, one, strict=True)]) / 2:.0%} of perfect"
+    )
     print(ratio_line("2 processes (DDP) vs 1 process with 2 threads", two, threads))
     print("medians: " + ", ".join(f"{k} {median(v):,.1f} images/s" for k, v in samples.items()))
 

@@ -21,13 +21,14 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from _timing import interleaved, median, ratio_line
 from torch import nn
 
 from imagefit.config import FinetuneConfig, OptimConfig
 from imagefit.models.registry import create_model
 from imagefit.train.loop import EpochProgress, Precision, train_one_epoch
 from imagefit.train.optim import create_optimizer, kernel_options
+
+from _timing import interleaved, median, ratio_line
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,7 +56,9 @@ class Batches:
         return iter(self.batches[start:])
 
 
-def make_batches(args: argparse.Namespace, steps: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(
+    args: argparse.Namespace, steps: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     out = []
     for _ in range(steps):
@@ -72,7 +75,9 @@ def sync(device: torch.device) -> None:
 
 def imagefit_case(model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None,
                   implementation: str = "auto"):  # fmt: skip
-    optimizer = create_optimizer(model, OptimConfig(name="adamw", implementation=implementation), FinetuneConfig())
+    optimizer = create_optimizer(
+        model, OptimConfig(name="adamw", implementation=implementation), FinetuneConfig()
+    )
     precision = Precision(device, dtype, None, channels_last=True)
     criterion = nn.CrossEntropyLoss()
 
@@ -124,7 +129,12 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
     print(f"\n{name} at {args.size} px, batch {args.batch}, {steps} steps/round, {args.rounds} rounds, "
           f"{device}, {torch.get_num_threads()} threads, optimizer kernels {kernels}, amp {dtype}")  # fmt: skip
     goal = 0.97 if device.type == "cuda" else 0.95
-    print("  " + ratio_line("imagefit step vs hand loop (same kernels)", samples["imagefit"], samples["hand"], goal))
+    print(
+        "  "
+        + ratio_line(
+            "imagefit step vs hand loop (same kernels)", samples["imagefit"], samples["hand"], goal
+        )
+    )
     print("  " + ratio_line("imagefit defaults vs hand loop with torch defaults", samples["imagefit"],
                             samples["hand (torch default kernels)"]))  # fmt: skip
     print("  medians: " + ", ".join(f"{k} {median(v):,.1f} img/s" for k, v in samples.items()))

@@ -76,17 +76,23 @@ def sync(device: torch.device) -> None:
 
 def resnet50_part(device: torch.device, args: argparse.Namespace, compiled: bool) -> None:
     size, batch = (32, 4) if args.smoke else (224, args.batch)
-    model = timm.create_model("resnet50", num_classes=1000).to(device, memory_format=torch.channels_last)
+    model = timm.create_model("resnet50", num_classes=1000).to(
+        device, memory_format=torch.channels_last
+    )
     net = torch.compile(model) if compiled else model
     optimizer = create_optimizer(model, OptimConfig(name="adamw"), FinetuneConfig())
     precision = Precision(device, torch.bfloat16 if device.type == "cuda" else None, None, True)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
     y = torch.randint(0, 1000, (batch,), device=device)
     criterion = nn.CrossEntropyLoss()
     steps = 2 if args.smoke else args.steps
     with FlopCounterMode(display=False) as counter:
         train_one_epoch(net, Batches(x, y, 1), optimizer, criterion, precision, 0, EpochProgress())
-    train_one_epoch(net, Batches(x, y, 3), optimizer, criterion, precision, 0, EpochProgress())  # warm-up
+    train_one_epoch(
+        net, Batches(x, y, 3), optimizer, criterion, precision, 0, EpochProgress()
+    )  # warm-up
     sync(device)
     start = time.perf_counter()
     train_one_epoch(net, Batches(x, y, steps), optimizer, criterion, precision, 0, EpochProgress())
@@ -94,25 +100,37 @@ def resnet50_part(device: torch.device, args: argparse.Namespace, compiled: bool
     seconds = time.perf_counter() - start
     tflops = counter.get_total_flops() * steps / seconds / 1e12
     peak = peak_tflops(device, args.peak_tflops)
-    share = f", {tflops / peak:.1%} of the {peak:g} TFLOPS bf16 peak" if peak else " (peak unknown: --peak-tflops)"
+    share = (
+        f", {tflops / peak:.1%} of the {peak:g} TFLOPS bf16 peak"
+        if peak
+        else " (peak unknown: --peak-tflops)"
+    )
     print(f"resnet50 {size} px batch {batch} bf16 channels_last{' compiled' if compiled else ''}: "
           f"{steps * batch / seconds:,.0f} images/s, {tflops:.1f} TFLOPS achieved{share}")  # fmt: skip
 
 
 def cifar_part(device: torch.device, args: argparse.Namespace) -> None:
     count, batch, steps = (512, 64, 4) if args.smoke else (50_000, 512, 0)
-    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8))
+    pixels = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    )
     source = ArraySource(pixels, (np.arange(count) % 10).tolist(), device)
     augment = BatchAugment(AugmentConfig(translate=0.125, hflip=0.5), 32, 10)
     loader = Loader(source, batch, device, shuffle=True, augment=augment, seed=0,
                     mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), limit=steps or None)  # fmt: skip
-    model = timm.create_model("resnet18", num_classes=10).to(device, memory_format=torch.channels_last)
+    model = timm.create_model("resnet18", num_classes=10).to(
+        device, memory_format=torch.channels_last
+    )
     optimizer = create_optimizer(model, OptimConfig(name="sgd", lr=0.1), FinetuneConfig())
     precision = Precision(device, torch.bfloat16 if device.type == "cuda" else None, None, True)
-    train_one_epoch(model, loader, optimizer, nn.CrossEntropyLoss(), precision, 0, EpochProgress())  # warm-up
+    train_one_epoch(
+        model, loader, optimizer, nn.CrossEntropyLoss(), precision, 0, EpochProgress()
+    )  # warm-up
     sync(device)
     start = time.perf_counter()
-    progress = train_one_epoch(model, loader, optimizer, nn.CrossEntropyLoss(), precision, 1, EpochProgress())
+    progress = train_one_epoch(
+        model, loader, optimizer, nn.CrossEntropyLoss(), precision, 1, EpochProgress()
+    )
     sync(device)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -128,7 +146,9 @@ def cifar_part(device: torch.device, args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args()
     if not torch.cuda.is_available() and not args.smoke:
-        print("gpu_resnet50: no CUDA device here; skipped (run it on a GPU, or --smoke to check it)")
+        print(
+            "gpu_resnet50: no CUDA device here; skipped (run it on a GPU, or --smoke to check it)"
+        )
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _timing import interleaved, median, ratio_line
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from imagefit.data.decode import decode_array
 from imagefit.data.loaders import StreamSource
+
+from _timing import interleaved, median, ratio_line
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,7 +49,9 @@ def write_jpegs(root: Path, count: int, width: int) -> list[Path]:
     height, paths = width * 3 // 4, []
     for index in range(count):
         coarse = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+        smooth = np.asarray(
+            Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        )
         pixels = np.clip(smooth.astype(np.int16) + rng.integers(-20, 20, smooth.shape), 0, 255)
         paths.append(root / f"class_{index % 2}" / f"{index:04d}.jpg")
         paths[-1].parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,9 @@ def per_core(paths: list[Path], size: int, decode) -> float:
 
 
 def baseline_decoder(size: int):
-    pipeline = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+    pipeline = transforms.Compose(
+        [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
+    )
     return lambda path: pipeline(Image.open(path).convert("RGB"))
 
 

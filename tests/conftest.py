@@ -12,7 +12,9 @@ from imagefit.config import Config, config_from_dict
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Tests never read or write the user's image cache."""
     monkeypatch.setenv("IMAGEFIT_CACHE", str(tmp_path_factory.getbasetemp() / "imagefit-cache"))
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, write_pattern_folder
 from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
@@ -21,6 +20,8 @@ from imagefit.errors import ConfigError, DataError, Interrupted
 from imagefit.train import fit as fit_module
 from imagefit.train.fit import fit
 from imagefit.train.losses import SoftTargetCrossEntropy
+
+from conftest import tiny_config, write_pattern_folder
 
 LABELS = [0] * 30 + [1] * 6 + [2] * 3  # 10:2:1
 CLASSES = ["a", "b", "c"]

@@ -13,9 +13,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_config
 from imagefit.cli import app
 from imagefit.config import dump_config
+
+from conftest import tiny_config
 
 runner = CliRunner()
 
@@ -27,7 +28,9 @@ def invoke(*args: str) -> str:
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
-    out = invoke("demo", "--workdir", str(tmp_path), "--limit-batches", "3", "--set", "train.epochs=2")
+    out = invoke(
+        "demo", "--workdir", str(tmp_path), "--limit-batches", "3", "--set", "train.epochs=2"
+    )
     run = tmp_path / "runs" / "demo"
     assert f"run folder: {run}" in out.replace("\n", "")
     assert "test accuracy" in out
@@ -62,11 +65,20 @@ def test_train_eval_and_split_commands(pattern_root: Path, tmp_path: Path) -> No
     assert len(history) == 1
     out = invoke("eval", str(run), "--split", "val", "--json")
     metrics = json.loads(out)
-    assert metrics["split"] == "val" and metrics["num_samples"] == len(json.loads((run / "split.json").read_text())["splits"]["val"])
+    assert metrics["split"] == "val" and metrics["num_samples"] == len(
+        json.loads((run / "split.json").read_text())["splits"]["val"]
+    )
     test_metrics = json.loads(invoke("eval", str(run / "best.pt"), "--json"))
-    assert test_metrics["accuracy"] == pytest.approx(json.loads((run / "metrics.json").read_text())["accuracy"])
+    assert test_metrics["accuracy"] == pytest.approx(
+        json.loads((run / "metrics.json").read_text())["accuracy"]
+    )
     invoke("data", "split", str(pattern_root), str(tmp_path / "split"), "--seed", "1")
-    assert {p.name for p in (tmp_path / "split").iterdir()} == {"train", "val", "test", "split.json"}
+    assert {p.name for p in (tmp_path / "split").iterdir()} == {
+        "train",
+        "val",
+        "test",
+        "split.json",
+    }
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
@@ -92,7 +104,9 @@ def _slow_config(digits_root: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.3])
-def test_sigkill_then_resume_equals_uninterrupted(digits_root: Path, tmp_path: Path, delay: float) -> None:
+def test_sigkill_then_resume_equals_uninterrupted(
+    digits_root: Path, tmp_path: Path, delay: float
+) -> None:
     config = _slow_config(digits_root, tmp_path)
     victim = _cli("train", str(config))
     reference = _cli("train", str(config), "--set", "output.name=reference")  # runs alongside
@@ -110,7 +124,9 @@ def test_sigkill_then_resume_equals_uninterrupted(digits_root: Path, tmp_path: P
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_saves_mid_epoch_and_exits_with_a_distinct_code(digits_root: Path, tmp_path: Path) -> None:
+def test_sigterm_saves_mid_epoch_and_exits_with_a_distinct_code(
+    digits_root: Path, tmp_path: Path
+) -> None:
     config = _slow_config(digits_root, tmp_path)
     process = _cli("train", str(config))
     run = tmp_path / "runs" / "run"

@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config, write_pattern_folder
 from imagefit.train.fit import fit
+
+from conftest import tiny_config, write_pattern_folder
 
 TESTS = Path(__file__).parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
@@ -55,7 +56,9 @@ def launch(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def test_two_processes_write_one_run_and_train_like_one(launch: Path, digits_root: Path, tmp_path: Path) -> None:
+def test_two_processes_write_one_run_and_train_like_one(
+    launch: Path, digits_root: Path, tmp_path: Path
+) -> None:
     reports = [json.loads((launch / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["cli_exit"] for r in reports] == [0, 0]
     assert (launch / "stdout.txt").read_text().count("run folder:") == 1  # rank 0 prints

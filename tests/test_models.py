@@ -8,7 +8,12 @@ import torchvision
 
 from imagefit.errors import CheckpointError, ConfigError
 from imagefit.models.registry import create_model, list_models
-from imagefit.models.transfer import apply_strategy, count_parameters, freeze_frozen_norms, stage_groups
+from imagefit.models.transfer import (
+    apply_strategy,
+    count_parameters,
+    freeze_frozen_norms,
+    stage_groups,
+)
 
 ARCHITECTURES = [*list_models(), "resnet18", "efficientnet_b0", "mobilenetv3_small_050"]
 

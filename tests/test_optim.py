@@ -23,7 +23,7 @@ def test_cosine_with_warmup() -> None:
     assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(0.55)
     assert lrs[2] == pytest.approx(1.0)
     assert lrs[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
     assert s.optimizer.param_groups[0]["lr"] == pytest.approx(lrs[-1])
 
 
@@ -45,7 +45,9 @@ def test_plateau_reduces_after_patience_and_resumes() -> None:
 
 def test_no_weight_decay_on_biases_and_norms() -> None:
     model = create_model("resnet18", 3)
-    optimizer = create_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05), FinetuneConfig())
+    optimizer = create_optimizer(
+        model, OptimConfig(name="adamw", weight_decay=0.05), FinetuneConfig()
+    )
     decays = {p.ndim > 1: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     assert decays == {True: 0.05, False: 0.0}
     count = sum(len(g["params"]) for g in optimizer.param_groups)
@@ -58,14 +60,18 @@ def test_layer_decay_scales_early_stages_down() -> None:
     schedule = LRSchedule(optimizer, ScheduleConfig(name="none"), 1e-3, 1)
     schedule.start_epoch(0)
     by_name = {id(p): n for n, p in model.named_parameters()}
-    lrs = {by_name[id(p)].split(".")[0]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    lrs = {
+        by_name[id(p)].split(".")[0]: g["lr"] for g in optimizer.param_groups for p in g["params"]
+    }
     assert lrs["fc"] == pytest.approx(1e-3)
     assert lrs["conv1"] < lrs["layer1"] < lrs["layer4"] < lrs["fc"]
 
 
 def test_sgd_nesterov_and_frozen_parameters_stay_put() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
-    optimizer = create_optimizer(model, OptimConfig(name="sgd", nesterov=True, lr=0.1), FinetuneConfig())
+    optimizer = create_optimizer(
+        model, OptimConfig(name="sgd", nesterov=True, lr=0.1), FinetuneConfig()
+    )
     assert optimizer.param_groups[0]["nesterov"] is True
     model[0].requires_grad_(False)
     before = model[0].weight.clone()
@@ -76,7 +82,12 @@ def test_sgd_nesterov_and_frozen_parameters_stay_put() -> None:
 
 def test_early_stopping_modes() -> None:
     loss = EarlyStopping("val_loss", patience=2)
-    assert [loss.update(v, e) for e, v in enumerate([1.0, 0.9, 0.95, 0.91])] == [True, True, False, False]
+    assert [loss.update(v, e) for e, v in enumerate([1.0, 0.9, 0.95, 0.91])] == [
+        True,
+        True,
+        False,
+        False,
+    ]
     assert loss.should_stop and loss.best_epoch == 1
     acc = EarlyStopping("val_accuracy", patience=None, min_delta=0.01)
     assert [acc.update(v, e) for e, v in enumerate([0.5, 0.505, 0.52])] == [True, False, True]

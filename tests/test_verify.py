@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config, write_pattern_folder
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,6 +16,8 @@ from imagefit.data import images
 from imagefit.data.verify import verify_dataset
 from imagefit.errors import DataError
 from imagefit.train.fit import fit
+
+from conftest import tiny_config, write_pattern_folder
 
 runner = CliRunner()
 

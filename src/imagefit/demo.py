@@ -24,7 +24,9 @@ def demo_config(workdir: str | Path, overrides: list[str] | tuple[str, ...] = ()
     return config_from_dict(tree, source="demo.yaml")
 
 
-def run_demo(workdir: str | Path = "imagefit-demo", overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
+def run_demo(
+    workdir: str | Path = "imagefit-demo", overrides: list[str] | tuple[str, ...] = ()
+) -> RunResult:
     """Write digits as PNGs, split 70/15/15 (seed 42), train SimpleCNN, test the best epoch."""
     cfg = demo_config(workdir, overrides)
     write_digits(cfg.data.root)

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pattern_folder
-from faultkit import Victim, assert_same_run, checkpoint, partial_writes, run_tree, write_config
 
 from imagefit.config import config_from_dict
 from imagefit.errors import CheckpointError
 from imagefit.train import checkpoint as checkpoint_module
 from imagefit.train.checkpoint import save_checkpoint
 from imagefit.train.fit import fit
+
+from conftest import write_pattern_folder
+from faultkit import Victim, assert_same_run, checkpoint, partial_writes, run_tree, write_config
 
 pytestmark = pytest.mark.faults
 

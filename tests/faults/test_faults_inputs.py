@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_pattern_folder
-from faultkit import checkpoint, run_tree
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -38,6 +36,9 @@ from imagefit.errors import CheckpointError, DataError, ImageError
 from imagefit.evaluate.evaluator import evaluate_checkpoint
 from imagefit.train.checkpoint import load_checkpoint
 from imagefit.train.fit import fit
+
+from conftest import write_pattern_folder
+from faultkit import checkpoint, run_tree
 
 pytestmark = pytest.mark.faults
 

@@ -12,6 +12,10 @@ import signal
 from pathlib import Path
 
 import pytest
+
+from imagefit.config import config_from_dict
+from imagefit.train.fit import fit
+
 from conftest import write_pattern_folder
 from faultkit import (
     Outcome,
@@ -24,9 +28,6 @@ from faultkit import (
     run_tree,
     write_config,
 )
-
-from imagefit.config import config_from_dict
-from imagefit.train.fit import fit
 
 pytestmark = pytest.mark.faults
 

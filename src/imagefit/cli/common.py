@@ -11,8 +11,12 @@ from rich.table import Table
 
 console = Console()
 
-SetOption = Annotated[list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")]
-LimitOption = Annotated[int | None, typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")]  # noqa: UP007
+SetOption = Annotated[
+    list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")
+]
+LimitOption = Annotated[
+    int | None, typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")
+]  # noqa: UP007
 
 
 def main_process() -> bool:

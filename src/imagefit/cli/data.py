@@ -27,7 +27,9 @@ def split(
     manifest = resolve_splits(root, val, test, seed)
     write_split_folders(manifest, out)
     counts = {name: len(items) for name, items in manifest.splits.items()}
-    console.print(f"{out}: {counts} images in {len(manifest.classes)} classes; manifest {out / 'split.json'}")
+    console.print(
+        f"{out}: {counts} images in {len(manifest.classes)} classes; manifest {out / 'split.json'}"
+    )
 
 
 @app.command("digits")
@@ -74,7 +76,9 @@ def verify(
 
 
 def _print_report(report) -> None:  # noqa: ANN001 - a VerifyReport, imported lazily
-    counts = Table(title=f"{report.root} ({report.layout} layout): files per class (bad ones included)")
+    counts = Table(
+        title=f"{report.root} ({report.layout} layout): files per class (bad ones included)"
+    )
     counts.add_column("class")
     for split in report.counts:
         counts.add_column(split, justify="right")
@@ -105,10 +109,16 @@ SHOWN = 10  # bad files and duplicate groups printed; verify.json has all
 
 @app.command("cifar10")
 def cifar10(
-    root: Annotated[Path, typer.Option("--root", help="Where the archive and batches live.")] = Path("data"),
+    root: Annotated[
+        Path, typer.Option("--root", help="Where the archive and batches live.")
+    ] = Path("data"),
     fmt: Annotated[str, typer.Option("--format", help="python or binary.")] = "python",
-    download: Annotated[bool, typer.Option("--download", help="Download (checksum-verified) if absent.")] = False,
-    to_folder: Annotated[Path | None, typer.Option("--to-folder", help="Write an ImageFolder of PNGs here.")] = None,
+    download: Annotated[
+        bool, typer.Option("--download", help="Download (checksum-verified) if absent.")
+    ] = False,
+    to_folder: Annotated[
+        Path | None, typer.Option("--to-folder", help="Write an ImageFolder of PNGs here.")
+    ] = None,
 ) -> None:
     """Find, verify and extract CIFAR-10 (downloading with --download); convert to PNG folders."""
     from imagefit.data.cifar import cifar10_to_folder, ensure_cifar10

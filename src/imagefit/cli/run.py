@@ -23,7 +23,9 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 
 
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where data and runs go.")] = Path("imagefit-demo"),
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where data and runs go.")] = Path(
+        "imagefit-demo"
+    ),
     overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
     limit_batches: LimitOption = None,
 ) -> None:
@@ -37,7 +39,9 @@ def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config.")] = None,  # noqa: UP007
     overrides: SetOption = [],  # noqa: B006
     limit_batches: LimitOption = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder.")] = None,  # noqa: UP007
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue this run folder.")
+    ] = None,  # noqa: UP007
 ) -> None:
     """Train from CONFIG into a new run folder, or --resume RUN_DIR."""
     from imagefit.config import load_config
@@ -45,7 +49,9 @@ def train(
 
     if resume is not None:
         if config is not None or overrides:
-            raise ImagefitError("--resume continues a run with its own config; drop CONFIG and --set")
+            raise ImagefitError(
+                "--resume continues a run with its own config; drop CONFIG and --set"
+            )
         result = fit(resume=resume)
     else:
         if config is None:
@@ -69,8 +75,13 @@ def eval_(
     if as_json:
         typer.echo(json.dumps(metrics, indent=1))
         return
-    rows = [(key, metrics[key]) for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "loss")]
-    console.print(metric_table(f"{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)", rows))
+    rows = [
+        (key, metrics[key])
+        for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "loss")
+    ]
+    console.print(
+        metric_table(f"{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)", rows)
+    )
     console.print(metrics.get("classification_report", ""))
 
 

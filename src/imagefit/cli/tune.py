@@ -16,9 +16,17 @@ GIB = 2**30
 def tune_batch(
     config: Annotated[Path, typer.Argument(help="YAML config (model, image size, precision).")],
     overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
-    max_batch: Annotated[int | None, typer.Option("--max-batch", help="Largest batch to try (default 4096 on GPU, 512 on CPU).")] = None,
-    headroom: Annotated[float, typer.Option("--headroom", help="Fraction of memory to leave free.")] = 0.1,
-    num_classes: Annotated[int | None, typer.Option("--num-classes", help="Head size (default: class folders of data.root).")] = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option("--max-batch", help="Largest batch to try (default 4096 on GPU, 512 on CPU)."),
+    ] = None,
+    headroom: Annotated[
+        float, typer.Option("--headroom", help="Fraction of memory to leave free.")
+    ] = 0.1,
+    num_classes: Annotated[
+        int | None,
+        typer.Option("--num-classes", help="Head size (default: class folders of data.root)."),
+    ] = None,
 ) -> None:
     """Find the largest training batch of CONFIG that fits the device memory (real steps)."""
     from imagefit.config import load_config

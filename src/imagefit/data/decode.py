@@ -87,6 +87,8 @@ def get_decoder(name: str) -> ArrayDecoder:
     return DECODERS[name]
 
 
-def decode_array(path: str | Path, size: int, min_size: int = 1, decoder: str = "pillow") -> np.ndarray:
+def decode_array(
+    path: str | Path, size: int, min_size: int = 1, decoder: str = "pillow"
+) -> np.ndarray:
     """File -> (size, size, 3) uint8 by ``decoder`` (see the module docstring)."""
     return get_decoder(decoder)(path, size, min_size)

@@ -21,8 +21,12 @@ def write_digits(out: str | Path, scale: int = 4) -> Path:
     if marker.is_file():
         return out
     for index, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        pixels = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # 0..16 -> 0..255
-        picture = Image.fromarray(pixels, mode="L").resize((8 * scale, 8 * scale), Image.Resampling.NEAREST)
+        pixels = np.clip(np.rint(image * (255.0 / 16.0)), 0, 255).astype(
+            np.uint8
+        )  # 0..16 -> 0..255
+        picture = Image.fromarray(pixels, mode="L").resize(
+            (8 * scale, 8 * scale), Image.Resampling.NEAREST
+        )
         target = out / str(label) / f"{index:04d}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         picture.save(target)

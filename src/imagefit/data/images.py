@@ -30,7 +30,9 @@ def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:
         lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
         scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
     else:
-        max_value = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        max_value = (
+            65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        )
         scaled = array.astype(np.float64) * (255.0 / max_value)
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 

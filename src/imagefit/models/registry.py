@@ -44,7 +44,9 @@ def build_architecture(name: str, num_classes: int, drop_rate: float = 0.0,
     """A freshly initialised (or hub-pretrained, for timm names) model with a new head."""
     if name in MODELS:
         if pretrained:
-            raise ConfigError(f"model '{name}' has no hub weights; use model.init=scratch or a file")
+            raise ConfigError(
+                f"model '{name}' has no hub weights; use model.init=scratch or a file"
+            )
         return MODELS[name](num_classes=num_classes, drop_rate=drop_rate)
     base = timm.models.split_model_name_tag(name)[0]
     if not timm.is_model(base):

@@ -50,4 +50,7 @@ class SimpleCNN(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, object]:
         # Stages in timm's format: stem = first conv, then second conv, then the hidden MLP;
         # the head (fc) falls into the last group.
-        return {"stem": r"^features\.0\.", "blocks": [(r"^features\.3\.", (1,)), (r"^hidden\.", (2,))]}
+        return {
+            "stem": r"^features\.0\.",
+            "blocks": [(r"^features\.3\.", (1,)), (r"^hidden\.", (2,))],
+        }

@@ -26,7 +26,9 @@ def resolve_checkpoint(target: str | Path) -> Path:
     return path
 
 
-def load_trained(target: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+def load_trained(
+    target: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(model in eval mode, meta, config dict) from a run folder or an imagefit checkpoint."""
     path = resolve_checkpoint(target)
     state = load_checkpoint(path, map_location=device)
@@ -37,6 +39,8 @@ def load_trained(target: str | Path, device: str | torch.device = "cpu") -> tupl
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {meta['arch']}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit {meta['arch']}: {str(exc).splitlines()[0]}"
+        ) from None
     model.to(device).eval()
     return model, meta, state.get("config", {})

@@ -36,7 +36,9 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 }  # fmt: skip
 # Devices with fused Adam/AdamW/SGD kernels (CPU since torch 2.4). On a CPU they are ~20x
 # faster than torch's default per-tensor loop for a ResNet-18 (benchmarks/fit_vs_loop.py).
-FUSED_DEVICES = ("cuda", "cpu") if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 4) else ("cuda",)
+FUSED_DEVICES = (
+    ("cuda", "cpu") if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 4) else ("cuda",)
+)
 
 
 def _lookup(registry: dict[str, Any], name: str, key: str) -> Any:
@@ -56,7 +58,9 @@ def kernel_options(implementation: str, device: torch.device) -> dict[str, bool]
             "loop": {"foreach": False}}[implementation]  # fmt: skip
 
 
-def create_optimizer(model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig) -> torch.optim.Optimizer:
+def create_optimizer(
+    model: nn.Module, optim: OptimConfig, finetune: FinetuneConfig
+) -> torch.optim.Optimizer:
     from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
     factory = _lookup(OPTIMIZERS, optim.name, "optim.name")
@@ -98,7 +102,13 @@ class LRSchedule:
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float,
                  epochs: int, mode: str = "max"):  # fmt: skip
         self.shape = _lookup(SHAPES, cfg.name, "schedule.name")
-        self.optimizer, self.cfg, self.base_lr, self.epochs, self.mode = optimizer, cfg, base_lr, epochs, mode
+        self.optimizer, self.cfg, self.base_lr, self.epochs, self.mode = (
+            optimizer,
+            cfg,
+            base_lr,
+            epochs,
+            mode,
+        )
         self.plateau_factor, self.best, self.bad_epochs = 1.0, None, 0
         self.phase_factor = 1.0
 
@@ -120,7 +130,9 @@ class LRSchedule:
         """Plateau bookkeeping on the monitored metric (ignored by other schedules)."""
         if self.cfg.name != "plateau" or metric is None:
             return
-        improved = self.best is None or (metric > self.best if self.mode == "max" else metric < self.best)
+        improved = self.best is None or (
+            metric > self.best if self.mode == "max" else metric < self.best
+        )
         if improved:
             self.best, self.bad_epochs = metric, 0
             return
