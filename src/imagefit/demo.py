@@ -7,6 +7,7 @@ from pathlib import Path
 
 from imagefit.config import Config, config_from_dict, read_yaml
 from imagefit.data.digits import write_digits
+from imagefit.errors import ConfigError
 from imagefit.train.fit import RunResult, fit
 
 
@@ -29,5 +30,7 @@ def run_demo(
 ) -> RunResult:
     """Write digits as PNGs, split 70/15/15 (seed 42), train SimpleCNN, test the best epoch."""
     cfg = demo_config(workdir, overrides)
+    if cfg.data.root is None:  # demo_config sets it; only an override can clear it
+        raise ConfigError("the demo needs data.root (where it writes the digit images)")
     write_digits(cfg.data.root)
     return fit(cfg)

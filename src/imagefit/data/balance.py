@@ -28,14 +28,14 @@ def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:
 
 def imbalance_ratio(counts: Sequence[int]) -> float:
     """Largest over smallest class count (inf when a class is empty; 1.0 means balanced)."""
-    counts = np.asarray(counts)
-    if counts.size == 0:
+    array = np.asarray(counts)
+    if array.size == 0:
         return 1.0
-    return float("inf") if counts.min() == 0 else float(counts.max() / counts.min())
+    return float("inf") if array.min() == 0 else float(array.max() / array.min())
 
 
 def _require_all_classes(counts: np.ndarray, classes: Sequence[str], what: str) -> None:
-    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    empty = [classes[int(i)] for i in np.flatnonzero(counts == 0)]
     if empty:
         raise DataError(
             f"{what}: the train split has no images of class(es) {empty}, so they cannot be "
@@ -59,8 +59,8 @@ def balanced_class_weights(labels: Sequence[int], classes: Sequence[str]) -> np.
 
 def balanced_sample_weights(labels: Sequence[int], classes: Sequence[str]) -> np.ndarray:
     """(n,) float64 probabilities summing to 1: every class gets the same total mass."""
-    labels = np.asarray(labels, dtype=np.int64)
+    label_array = np.asarray(labels, dtype=np.int64)
     counts = class_counts(labels, len(classes))
     _require_all_classes(counts, classes, "data.sampler=balanced")
-    weights = 1.0 / counts[labels]
+    weights = 1.0 / counts[label_array]
     return weights / weights.sum()

@@ -283,7 +283,7 @@ def _decode_to_cache(samples: Sequence[Sample], size: int, min_size: int, on_bad
     return DecodedImages(np.load(npy, mmap_mode="r"), found["keep"], found["bad"])
 
 
-def _atomic_write(target: Path, write: Callable[[IO[bytes]], None]) -> None:
+def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Temp file, fsync, rename: a kill or a full disk never leaves a torn cache entry."""
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
         try:

@@ -65,7 +65,8 @@ class DiskArraySource:
             target[...] = self.memmap[first : first + len(target)]
             return
         wanted = target.nbytes
-        got = os.preadv(fd, [target], self.offset + first * self.row_bytes)
+        # numpy's stubs declare ndarray.__buffer__ for Python >= 3.12 only
+        got = os.preadv(fd, [target], self.offset + first * self.row_bytes)  # type: ignore[list-item]
         if got != wanted:
             raise DataError(f"{self.path}: image cache file is truncated (row {first}); "
                             "delete it to decode again")  # fmt: skip

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -45,7 +45,8 @@ def reference_orbit(
                 next_x = prev_x * function[j]["a"] + prev_y * function[j]["b"] + function[j]["e"]
                 next_y = prev_x * function[j]["c"] + prev_y * function[j]["d"] + function[j]["f"]
                 break
-        xs.append(next_x), ys.append(next_y)
+        xs.append(next_x)
+        ys.append(next_y)
         prev_x = next_x
         prev_y = next_y
     return xs, ys
@@ -101,8 +102,9 @@ def reference_color(color: int, n_div: int = 128) -> tuple:
     P = I * (1.0 - S)  # noqa: N806
     Q = I * (1.0 - S * ((3.0 / math.pi) * H - h))  # noqa: N806
     T = I * (1.0 - S * ((1.0 - (3.0 / math.pi) * H) + h))  # noqa: N806
-    I, P, Q, T = np.uint8(I * 255.0), np.uint8(P * 255.0), np.uint8(Q * 255.0), np.uint8(T * 255.0)  # noqa: E741, N806
-    return [(P, T, I), (P, I, Q), (T, I, P), (I, Q, P), (I, P, T), (Q, P, I)][h]
+    # The official code rebinds I, P, Q, T to these uint8 values; new names keep one type each.
+    I8, P8, Q8, T8 = (np.uint8(v * 255.0) for v in (I, P, Q, T))  # noqa: N806
+    return [(P8, T8, I8), (P8, I8, Q8), (T8, I8, P8), (I8, Q8, P8), (I8, P8, T8), (Q8, P8, I8)][h]
 
 
 def _make_patch3_3(mask: str, patch_color) -> Image.Image:
@@ -157,7 +159,7 @@ def reference_render(
     return np.array(_transpose(picture, flip))
 
 
-def _python_masks(generator: random.Random) -> Iterable[int]:
+def _python_masks(generator: random.Random) -> Iterator[int]:
     """The official mask stream: ``randrange(1, 512)`` forever."""
     while True:
         yield generator.randrange(1, 512)

@@ -159,8 +159,8 @@ def official_rescale(
         if np.min(ys) < 0.0:
             ys = ys - np.min(ys)
         xmax, xmin, ymax, ymin = np.max(xs), np.min(xs), np.max(ys), np.min(ys)
-        px = np.uint16(xs / (xmax - xmin) * float(width - 2 * pad) + float(pad))
-        py = np.uint16(ys / (ymax - ymin) * float(height - 2 * pad) + float(pad))
+        px = (xs / (xmax - xmin) * float(width - 2 * pad) + float(pad)).astype(np.uint16)
+        py = (ys / (ymax - ymin) * float(height - 2 * pad) + float(pad)).astype(np.uint16)
     return px, py
 
 
@@ -183,7 +183,7 @@ def fitted_rescale(
     if keep_aspect:
         fx += (inner - fx.max()) / 2.0
         fy += (inner - fy.max()) / 2.0
-    return np.uint16(fx + pad), np.uint16(fy + pad)
+    return (fx + pad).astype(np.uint16), (fy + pad).astype(np.uint16)
 
 
 def weighted_maps(params: np.ndarray, weight_row: Sequence[float] | None) -> np.ndarray:

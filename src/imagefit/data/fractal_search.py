@@ -258,7 +258,9 @@ def search_categories(
     start = time.perf_counter()
     previous_threads = numba.get_num_threads()
     if workers is not None:
-        numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+        # numba.config defines its options through globals() at import, invisible to mypy
+        limit = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        numba.set_num_threads(max(1, min(workers, limit)))
     try:
         with _progress(n_categories, progress, f"fractal search ({compat})") as bar:
             search = _search_official if compat == "official" else _search_fast

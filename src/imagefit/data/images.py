@@ -71,10 +71,10 @@ def load_rgb(path: str | Path, min_size: int = 1) -> Image.Image:
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            _refuse_bomb(path, image)
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        with Image.open(path) as opened:
+            _refuse_bomb(path, opened)
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
             try:
                 rgb = to_rgb(image)
             except ValueError as exc:

@@ -46,7 +46,8 @@ def evaluate_checkpoint(target: str | Path, split: str = "test", data_root: str 
     samples = manifest.splits.get(split) or []
     if not samples:
         raise DataError(f"{manifest.root}: split '{split}' is empty or absent")
-    size, skipped = meta["image_size"], {}
+    size = meta["image_size"]
+    skipped: dict[str, str] = {}
     source, _ = make_source(cfg.data, samples, size, dev, skipped)
     loader = Loader(
         source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches

@@ -51,9 +51,11 @@ def quantize_int8(fp32: Path, meta: dict[str, Any], run_dir: Path, out: Path | N
                           "(split.json with readable train files)")  # fmt: skip
     started = time.perf_counter()
     quantize_file(fp32, out, normalise(pixels, meta["mean"], meta["std"]), meta)
-    report = {"onnx": str(out), "scheme": SCHEME, "calibration_images": len(pixels),
-              "quantize_seconds": round(time.perf_counter() - started, 2),
-              "size_bytes": out.stat().st_size, "fp32_size_bytes": fp32.stat().st_size}  # fmt: skip
+    report: dict[str, Any] = {
+        "onnx": str(out), "scheme": SCHEME, "calibration_images": len(pixels),
+        "quantize_seconds": round(time.perf_counter() - started, 2),
+        "size_bytes": out.stat().st_size, "fp32_size_bytes": fp32.stat().st_size,
+    }  # fmt: skip
     report.update(_accuracy(fp32, out, meta, run_dir))
     report.update(_latency(fp32, out, meta["image_size"]))
     ms = report["latency_ms_batch1"]

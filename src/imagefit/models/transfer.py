@@ -19,9 +19,10 @@ def stage_groups(model: nn.Module) -> list[list[str]]:
     """Parameter names grouped by stage, stem first and the head last."""
     from timm.models import group_parameters
 
-    if not hasattr(model, "group_matcher"):
+    group_matcher = getattr(model, "group_matcher", None)  # timm's interface
+    if group_matcher is None:
         raise ConfigError(f"{type(model).__name__} has no stage grouping; use strategy full")
-    groups = group_parameters(model, model.group_matcher(coarse=True))
+    groups = group_parameters(model, group_matcher(coarse=True))
     ordered = [groups[key] for key in sorted(groups)]
     head = head_names(model)
     body = [[n for n in g if n not in head] for g in ordered]

@@ -20,6 +20,14 @@ from imagefit.models.registry import build_architecture
 
 log = logging.getLogger(__name__)
 
+_INIT_ATTR = "imagefit_init"  # where a model records the provenance of its weights
+
+
+def _record_init(model: nn.Module, provenance: dict[str, Any]) -> None:
+    """Set ``model.imagefit_init`` (nn.Module's typed ``__setattr__`` only names tensors and
+    modules; at runtime a plain value becomes an ordinary attribute)."""
+    setattr(model, _INIT_ATTR, provenance)
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -50,7 +58,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 def head_names(model: nn.Module) -> set[str]:
     """State-dict keys of the classifier head (``get_classifier`` is timm's interface)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if get_classifier is not None else None
     if not isinstance(head, nn.Module):
         return set()
     ids = {id(t) for t in list(head.parameters()) + list(head.buffers())}
@@ -78,7 +87,7 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str)
 def initialise(name: str, num_classes: int, init: str, drop_rate: float = 0.0) -> nn.Module:
     if init == "scratch":
         model = build_architecture(name, num_classes, drop_rate)
-        model.imagefit_init = {"init": "scratch"}
+        _record_init(model, {"init": "scratch"})
         return model
     if init.startswith("hub:"):
         return _from_hub(name, num_classes, init.removeprefix("hub:"), drop_rate)
@@ -86,12 +95,12 @@ def initialise(name: str, num_classes: int, init: str, drop_rate: float = 0.0) -
     model = build_architecture(name, num_classes, drop_rate)
     state, meta = read_state_dict(path)
     replaced = load_backbone(model, state, str(path))
-    model.imagefit_init = {
+    _record_init(model, {
         "init": init, "kind": "imagefit-checkpoint" if meta else "weights-file",
         "path": str(path.resolve()), "sha256": file_sha256(path), "head_replaced": replaced,
         "source_arch": meta.get("arch"), "source_classes": len(meta.get("classes", [])) or None,
         "source_run": meta.get("run_dir"),
-    }  # fmt: skip
+    })  # fmt: skip
     if meta and meta.get("arch") not in (None, name):
         raise CheckpointError(f"{path} holds a '{meta['arch']}' model, not model.name='{name}'")
     log.info("initialised %s from %s%s", name, path, " (new head)" if replaced else "")
@@ -111,5 +120,5 @@ def _from_hub(name: str, num_classes: int, hub_name: str, drop_rate: float) -> n
             f"Download the weights file on a connected machine and set "
             f"model.init=/path/to/{hub_name}.safetensors (or a .pth state dict) instead."
         ) from None
-    model.imagefit_init = {"init": f"hub:{hub_name}", "kind": "hub", "head_replaced": True}
+    _record_init(model, {"init": f"hub:{hub_name}", "kind": "hub", "head_replaced": True})
     return model

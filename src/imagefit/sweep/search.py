@@ -85,9 +85,16 @@ def distributions(search: SearchSpec, where: str) -> dict[str, Any]:
     return result
 
 
-def open_study(spec: SweepSpec) -> Any:
+def _search_of(spec: SweepSpec) -> SearchSpec:
+    """``spec.search``, which a sweep in search mode always has."""
+    if spec.search is None:
+        raise ConfigError(f"{spec.path}: not a search sweep (it has no 'search:' section)")
+    return spec.search
+
+
+def open_study(spec: SweepSpec, search: SearchSpec) -> Any:
     """Create or load the sweep's study (``load_if_exists``: a rerun continues it)."""
-    optuna, search, where = _optuna(), spec.search, str(spec.path)
+    optuna, where = _optuna(), str(spec.path)
     storage = search.storage or f"sqlite:///{(spec.out / 'optuna.db').resolve()}"
     try:
         study = optuna.create_study(study_name=search.study, storage=storage, load_if_exists=True,
@@ -158,10 +165,11 @@ def objective(run_dir: Path, metric: str, direction: str) -> float | None:
     return max(values) if direction == "maximize" else min(values)
 
 
-def run_trial(spec: SweepSpec, study: Any, trial: Any, records: list[dict[str, Any]]) -> None:
+def run_trial(spec: SweepSpec, search: SearchSpec, study: Any, trial: Any,
+              records: list[dict[str, Any]]) -> None:  # fmt: skip
     """Run the Optuna ``trial`` (once per seed) and tell the study how it ended."""
     states = _optuna().trial.TrialState
-    search, values = spec.search, []
+    values: list[float] = []
     for index, run in enumerate(_runs(spec, trial.number, trial.params)):
         # Pruning compares one curve per trial, so only the first seed's epochs are reported.
         record = execute(spec, run, pruning_hook(trial, search.metric) if index == 0 else None)
@@ -183,7 +191,7 @@ def run_trial(spec: SweepSpec, study: Any, trial: Any, records: list[dict[str, A
     )
 
 
-def past_records(spec: SweepSpec, frozen: Any) -> list[dict[str, Any]]:
+def past_records(spec: SweepSpec, search: SearchSpec, frozen: Any) -> list[dict[str, Any]]:
     """Records of an ended trial from its run folders (or, for another machine's, from Optuna)."""
     status = {"COMPLETE": "finished", "PRUNED": "pruned"}.get(frozen.state.name, "failed")
     records = []
@@ -196,7 +204,7 @@ def past_records(spec: SweepSpec, frozen: Any) -> list[dict[str, Any]]:
             run, run_dir, spec.out, own.get("status", status), own.get("error")
         )
         record.update(optuna_trial=frozen.number,
-                      value=objective(run_dir, spec.search.metric, spec.search.direction))  # fmt: skip
+                      value=objective(run_dir, search.metric, search.direction))  # fmt: skip
         records.append(record)
     return records
 
@@ -204,25 +212,24 @@ def past_records(spec: SweepSpec, frozen: Any) -> list[dict[str, Any]]:
 def run_search(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
     """Run the search until the study holds ``n_trials`` trials; interrupted trials of this
     sweep folder resume first, from their ``last.pt``."""
-    optuna = _optuna()
-    study = open_study(spec)
-    space = distributions(spec.search, str(spec.path))
+    optuna, search = _optuna(), _search_of(spec)
+    study = open_study(spec, search)
+    space = distributions(search, str(spec.path))
     for frozen in study.get_trials(deepcopy=False):
         if frozen.state.is_finished():
-            records.extend(past_records(spec, frozen))
+            records.extend(past_records(spec, search, frozen))
         elif is_stale(frozen, spec):
             log.info("search %s: resuming interrupted trial %d", spec.name, frozen.number)
             # The same Optuna trial continues (its reported epochs stay); Optuna offers no
             # public way to reopen a RUNNING trial by number, so its id is used directly.
             trial = optuna.trial.Trial(study, frozen._trial_id)
             trial.set_user_attr("pid", os.getpid())
-            run_trial(spec, study, trial, records)
+            run_trial(spec, search, study, trial, records)
     while (
-        sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
-        < spec.search.n_trials
+        sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False)) < search.n_trials
     ):
         trial = study.ask(space)
         for key, value in {**_owner(), "out": str(spec.out.resolve())}.items():
             trial.set_user_attr(key, value)
         log.info("search %s: trial %d %s", spec.name, trial.number, trial.params)
-        run_trial(spec, study, trial, records)
+        run_trial(spec, search, study, trial, records)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from imagefit.config import Config
 
@@ -29,9 +30,13 @@ class Sink(Protocol):
 # name -> (is it switched on in this config?, factory(config, run_dir) -> Sink)
 SINKS: dict[str, tuple[Callable[[Config], bool], Callable[[Config, Path], Sink]]] = {}
 
+SinkFactory = TypeVar("SinkFactory", bound=Callable[[Config, Path], Sink])
 
-def register_sink(name: str, enabled: Callable[[Config], bool]) -> Callable:
-    def wrap(factory: Callable[[Config, Path], Sink]) -> Callable[[Config, Path], Sink]:
+
+def register_sink(
+    name: str, enabled: Callable[[Config], bool]
+) -> Callable[[SinkFactory], SinkFactory]:
+    def wrap(factory: SinkFactory) -> SinkFactory:
         SINKS[name] = (enabled, factory)
         return factory
 
@@ -45,9 +50,12 @@ class Tracker:
         self.sinks: dict[str, Sink] = {}
         for name, (enabled, factory) in SINKS.items():
             if enabled(cfg):
-                self._guard(
-                    name, lambda f=factory, n=name: self.sinks.__setitem__(n, f(cfg, run_dir))
-                )
+                self._guard(name, partial(self._open, name, factory, cfg, run_dir))
+
+    def _open(
+        self, name: str, factory: Callable[[Config, Path], Sink], cfg: Config, run_dir: Path
+    ) -> None:
+        self.sinks[name] = factory(cfg, run_dir)
 
     def _guard(self, name: str, call: Callable[[], Any]) -> None:
         try:
@@ -58,11 +66,11 @@ class Tracker:
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         for name, sink in list(self.sinks.items()):
-            self._guard(name, lambda s=sink: s.log_epoch(row))
+            self._guard(name, partial(sink.log_epoch, row))
 
     def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None:
         for name, sink in list(self.sinks.items()):
-            self._guard(name, lambda s=sink: s.log_final(metrics, summary, run_dir))
+            self._guard(name, partial(sink.log_final, metrics, summary, run_dir))
 
     def close(self) -> None:
         for name, sink in list(self.sinks.items()):

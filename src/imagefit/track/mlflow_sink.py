@@ -196,7 +196,8 @@ def _process_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        # None (no URI was set) resets MLflow to its default; its annotation omits None
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
         if env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = env
 

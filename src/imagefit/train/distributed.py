@@ -81,7 +81,7 @@ class Distributed:
         """Rank 0's ``value`` on every rank."""
         if not self.enabled:
             return value
-        box = [value if self.is_main else None]
+        box: list[Any] = [value if self.is_main else None]  # rank 0 fills it on every rank
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -135,6 +135,8 @@ class Distributed:
     def load_from_main(self, model: nn.Module, load: Callable[[], dict[str, Any]]) -> None:
         """Rank 0 calls ``load()`` (reads a file); every rank gets those weights."""
         state = self.broadcast(load() if self.is_main else None)
+        if state is None:
+            raise RuntimeError("rank 0 broadcast no state dict")
         model.load_state_dict(state)
 
     def gather_predictions(
@@ -236,7 +238,10 @@ class TrainingModule:
             ids = [device.index] if device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if self.compile:
-            net = torch.compile(net)
+            compiled = torch.compile(net)  # an OptimizedModule, typed as a plain callable
+            if not isinstance(compiled, nn.Module):
+                raise TypeError(f"torch.compile returned {type(compiled).__name__}, not a module")
+            net = compiled
         return net
 
 

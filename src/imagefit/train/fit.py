@@ -26,7 +26,7 @@ from imagefit.evaluate.metrics import compute_metrics
 from imagefit.export.onnx import export_after_training
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, count_parameters
-from imagefit.track.base import Tracker
+from imagefit.track.base import Sink, Tracker
 from imagefit.train import rundir
 from imagefit.train.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
 from imagefit.train.distributed import (
@@ -159,7 +159,8 @@ def _build(
     model = create_model(
         cfg.model.name, len(data.classes), init or cfg.model.init, cfg.model.drop_rate
     )
-    model = model.to(
+    # Module.to(device, memory_format=...) works; torch's stubs have no such overload
+    model = model.to(  # type: ignore[call-overload]
         device,
         memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format,
     )
@@ -223,7 +224,7 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
             "lr": lr, "phase": run.phase(epoch), "time_s": p.seconds}  # fmt: skip
 
 
-def _train_epochs(run: Run, tracker: Tracker, stop: Any, on_epoch: EpochHook | None = None) -> None:
+def _train_epochs(run: Run, tracker: Sink, stop: Any, on_epoch: EpochHook | None = None) -> None:
     cfg, dist = run.cfg, run.dist
     if dist.any(bool(stop)) and run.epoch < cfg.train.epochs and not run.stopper.should_stop:
         # A signal while the data loaded; fit() has saved the starting point.
@@ -255,7 +256,7 @@ def _train_epochs(run: Run, tracker: Tracker, stop: Any, on_epoch: EpochHook | N
                               f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
 
 
-def _finish(run: Run, tracker: Tracker) -> RunResult:
+def _finish(run: Run, tracker: Sink) -> RunResult:
     """Test the best checkpoint once; write metrics.json and summary.json."""
     run.dist.load_from_main(run.model, lambda: load_checkpoint(run.run_dir / "best.pt")["model"])
     metrics = None
@@ -319,16 +320,21 @@ def fit(cfg: Config | None = None, *, resume: str | Path | None = None,
 
     ``on_epoch(row)`` is called after each epoch's history row is saved.
     """
-    if resume is None and cfg is None:
+    source: Path | Config
+    if resume is not None:
+        source = Path(resume)
+    elif cfg is not None:
+        source = cfg
+    else:
         raise ValueError("fit() needs a config or a run folder to resume")
     # The handlers cover the whole run, not only the epochs: a signal while the data loads
     # stops before the first step (with a checkpoint), and one during the final test
     # evaluation lets the run finish, where the default action would kill the process.
     with graceful_stop() as stop, session() as dist:
-        if resume is not None:
-            run = _resume(Path(resume), dist)
+        if isinstance(source, Path):
+            run = _resume(source, dist)
         else:
-            run = _build(cfg, _new_run_dir(cfg, dist), dist=dist)
+            run = _build(source, _new_run_dir(source, dist), dist=dist)
         if dist.is_main:
             _write_records(run)
         if not dist.broadcast((run.run_dir / "last.pt").is_file()):

@@ -138,8 +138,10 @@ def train_one_epoch(
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         # With a scaler and no clip the norm is never needed: the scaler checks the gradients.
         norm = grad_norm(params, grad_clip) if scaler is None or grad_clip is not None else None
-        finite = step_is_finite(loss, norm)
-        finite, stop = agree(finite, should_stop()) if agree else (bool(finite), should_stop())
+        step_finite = step_is_finite(loss, norm)
+        finite, stop = (
+            agree(step_finite, should_stop()) if agree else (bool(step_finite), should_stop())
+        )
         if not finite:  # the one host sync of a step: before the step, to keep good weights
             what = "loss" if not torch.isfinite(loss) else "gradient norm"
             raise TrainingStopped(

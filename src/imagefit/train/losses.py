@@ -30,6 +30,8 @@ class SoftTargetCrossEntropy(nn.Module):
     weights it is the batch mean of ``sum_k s_ik (-log p_ik)``.
     """
 
+    weight: torch.Tensor | None  # a buffer (register_buffer), None without class weights
+
     def __init__(self, weight: torch.Tensor | None = None, smoothing: float = 0.0):
         super().__init__()
         if not 0.0 <= smoothing <= 1.0:

@@ -109,7 +109,8 @@ class LRSchedule:
             epochs,
             mode,
         )
-        self.plateau_factor, self.best, self.bad_epochs = 1.0, None, 0
+        self.plateau_factor, self.bad_epochs = 1.0, 0
+        self.best: float | None = None
         self.phase_factor = 1.0
 
     def lr_at(self, epoch: int) -> float:

@@ -72,7 +72,7 @@ def _git_commit() -> str | None:
 
 def environment(device: torch.device, seed: int) -> dict[str, Any]:
     """What produced a result: versions, commit, device, seed, command line."""
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in ("imagefit", "torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"):
         try:
             packages[name] = metadata.version(name)

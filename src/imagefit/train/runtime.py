@@ -70,7 +70,9 @@ def configure(train: TrainConfig) -> torch.device:
 def rng_state() -> dict[str, Any]:
     """All RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
     version, keys, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # legacy tuple: the global generator is an MT19937
+    if not isinstance(np_state, tuple):
+        raise TypeError(f"unexpected NumPy RNG state {type(np_state).__name__}, not a tuple")
     state: dict[str, Any] = {
         "python": [version, list(keys), gauss],
         "numpy": [

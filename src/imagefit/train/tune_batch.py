@@ -205,7 +205,8 @@ def _trainer(cfg: Config, device: torch.device, classes: int) -> _Trainer:
         log.info("train.compile is ignored here: each batch size would compile again")
     model = create_model(cfg.model.name, classes, "scratch", cfg.model.drop_rate)
     fmt = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    model = model.to(device, memory_format=fmt)
+    # Module.to(device, memory_format=...) works; torch's stubs have no such overload
+    model = model.to(device, memory_format=fmt)  # type: ignore[call-overload]
     apply_strategy(model, cfg.finetune.strategy, cfg.finetune.partial_stages)
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
