@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,28 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from imagefit.data.digits import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+class StopAfter:
+    """A stop flag that turns on after ``checks`` looks: a signal arriving at a chosen step."""
+
+    def __init__(self, checks: int):
+        self.checks = checks
+
+    def __bool__(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, checks: int) -> None:
+    """Make fit() see a stop request (as from SIGTERM) at its ``checks``-th look."""
+    from imagefit.train import fit as fit_module
+
+    @contextmanager
+    def fake_stop() -> Iterator[StopAfter]:
+        yield StopAfter(checks)
+
+    monkeypatch.setattr(fit_module, "graceful_stop", fake_stop)
 
 
 def tiny_config(root: Path, out: Path, **sections: dict) -> Config:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from imagefit.train import fit as fit_module
 from imagefit.train.fit import fit
 from imagefit.train.losses import SoftTargetCrossEntropy
 
-from conftest import tiny_config, write_pattern_folder
+from conftest import interrupt_after, tiny_config, write_pattern_folder
 
 LABELS = [0] * 30 + [1] * 6 + [2] * 3  # 10:2:1
 CLASSES = ["a", "b", "c"]
@@ -109,15 +108,6 @@ def _imbalanced(root: Path) -> Path:
     return root
 
 
-class _StopAfter:
-    def __init__(self, checks: int):
-        self.checks = checks
-
-    def __bool__(self) -> bool:
-        self.checks -= 1
-        return self.checks < 0
-
-
 def test_balanced_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _imbalanced(tmp_path / "data")
     sections = {
@@ -133,11 +123,7 @@ def test_balanced_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Monkey
         run.criterion.weight, torch.tensor(20 / (3 * counts), dtype=torch.float32)
     )
 
-    @contextmanager
-    def stop_mid_epoch():
-        yield _StopAfter(4)
-
-    monkeypatch.setattr(fit_module, "graceful_stop", stop_mid_epoch)
+    interrupt_after(monkeypatch, 4)
     with pytest.raises(Interrupted):
         fit(tiny_config(root, tmp_path / "b", **sections))
     monkeypatch.undo()

@@ -5,7 +5,6 @@ exact resume of a run with all of them on."""
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,10 @@ from torch import nn
 from imagefit.config import AugmentConfig, config_from_dict
 from imagefit.data.augment import BATCH_OPS, BatchAugment
 from imagefit.errors import ConfigError, Interrupted
-from imagefit.train import fit as fit_module
 from imagefit.train.fit import fit
 from imagefit.train.losses import SoftTargetCrossEntropy, create_criterion
 
-from conftest import tiny_config
+from conftest import interrupt_after, tiny_config
 
 SIZE, CLASSES = 16, 8
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -213,17 +211,6 @@ def test_mixup_criterion_keeps_label_smoothing() -> None:
     assert torch.allclose(criterion(logits, nn.functional.one_hot(labels, 3).float()), expected)
 
 
-class _StopAfter:
-    """A stop flag that turns on after ``checks`` looks: a signal arriving at a chosen step."""
-
-    def __init__(self, checks: int):
-        self.checks = checks
-
-    def __bool__(self) -> bool:
-        self.checks -= 1
-        return self.checks < 0
-
-
 @pytest.mark.slow
 def test_training_with_all_ops_resumes_exactly(pattern_root: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
@@ -235,11 +222,7 @@ def test_training_with_all_ops_resumes_exactly(pattern_root: Path, tmp_path: Pat
     assert len(reference.history) == 2
     assert all(np.isfinite(row["train_loss"]) for row in reference.history)
 
-    @contextmanager
-    def stop_mid_epoch_2():
-        yield _StopAfter(4)  # the 2nd step of epoch 2
-
-    monkeypatch.setattr(fit_module, "graceful_stop", stop_mid_epoch_2)
+    interrupt_after(monkeypatch, 4)  # the 2nd step of epoch 2
     with pytest.raises(Interrupted, match="resume"):
         fit(tiny_config(pattern_root, tmp_path / "b", **sections))
     monkeypatch.undo()

@@ -12,7 +12,7 @@ from imagefit.errors import CheckpointError, Interrupted, TrainingStopped
 from imagefit.train import fit as fit_module
 from imagefit.train.fit import fit
 
-from conftest import tiny_config
+from conftest import interrupt_after, tiny_config
 
 
 def weights(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
@@ -79,34 +79,13 @@ def test_learns_digits(digits_root: Path, tmp_path: Path) -> None:
     assert result.metrics["accuracy"] > 0.85
 
 
-class _StopAfter:
-    """A stop flag that turns on after ``checks`` looks: a signal arriving at a chosen step."""
-
-    def __init__(self, checks: int):
-        self.checks = checks
-
-    def __bool__(self) -> bool:
-        self.checks -= 1
-        return self.checks < 0
-
-
-def _interrupt_after(monkeypatch: pytest.MonkeyPatch, checks: int) -> None:
-    from contextlib import contextmanager
-
-    @contextmanager
-    def fake_stop():
-        yield _StopAfter(checks)
-
-    monkeypatch.setattr(fit_module, "graceful_stop", fake_stop)
-
-
 @pytest.mark.parametrize("checks", [3, 5, 11])  # mid-epoch, end of epoch 1, later mid-epoch
 def test_resume_after_interrupt_is_bitwise_exact(pattern_root: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch, checks: int) -> None:  # fmt: skip
     sections = {"train": {"epochs": 3, "batch_size": 6}, "augment": {"scale": [0.6, 1.0], "hflip": 0.5},
                 "model": {"drop_rate": 0.3}, "schedule": {"name": "cosine", "warmup_epochs": 1}}  # fmt: skip
     reference = fit(tiny_config(pattern_root, tmp_path / "a", **sections))
-    _interrupt_after(monkeypatch, checks)
+    interrupt_after(monkeypatch, checks)
     with pytest.raises(Interrupted, match="resume"):
         fit(tiny_config(pattern_root, tmp_path / "b", **sections))
     monkeypatch.undo()
@@ -134,7 +113,7 @@ def test_two_stage_transfer(
     first = torch.load(result.run_dir / "last.pt", weights_only=True)
     assert first["epoch"] == 3
     # interrupted inside the frozen phase, resumed across the phase change: still exact
-    _interrupt_after(monkeypatch, 2)
+    interrupt_after(monkeypatch, 2)
     with pytest.raises(Interrupted):
         fit(tiny_config(pattern_root, tmp_path / "b", **sections))
     monkeypatch.undo()
