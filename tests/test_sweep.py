@@ -347,6 +347,16 @@ def test_sweep_file_errors_name_the_key(
         load_sweep(path)
 
 
+def test_sweep_refuses_to_run_under_torchrun(
+    tmp_path: Path, pattern_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = load_sweep(write_sweep(tmp_path, {"grid": {"optim.lr": [0.1]}}, base_tree(pattern_root)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="torchrun"):
+        run_sweep(spec)
+    assert not spec.out.exists()  # nothing written by any of the processes
+
+
 def test_cli_set_key_is_checked(tmp_path: Path, pattern_root: Path) -> None:
     path = write_sweep(tmp_path, {"grid": {"optim.lr": [0.1]}}, base_tree(pattern_root))
     with pytest.raises(

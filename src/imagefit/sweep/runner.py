@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 import sys
 import time
@@ -29,7 +30,7 @@ from typing import Any
 import yaml
 
 from imagefit.config import Config, TrackConfig, apply_override
-from imagefit.errors import ImagefitError, Interrupted
+from imagefit.errors import ConfigError, ImagefitError, Interrupted
 from imagefit.sweep import table
 from imagefit.sweep.baseline import run_hog_svm_baseline
 from imagefit.sweep.spec import BASELINES, SweepSpec, Trial, set_dotted
@@ -228,6 +229,10 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
 
     With ``track.mlflow`` on in the sweep's base config, the trials nest under one MLflow
     parent run (see the module's docstring)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every process would create, delete and tabulate the same trial folders at once.
+        raise ConfigError("a sweep runs its trials one after another in one process; under "
+                          "torchrun, launch each trial as `torchrun ... -m imagefit train`")  # fmt: skip
     (spec.out / "runs").mkdir(parents=True, exist_ok=True)
     table.write_sweep_file(spec)
     track = sweep_track(spec)
