@@ -23,7 +23,9 @@ from imagefit.data.fractal import read_params, render, search_categories, write_
 from imagefit.data.fractal_reference import reference_render
 from imagefit.data.fractal_render import random_masks
 
-OFFICIAL_PARAMS = Path("/work/shared/fdsl/fractaldb1k-official-params")
+OFFICIAL_PARAMS = (
+    Path(__file__).resolve().parent.parent / "tests" / "data" / "fractaldb1k-official-params"
+)
 
 
 def parse_args() -> argparse.Namespace:

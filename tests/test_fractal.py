@@ -28,8 +28,8 @@ from imagefit.data.fractal_render import chaos_game, official_point_sequence, ra
 from imagefit.data.fractal_search import official_fill_rate
 from imagefit.errors import DataError
 
-OFFICIAL_DIR = Path("/work/shared/fdsl/fractaldb1k-official-params")
-# SHA-256 of the official 00000.csv .. 00009.csv, so the check runs even without OFFICIAL_DIR.
+OFFICIAL_DIR = Path(__file__).parent / "data" / "fractaldb1k-official-params"  # the official CSVs
+# SHA-256 of the official 00000.csv .. 00009.csv: the files above must be the official ones.
 OFFICIAL_SHA256 = [
     "2fe76fe188a5ea3084890f576a74d92b6316f71e3e15785c7dc70458f448d34b",
     "4473d595c53f7c8e1bc657c07194d521b097ac90cb83d448ebad3a5d9d6eaef9",
@@ -84,8 +84,7 @@ def test_official_search_reproduces_official_csv_bytes(official_dir: Path) -> No
     for name, expected in zip(names, OFFICIAL_SHA256, strict=True):
         data = (official_dir / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == expected, name
-        if OFFICIAL_DIR.is_dir():
-            assert data == (OFFICIAL_DIR / name).read_bytes(), name
+        assert data == (OFFICIAL_DIR / name).read_bytes(), name
 
 
 def test_chaos_game_is_bitwise_the_official_float64_loop(official_params: list[np.ndarray]) -> None:

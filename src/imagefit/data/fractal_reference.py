@@ -1,7 +1,7 @@
 """REFERENCE ONLY: a slow, literal port of the official per-point FractalDB renderer.
 
 This mirrors ``fractal_renderer/ifs_function.py`` of the official FractalDB / 2D-OFDB code
-(MIT licence, Kataoka et al.; see /work/shared/fdsl/LICENSE-FractalDB): Python floats in dicts,
+(MIT licence, Kataoka et al.; see imagefit/resources/fractal_weights/LICENSE): Python floats in dicts,
 one list append per point, one PIL ``paste`` per patch. It exists to check the fast renderer
 (``fractal_render``) pixel for pixel and to time the speed-up; never use it to build datasets
 (about 4 s per 362-px image). Differences from the original, none of which changes a pixel:
