@@ -325,6 +325,32 @@ def test_shipped_sweeps_parse() -> None:
         assert (cfg.export.onnx, cfg.export.opset, cfg.export.int8) == (True, 14, False)
 
 
+@pytest.mark.slow
+def test_digits_twins_run_in_order(digits_root: Path, tmp_path: Path, quick_pictures: list,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The CPU-sized seed studies run as shipped, from a working folder holding data/digits:
+    pretrain first, then seed 004's 2 x 3 strategies from its checkpoints."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "digits").symlink_to(digits_root)
+    quick = ["train.limit_batches=1", "train.threads=1"]
+    pre = run_sweep(load_sweep(CONFIGS / "digits" / "pretrain.sweep.yaml", quick))
+    assert [r["status"] for r in pre.records] == ["finished", "finished"]
+    strategies = run_sweep(load_sweep(CONFIGS / "digits" / "strategies.sweep.yaml", quick))
+    records = {r["name"]: r for r in strategies.records}
+    assert all(r["status"] == "finished" for r in records.values()), records
+    trainable = {name: r["params_trainable"] for name, r in records.items()}
+    for model in ("simple_cnn", "resnet18"):
+        freeze, partial, full = (trainable[f"{model}_{s}"] for s in ("freeze", "partial", "full"))
+        assert freeze < partial < full == records[f"{model}_full"]["params_total"]
+    init = json.loads(
+        (tmp_path / "sweeps/digits_strategies/runs/resnet18_full/summary.json").read_text()
+    )["init"]
+    assert init["path"] == str(
+        (tmp_path / "sweeps/digits_pretrain/runs/resnet18/best.pt").resolve()
+    )
+
+
 @pytest.mark.parametrize(("sweep", "base", "message"), [
     ({"grid": {"optim.lrr": [1, 2]}}, True, r"s\.sweep\.yaml: grid key 'optim\.lrr'.*unknown config key 'optim\.lrr'"),
     ({"grid": {"optim": [1]}}, True, r"'optim' is a section"),

@@ -405,3 +405,33 @@ def test_sinks_register_without_importing_mlflow() -> None:
             "assert {'mlflow', 'tensorboard'} <= set(base.SINKS), base.SINKS\n"
             "assert 'mlflow' not in sys.modules and 'tensorboard' not in sys.modules")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_seed_003_console_pipeline_is_one_train_command(
+    digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/cifar10_simplecnn.yaml as shipped (data -> SimpleCNN -> train -> ONNX -> MLflow),
+    on digits instead of CIFAR-10 and cut to a few batches."""
+    from typer.testing import CliRunner
+
+    from imagefit.cli import app
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "cifar10_simplecnn.yaml"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["train", str(config), "--set", f"data.root={digits_root}",
+                                      "--set", "train.epochs=1", "--limit-batches", "3"],
+                                catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "cifar10_simplecnn"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params_total"] == 62_006  # seed 003's SimpleCNN on 10 classes
+    exported = json.loads((run_dir / "export.json").read_text())
+    assert exported["opset"] == 17 and exported["verification"]["passed"]
+    assert (run_dir / "model.onnx").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar10_cnn")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.data.params["model.name"] == "simple_cnn" and "test_accuracy" in run.data.metrics
+    assert "onnx/model.onnx" in _artifacts(client, run.info.run_id)
