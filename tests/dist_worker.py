@@ -21,14 +21,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-
-class StopAfter:
-    def __init__(self, checks: int):
-        self.checks = checks
-
-    def __bool__(self) -> bool:
-        self.checks -= 1
-        return self.checks < 0
+from conftest import StopAfter  # this script's folder is on sys.path
 
 
 def run_cli(*args: str) -> int:
