@@ -18,11 +18,12 @@ from imagefit.cli import app
 from imagefit.config import load_config
 from imagefit.data.folder import scan_folder
 from imagefit.data.fractal import read_params, write_ofdb
-from imagefit.errors import ConfigError, DataError
+from imagefit.errors import ConfigError, DataError, Interrupted
 from imagefit.models.registry import create_model
 from imagefit.pipeline import load_pipeline, run_pipeline
 from imagefit.train.fit import fit
 
+from conftest import interrupt_after
 from test_sweep import quick_pictures  # noqa: F401 - a fixture
 
 OFFICIAL = Path(__file__).parent / "data" / "fractaldb1k-official-params"
@@ -204,6 +205,24 @@ def test_pipeline_end_to_end_and_rerun_skips_finished_steps(
     run_pipeline(load_pipeline(tmp_path / "p.yaml"))
     assert {p: _digest(p) for p in out.rglob("*.pt")} == before
     assert {p: p.stat().st_mtime_ns for p in (out / "fractal").rglob("*.png")} == images
+
+
+@pytest.mark.slow
+def test_an_interrupted_pipeline_resumes_its_training(
+    tmp_path: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch,
+    quick_pictures: list[tuple],  # noqa: F811
+) -> None:  # fmt: skip
+    path = write_pipeline(tmp_path, digits_root, finetune={"config": "target.yaml", "seeds": [0]})
+    interrupt_after(monkeypatch, 2)  # a signal at the end of the pretraining's first epoch
+    with pytest.raises(Interrupted, match=r"imagefit pipeline .*p\.yaml"):
+        run_pipeline(load_pipeline(path))
+    pre_run = tmp_path / "out" / "pretrain" / "runs" / "pretrain"
+    assert (pre_run / "last.pt").is_file() and not (pre_run / "summary.json").exists()
+    monkeypatch.undo()
+    result = run_pipeline(load_pipeline(path))
+    history = json.loads((pre_run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]  # resumed, not restarted or repeated
+    assert set(result.comparison["variants"]) == {"scratch", "pretrained"}
 
 
 def test_an_interrupted_generation_step_is_redone(

@@ -32,7 +32,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from imagefit.config import Section, apply_override, read_yaml
-from imagefit.errors import ConfigError
+from imagefit.errors import ConfigError, Interrupted, TrainingStopped
 from imagefit.sweep import SweepResult, load_sweep, run_sweep
 from imagefit.train import rundir
 
@@ -189,6 +189,14 @@ def compare(finetune: SweepResult) -> dict[str, Any]:
 
 def run_pipeline(spec: PipelineSpec) -> PipelineResult:
     """Run every step of ``spec`` that is not complete yet; write ``out/pipeline.json``."""
+    try:
+        return _run_steps(spec)
+    except Interrupted as exc:  # the sweeps' message says to rerun a sweep: rerun this instead
+        raise Interrupted(f"pipeline {spec.name} stopped; run `imagefit pipeline {spec.path}` "
+                          "again to continue where it stopped") from exc  # fmt: skip
+
+
+def _run_steps(spec: PipelineSpec) -> PipelineResult:
     f, out = spec.file, spec.out
     out.mkdir(parents=True, exist_ok=True)
     pretrain_set = dict(f.pretrain.set)
@@ -201,8 +209,8 @@ def run_pipeline(spec: PipelineSpec) -> PipelineResult:
     pretrained = run_sweep(pre)
     checkpoint = pre.out / "runs" / PRETRAIN_TRIAL / "best.pt"
     if pretrained.records[0]["status"] != "finished" or not checkpoint.is_file():
-        raise ConfigError(f"pretraining did not finish ({pretrained.records[0].get('error')}); "
-                          f"see {pre.out / 'runs' / PRETRAIN_TRIAL}")  # fmt: skip
+        raise TrainingStopped(f"pretraining did not finish ({pretrained.records[0].get('error')}); "
+                              f"see {pre.out / 'runs' / PRETRAIN_TRIAL}")  # fmt: skip
     variants = [{"name": "scratch", "set": {"model.init": "scratch"}},
                 {"name": "pretrained", "set": {"model.init": str(checkpoint.resolve())}}]  # fmt: skip
     fine = load_sweep(_write_sweep(out / "finetune.sweep.yaml", where / f.finetune.config,
