@@ -62,13 +62,17 @@ def main() -> None:
     args = parse_args()
     for name in args.models:
         base = timm.create_model(name, num_classes=1000)
-        cases = {"channels_last": case(copy.deepcopy(base), torch.channels_last, args),
-                 "nchw": case(copy.deepcopy(base), torch.contiguous_format, args)}  # fmt: skip
+        cases = {
+            "channels_last": case(copy.deepcopy(base), torch.channels_last, args),
+            "nchw": case(copy.deepcopy(base), torch.contiguous_format, args),
+        }
         for run in cases.values():
             run()  # warm-up: oneDNN picks its kernels for each layout on first use
         samples = interleaved(cases, args.rounds)
-        print(f"{name} at {args.size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, "
-              f"{args.rounds} rounds x {args.steps} steps")  # fmt: skip
+        print(
+            f"{name} at {args.size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, "
+            f"{args.rounds} rounds x {args.steps} steps"
+        )
         print(
             "  "
             + ratio_line(

@@ -60,8 +60,14 @@ def write_pngs(root: Path, count: int) -> Path:
 
 
 def torchvision_epoch(root: Path, args: argparse.Namespace):
-    augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                  transforms.ToTensor(), transforms.Normalize(MEAN, STD)])  # fmt: skip
+    augment = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     dataset = datasets.ImageFolder(str(root), transform=augment)
     loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers)
 
@@ -75,16 +81,28 @@ def torchvision_epoch(root: Path, args: argparse.Namespace):
 
 
 def imagefit_epoch(root: Path, cache: Path, args: argparse.Namespace):
-    cfg = config_from_dict({
-        "data": {"root": str(root), "image_size": 32, "cache": "always", "cache_dir": str(cache),
-                 "val_fraction": 0.01, "test_fraction": 0.0, "mean": list(MEAN), "std": list(STD)},
-        "augment": {"translate": 4 / 32, "hflip": 0.5},
-        "train": {"batch_size": args.batch, "device": "cpu"},
-    })  # fmt: skip
+    cfg = config_from_dict(
+        {
+            "data": {
+                "root": str(root),
+                "image_size": 32,
+                "cache": "always",
+                "cache_dir": str(cache),
+                "val_fraction": 0.01,
+                "test_fraction": 0.0,
+                "mean": list(MEAN),
+                "std": list(STD),
+            },
+            "augment": {"translate": 4 / 32, "hflip": 0.5},
+            "train": {"batch_size": args.batch, "device": "cpu"},
+        }
+    )
     started = time.perf_counter()
     data = build_data(cfg, torch.device("cpu"))
-    print(f"imagefit: one-off decode into the cache: {time.perf_counter() - started:.1f} s "
-          f"({data.train.num_samples + data.val.num_samples} images)")  # fmt: skip
+    print(
+        f"imagefit: one-off decode into the cache: {time.perf_counter() - started:.1f} s "
+        f"({data.train.num_samples + data.val.num_samples} images)"
+    )
     state = {"epoch": 0}
 
     def run() -> float:
@@ -101,13 +119,23 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = write_pngs(args.root or Path(tmp) / "pngs", args.images)
-        cases = {"imagefit": imagefit_epoch(root, Path(tmp) / "cache", args),
-                 "torchvision": torchvision_epoch(root, args)}  # fmt: skip
+        cases = {
+            "imagefit": imagefit_epoch(root, Path(tmp) / "cache", args),
+            "torchvision": torchvision_epoch(root, args),
+        }
         samples = interleaved(cases, args.rounds)
-    print(f"{args.images} PNGs at 32 px, batch {args.batch}, torchvision with {args.workers} workers, "
-          f"{torch.get_num_threads()} torch threads, {args.rounds} interleaved epochs each")  # fmt: skip
-    print(ratio_line("imagefit fast path vs torchvision ImageFolder+DataLoader", samples["imagefit"],
-                     samples["torchvision"], goal=5.0))  # fmt: skip
+    print(
+        f"{args.images} PNGs at 32 px, batch {args.batch}, torchvision with {args.workers} workers, "
+        f"{torch.get_num_threads()} torch threads, {args.rounds} interleaved epochs each"
+    )
+    print(
+        ratio_line(
+            "imagefit fast path vs torchvision ImageFolder+DataLoader",
+            samples["imagefit"],
+            samples["torchvision"],
+            goal=5.0,
+        )
+    )
     print("medians: " + ", ".join(f"{k} {median(v):,.0f} images/s" for k, v in samples.items()))
 
 

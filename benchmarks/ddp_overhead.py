@@ -44,10 +44,18 @@ def run_case(
 ) -> float:
     out = work / f"runs-{processes}x{threads}"
     batch = args.batch * 2 // processes  # the same global batch in every case
-    config = {"data": {"root": str(root), "image_size": args.size, "num_workers": 0, "cache_dir": str(work / "cache")},
-              "model": {"name": args.model}, "optim": {"name": "sgd", "lr": 0.05},
-              "train": {"epochs": 1, "batch_size": batch, "threads": threads},
-              "output": {"dir": str(out)}}  # fmt: skip
+    config = {
+        "data": {
+            "root": str(root),
+            "image_size": args.size,
+            "num_workers": 0,
+            "cache_dir": str(work / "cache"),
+        },
+        "model": {"name": args.model},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "train": {"epochs": 1, "batch_size": batch, "threads": threads},
+        "output": {"dir": str(out)},
+    }
     path = work / f"c-{processes}x{threads}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     launcher = [
@@ -75,9 +83,11 @@ def main() -> None:
         work = Path(tmp)
         root = write_digits(work / "digits")
         run_case(work, root, args, 1, 1)  # fills the image cache, which every case then reads
-        cases = {"1 process x 1 thread": lambda: run_case(work, root, args, 1, 1),
-                 "2 processes x 1 thread (DDP)": lambda: run_case(work, root, args, 2, 1),
-                 "1 process x 2 threads": lambda: run_case(work, root, args, 1, 2)}  # fmt: skip
+        cases = {
+            "1 process x 1 thread": lambda: run_case(work, root, args, 1, 1),
+            "2 processes x 1 thread (DDP)": lambda: run_case(work, root, args, 2, 1),
+            "1 process x 2 threads": lambda: run_case(work, root, args, 1, 2),
+        }
         samples = interleaved(cases, args.rounds)
     one, two, threads = (samples[k] for k in cases)
     print(

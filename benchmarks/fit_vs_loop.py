@@ -73,8 +73,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def imagefit_case(model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None,
-                  implementation: str = "auto"):  # fmt: skip
+def imagefit_case(
+    model: nn.Module,
+    batches: Batches,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    implementation: str = "auto",
+):
     optimizer = create_optimizer(
         model, OptimConfig(name="adamw", implementation=implementation), FinetuneConfig()
     )
@@ -91,8 +96,13 @@ def imagefit_case(model: nn.Module, batches: Batches, device: torch.device, dtyp
     return run
 
 
-def hand_case(model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None,
-              kernels: dict[str, bool] | None = None):  # fmt: skip
+def hand_case(
+    model: nn.Module,
+    batches: Batches,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    kernels: dict[str, bool] | None = None,
+):
     """The minimal loop: forward, loss, zero_grad, backward, step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **(kernels or {}))
 
@@ -126,8 +136,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
     for run in cases.values():
         run()  # warm-up: allocator, optimizer state, cuDNN/oneDNN kernel choice
     samples = interleaved(cases, args.rounds)
-    print(f"\n{name} at {args.size} px, batch {args.batch}, {steps} steps/round, {args.rounds} rounds, "
-          f"{device}, {torch.get_num_threads()} threads, optimizer kernels {kernels}, amp {dtype}")  # fmt: skip
+    print(
+        f"\n{name} at {args.size} px, batch {args.batch}, {steps} steps/round, {args.rounds} rounds, "
+        f"{device}, {torch.get_num_threads()} threads, optimizer kernels {kernels}, amp {dtype}"
+    )
     goal = 0.97 if device.type == "cuda" else 0.95
     print(
         "  "
@@ -135,8 +147,14 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
             "imagefit step vs hand loop (same kernels)", samples["imagefit"], samples["hand"], goal
         )
     )
-    print("  " + ratio_line("imagefit defaults vs hand loop with torch defaults", samples["imagefit"],
-                            samples["hand (torch default kernels)"]))  # fmt: skip
+    print(
+        "  "
+        + ratio_line(
+            "imagefit defaults vs hand loop with torch defaults",
+            samples["imagefit"],
+            samples["hand (torch default kernels)"],
+        )
+    )
     print("  medians: " + ", ".join(f"{k} {median(v):,.1f} img/s" for k, v in samples.items()))
 
 

@@ -35,9 +35,18 @@ from imagefit.train.loop import EpochProgress, Precision, train_one_epoch
 from imagefit.train.optim import create_optimizer
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOPS, from the vendors' data sheets.
-BF16_PEAK = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0,
-             "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
-             "RTX 4090": 165.2}  # fmt: skip
+BF16_PEAK = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "RTX 4090": 165.2,
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -105,8 +114,10 @@ def resnet50_part(device: torch.device, args: argparse.Namespace, compiled: bool
         if peak
         else " (peak unknown: --peak-tflops)"
     )
-    print(f"resnet50 {size} px batch {batch} bf16 channels_last{' compiled' if compiled else ''}: "
-          f"{steps * batch / seconds:,.0f} images/s, {tflops:.1f} TFLOPS achieved{share}")  # fmt: skip
+    print(
+        f"resnet50 {size} px batch {batch} bf16 channels_last{' compiled' if compiled else ''}: "
+        f"{steps * batch / seconds:,.0f} images/s, {tflops:.1f} TFLOPS achieved{share}"
+    )
 
 
 def cifar_part(device: torch.device, args: argparse.Namespace) -> None:
@@ -116,8 +127,17 @@ def cifar_part(device: torch.device, args: argparse.Namespace) -> None:
     )
     source = ArraySource(pixels, (np.arange(count) % 10).tolist(), device)
     augment = BatchAugment(AugmentConfig(translate=0.125, hflip=0.5), 32, 10)
-    loader = Loader(source, batch, device, shuffle=True, augment=augment, seed=0,
-                    mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), limit=steps or None)  # fmt: skip
+    loader = Loader(
+        source,
+        batch,
+        device,
+        shuffle=True,
+        augment=augment,
+        seed=0,
+        mean=(0.49, 0.48, 0.45),
+        std=(0.25, 0.24, 0.26),
+        limit=steps or None,
+    )
     model = timm.create_model("resnet18", num_classes=10).to(
         device, memory_format=torch.channels_last
     )
@@ -138,9 +158,11 @@ def cifar_part(device: torch.device, args: argparse.Namespace) -> None:
         pass
     sync(device)
     data_s = time.perf_counter() - start
-    print(f"resnet18 32 px CIFAR-scale ({count} images on {device}), batch {batch}: "
-          f"{progress.count / train_s:,.0f} images/s training; data (gather + augment + normalise) "
-          f"{data_s / train_s:.1%} of the step time ({progress.count / data_s:,.0f} images/s alone)")  # fmt: skip
+    print(
+        f"resnet18 32 px CIFAR-scale ({count} images on {device}), batch {batch}: "
+        f"{progress.count / train_s:,.0f} images/s training; data (gather + augment + normalise) "
+        f"{data_s / train_s:.1%} of the step time ({progress.count / data_s:,.0f} images/s alone)"
+    )
 
 
 def main() -> None:

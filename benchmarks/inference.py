@@ -51,13 +51,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds")
     parser.add_argument("--latency-iters", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--accuracy-archs", nargs="*", default=["resnet18"],
-                        help="architectures trained on digits for the INT8 accuracy drop")  # fmt: skip
+    parser.add_argument(
+        "--accuracy-archs",
+        nargs="*",
+        default=["resnet18"],
+        help="architectures trained on digits for the INT8 accuracy drop",
+    )
     parser.add_argument("--accuracy-size", type=int, default=32, help="digits image size (px)")
     parser.add_argument("--accuracy-epochs", type=int, default=4)
     parser.add_argument("--run", type=Path, help="also: INT8 accuracy of this trained run")
-    parser.add_argument("--demo-dir", type=Path, default=Path("imagefit-demo"),
-                        help="where the digits and the accuracy runs are kept (reused)")  # fmt: skip
+    parser.add_argument(
+        "--demo-dir",
+        type=Path,
+        default=Path("imagefit-demo"),
+        help="where the digits and the accuracy runs are kept (reused)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
 
@@ -76,13 +84,20 @@ def accuracy_run(arch: str, args: argparse.Namespace) -> Path:
         return run
     from imagefit.data.digits import write_digits
 
-    overrides = [f"model.name={arch}", f"data.image_size={args.accuracy_size}", f"output.name={name}",
-                 f"train.epochs={args.accuracy_epochs}", "data.num_workers=0"]  # fmt: skip
+    overrides = [
+        f"model.name={arch}",
+        f"data.image_size={args.accuracy_size}",
+        f"output.name={name}",
+        f"train.epochs={args.accuracy_epochs}",
+        "data.num_workers=0",
+    ]
     cfg = demo_config(args.demo_dir, overrides)
     write_digits(cfg.data.root)
     shutil.rmtree(run, ignore_errors=True)  # an unfinished earlier attempt
-    print(f"training {arch} on digits at {args.accuracy_size} px ({args.accuracy_epochs} epochs) "
-          f"into {run} ...")  # fmt: skip
+    print(
+        f"training {arch} on digits at {args.accuracy_size} px ({args.accuracy_epochs} epochs) "
+        f"into {run} ..."
+    )
     started = time.perf_counter()
     run = fit(cfg).run_dir
     print(f"{arch}: trained in {time.perf_counter() - started:.0f} s")
@@ -92,8 +107,14 @@ def accuracy_run(arch: str, args: argparse.Namespace) -> Path:
 def engines(arch: str, args: argparse.Namespace, run: Path, tmp: Path) -> dict[str, Any]:
     """name -> callable(x) for eager, ORT fp32 and ORT INT8 of ``arch`` (random weights)."""
     model = timm.create_model(arch, num_classes=1000).eval()
-    meta = {"arch": arch, "classes": [str(i) for i in range(1000)], "num_classes": 1000,
-            "image_size": args.size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # fmt: skip
+    meta = {
+        "arch": arch,
+        "classes": [str(i) for i in range(1000)],
+        "num_classes": 1000,
+        "image_size": args.size,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     fp32, int8 = tmp / f"{arch}.onnx", tmp / f"{arch}.int8.onnx"
     write_onnx(model, meta, fp32, opset=17)
     _, pixels, _ = real_inputs(run, ("train",), 64, args.size)  # real images, resized to 224
@@ -128,8 +149,13 @@ def measure(calls: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[s
     for _ in range(args.rounds):
         for name, call in calls.items():
             throughput[name].append(args.batch / _seconds(call, batch))
-    return {name: {"latency_ms": float(np.median(latency[name])),
-                   "images_per_s": float(np.median(throughput[name]))} for name in calls}  # fmt: skip
+    return {
+        name: {
+            "latency_ms": float(np.median(latency[name])),
+            "images_per_s": float(np.median(throughput[name])),
+        }
+        for name in calls
+    }
 
 
 def _seconds(call: Any, x: np.ndarray) -> float:
@@ -153,39 +179,64 @@ def int8_accuracy(run: Path) -> dict[str, Any]:
         shutil.copy(run / "split.json", copy / "split.json")
         exported = export_onnx(copy / "best.pt", int8=True)
         files = {"fp32": exported["onnx"], "int8": exported["int8"]["onnx"]}
-        acc = {name: compute_metrics(labels, run_session(ort_session(path), x, 64), meta["classes"])["accuracy"]
-               for name, path in files.items()}  # fmt: skip
+        acc = {
+            name: compute_metrics(labels, run_session(ort_session(path), x, 64), meta["classes"])[
+                "accuracy"
+            ]
+            for name, path in files.items()
+        }
     q = exported["int8"]
     data = Path((config.get("data") or {}).get("root") or "?").name
-    return {"run": str(run), "arch": meta["arch"], "data": data, "image_size": meta["image_size"],
-            "val_images": len(x), "val_fp32": acc["fp32"], "val_int8": acc["int8"],
-            "val_relative_drop": (acc["fp32"] - acc["int8"]) / acc["fp32"],
-            "test_fp32": q["fp32_accuracy"], "test_int8": q["int8_accuracy"], "test_images": q["eval_images"],
-            "test_relative_drop": (q["fp32_accuracy"] - q["int8_accuracy"]) / q["fp32_accuracy"]}  # fmt: skip
+    return {
+        "run": str(run),
+        "arch": meta["arch"],
+        "data": data,
+        "image_size": meta["image_size"],
+        "val_images": len(x),
+        "val_fp32": acc["fp32"],
+        "val_int8": acc["int8"],
+        "val_relative_drop": (acc["fp32"] - acc["int8"]) / acc["fp32"],
+        "test_fp32": q["fp32_accuracy"],
+        "test_int8": q["int8_accuracy"],
+        "test_images": q["eval_images"],
+        "test_relative_drop": (q["fp32_accuracy"] - q["int8_accuracy"]) / q["fp32_accuracy"],
+    }
 
 
 def report(
     results: dict[str, Any], accuracy: list[dict[str, Any]], args: argparse.Namespace
 ) -> None:
-    print(f"\nCPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}; {args.size} px")  # fmt: skip
-    print(f"{'model':10} {'engine':9} {'b1 ms':>8} {'b1 x eager':>10} {'b' + str(args.batch) + ' img/s':>10} "
-          f"{'x eager':>8} {'x ORT fp32':>10}")  # fmt: skip
+    print(
+        f"\nCPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}; {args.size} px"
+    )
+    print(
+        f"{'model':10} {'engine':9} {'b1 ms':>8} {'b1 x eager':>10} {'b' + str(args.batch) + ' img/s':>10} "
+        f"{'x eager':>8} {'x ORT fp32':>10}"
+    )
     for arch, engines_ in results.items():
         eager, fp32 = engines_["eager"], engines_["ort_fp32"]
         for name, r in engines_.items():
-            print(f"{arch:10} {name:9} {r['latency_ms']:8.2f} {eager['latency_ms'] / r['latency_ms']:10.2f} "
-                  f"{r['images_per_s']:10.1f} {r['images_per_s'] / eager['images_per_s']:8.2f} "
-                  f"{r['images_per_s'] / fp32['images_per_s']:10.2f}")  # fmt: skip
-    print("\nINT8 accuracy (ORT INT8 vs ORT fp32 of the same trained model; not the random-weight "
-          "models timed above):")  # fmt: skip
-    print(f"{'model':16} {'data':8} {'px':>4} {'split':5} {'images':>6} {'fp32':>7} {'int8':>7} "
-          f"{'int8/fp32':>9} {'rel drop':>8} {'1 image':>7}")  # fmt: skip
+            print(
+                f"{arch:10} {name:9} {r['latency_ms']:8.2f} {eager['latency_ms'] / r['latency_ms']:10.2f} "
+                f"{r['images_per_s']:10.1f} {r['images_per_s'] / eager['images_per_s']:8.2f} "
+                f"{r['images_per_s'] / fp32['images_per_s']:10.2f}"
+            )
+    print(
+        "\nINT8 accuracy (ORT INT8 vs ORT fp32 of the same trained model; not the random-weight "
+        "models timed above):"
+    )
+    print(
+        f"{'model':16} {'data':8} {'px':>4} {'split':5} {'images':>6} {'fp32':>7} {'int8':>7} "
+        f"{'int8/fp32':>9} {'rel drop':>8} {'1 image':>7}"
+    )
     for a in accuracy:
         for split in ("val", "test"):
             fp32, int8, n = a[f"{split}_fp32"], a[f"{split}_int8"], a[f"{split}_images"]
-            print(f"{a['arch']:16} {a['data']:8} {a['image_size']:4d} {split:5} {n:6d} {fp32:7.4f} "
-                  f"{int8:7.4f} {int8 / fp32:9.4f} {a[f'{split}_relative_drop']:8.2%} {1 / (n * fp32):7.2%}")  # fmt: skip
+            print(
+                f"{a['arch']:16} {a['data']:8} {a['image_size']:4d} {split:5} {n:6d} {fp32:7.4f} "
+                f"{int8:7.4f} {int8 / fp32:9.4f} {a[f'{split}_relative_drop']:8.2%} {1 / (n * fp32):7.2%}"
+            )
     for a in accuracy:
         print(f"  {a['arch']}: {a['run']}")
     goals(results, accuracy)
@@ -195,14 +246,19 @@ def goals(results: dict[str, Any], accuracy: list[dict[str, Any]]) -> None:
     """The targets, stated pass/fail as measured, each naming the model it was measured on."""
     for arch, r in results.items():
         fp32_ok = all(r["ort_fp32"][k] <= r["eager"][k] for k in ("latency_ms",)) and (
-            r["ort_fp32"]["images_per_s"] >= r["eager"]["images_per_s"])  # fmt: skip
+            r["ort_fp32"]["images_per_s"] >= r["eager"]["images_per_s"]
+        )
         ratio = r["ort_int8"]["images_per_s"] / r["ort_fp32"]["images_per_s"]
-        print(f"goal {arch}: ORT fp32 never slower than eager: {'met' if fp32_ok else 'NOT met'}; "
-              f"INT8 >= 1.8x ORT fp32 throughput: {ratio:.2f}x {'met' if ratio >= 1.8 else 'NOT met'}")  # fmt: skip
+        print(
+            f"goal {arch}: ORT fp32 never slower than eager: {'met' if fp32_ok else 'NOT met'}; "
+            f"INT8 >= 1.8x ORT fp32 throughput: {ratio:.2f}x {'met' if ratio >= 1.8 else 'NOT met'}"
+        )
     for a in accuracy:
         drop = a["val_relative_drop"]
-        print(f"goal INT8 relative accuracy drop <= 0.5% ({a['arch']}, {a['data']} {a['image_size']} px, "
-              f"val {a['val_images']} images): {drop:.2%} {'met' if drop <= 0.005 else 'NOT met'}")  # fmt: skip
+        print(
+            f"goal INT8 relative accuracy drop <= 0.5% ({a['arch']}, {a['data']} {a['image_size']} px, "
+            f"val {a['val_images']} images): {drop:.2%} {'met' if drop <= 0.005 else 'NOT met'}"
+        )
     measured = {a["arch"] for a in accuracy}
     for arch in results:
         if arch not in measured:
@@ -220,8 +276,10 @@ def main() -> None:
     if load > (os.cpu_count() or 1):
         # OpenMP threads that wait on a descheduled peer stall PyTorch far more than ORT's pool:
         # on a busy machine the eager numbers (and so every ratio) come out too favourable.
-        print(f"warning: load average {load:.1f} > {os.cpu_count()} cores; timings are unreliable "
-              "(try --threads 1, or an idle machine)")  # fmt: skip
+        print(
+            f"warning: load average {load:.1f} > {os.cpu_count()} cores; timings are unreliable "
+            "(try --threads 1, or an idle machine)"
+        )
     runs = [accuracy_run(arch, args) for arch in args.accuracy_archs]
     runs += [args.run] if args.run else []
     # The speed engines calibrate INT8 on real training images: any accuracy run's will do.

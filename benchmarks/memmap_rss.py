@@ -44,8 +44,9 @@ CASES = {"memmap, cold": 1, "memmap": 1, "in RAM": 10**6}  # name -> data.memory
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000],
-                        help="dataset sizes, in images")  # fmt: skip
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[2000, 8000, 32000], help="dataset sizes, in images"
+    )
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--root", type=Path, help="reuse/keep the PNG folder here")
@@ -81,8 +82,11 @@ def write_manifest(root: Path, paths: list[Path], target: Path) -> Path:
     from imagefit.data.splits import SplitManifest
 
     samples = [(p, int(p.parent.name.split("_")[1])) for p in paths]
-    splits = {"train": [s for i, s in enumerate(samples) if i % 50],
-              "val": samples[::50], "test": []}  # fmt: skip
+    splits = {
+        "train": [s for i, s in enumerate(samples) if i % 50],
+        "val": samples[::50],
+        "test": [],
+    }
     SplitManifest(root, [f"class_{i}" for i in range(10)], splits, "stratified").save(target)
     return target
 
@@ -95,20 +99,36 @@ def child(job: dict) -> None:
     from imagefit.data.loaders import build_data
 
     floor = maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # imports only
-    cfg = config_from_dict({
-        "data": {"root": job["root"], "split_manifest": job["manifest"], "num_workers": 0,
-                 "image_size": job["image_size"], "cache_dir": job["cache"],
-                 "memory_budget_mb": job["budget_mb"]},
-        "train": {"batch_size": job["batch"], "device": "cpu"},
-    })  # fmt: skip
+    cfg = config_from_dict(
+        {
+            "data": {
+                "root": job["root"],
+                "split_manifest": job["manifest"],
+                "num_workers": 0,
+                "image_size": job["image_size"],
+                "cache_dir": job["cache"],
+                "memory_budget_mb": job["budget_mb"],
+            },
+            "train": {"batch_size": job["batch"], "device": "cpu"},
+        }
+    )
     started = time.perf_counter()
     data = build_data(cfg, torch.device("cpu"))
     built = time.perf_counter()
     seen = 0
     for x, _ in data.train.epoch(0):
         seen += len(x)
-    print(json.dumps({"source": type(data.train.source).__name__, "floor": floor, "seen": seen,
-                      "build_s": built - started, "epoch_s": time.perf_counter() - built}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "source": type(data.train.source).__name__,
+                "floor": floor,
+                "seen": seen,
+                "build_s": built - started,
+                "epoch_s": time.perf_counter() - built,
+            }
+        )
+    )
 
 
 def run_child(job: dict) -> dict:
@@ -144,8 +164,10 @@ def main() -> None:
     if len(sizes) < 2:
         raise SystemExit("--sizes needs at least two sizes to measure growth")
     if sizes[0] * args.image_size**2 * 3 <= CASES["memmap"] * MIB:
-        raise SystemExit(f"{sizes[0]} images of {args.image_size} px fit the smallest budget "
-                         f"({CASES['memmap']} MiB): the memmap case would hold them in memory")  # fmt: skip
+        raise SystemExit(
+            f"{sizes[0]} images of {args.image_size} px fit the smallest budget "
+            f"({CASES['memmap']} MiB): the memmap case would hold them in memory"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         root = args.root or Path(tmp) / "pngs"
@@ -157,13 +179,21 @@ def main() -> None:
             manifest = write_manifest(root, paths[:count], Path(tmp) / f"split_{count}.json")
             cache = Path(tmp) / f"cache_{count}"  # empty: the cold case decodes into it
             for name, budget in CASES.items():
-                job = {"root": str(root), "manifest": str(manifest), "cache": str(cache),
-                       "image_size": args.image_size, "batch": args.batch, "budget_mb": budget}  # fmt: skip
+                job = {
+                    "root": str(root),
+                    "manifest": str(manifest),
+                    "cache": str(cache),
+                    "image_size": args.image_size,
+                    "batch": args.batch,
+                    "budget_mb": budget,
+                }
                 row = run_child(job)
                 row["dataset"] = count * args.image_size**2 * 3
                 results[name].append(row)
-    print(f"\npeak RSS of one child per case (build_data + one training epoch, batch {args.batch}, "
-          f"{args.image_size} px, {os.cpu_count()} CPUs)")  # fmt: skip
+    print(
+        f"\npeak RSS of one child per case (build_data + one training epoch, batch {args.batch}, "
+        f"{args.image_size} px, {os.cpu_count()} CPUs)"
+    )
     print(f"{'images':>8} {'dataset MiB':>12} | " + " | ".join(f"{name:>26}" for name in CASES))
     print(f"{'':>8} {'':>12} | " + " | ".join(f"{'peak MiB (source, s)':>26}" for _ in CASES))
     for i, count in enumerate(sizes):
@@ -180,9 +210,11 @@ def main() -> None:
     base, pixels = growth(results["in RAM"]), args.image_size**2 * 3
     for name in ("memmap, cold", "memmap"):
         ratio = growth(results[name])
-        print(f"peak RSS growth / dataset growth, {name}: {ratio:.3f} vs in RAM {base:.3f} "
-              f"(flat: about 0); per image {ratio * pixels / 1024:.2f} KiB vs "
-              f"{base * pixels / 1024:.2f} KiB, of {pixels / 1024:.0f} KiB of pixels")  # fmt: skip
+        print(
+            f"peak RSS growth / dataset growth, {name}: {ratio:.3f} vs in RAM {base:.3f} "
+            f"(flat: about 0); per image {ratio * pixels / 1024:.2f} KiB vs "
+            f"{base * pixels / 1024:.2f} KiB, of {pixels / 1024:.0f} KiB of pixels"
+        )
     last = {name: rows[-1]["peak"] for name, rows in results.items()}
     ratio = last["memmap"] / last["in RAM"]
     print(f"peak RSS at {sizes[-1]:,} images, memmap vs in RAM: {ratio:.3f}x")

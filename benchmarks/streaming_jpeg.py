@@ -77,10 +77,12 @@ def loader_cases(root: Path, paths: list[Path], args: argparse.Namespace) -> dic
     samples = [(p, int(p.parent.name[-1])) for p in paths]
     source = StreamSource(samples, args.size, 1, False, args.workers, False, "torchvision")
     order = [np.arange(i, min(i + 32, len(samples))) for i in range(0, len(samples), 32)]
-    pipeline = transforms.Compose([transforms.Resize(args.size), transforms.CenterCrop(args.size),
-                                   transforms.PILToTensor()])  # fmt: skip
-    folder = DataLoader(datasets.ImageFolder(str(root), transform=pipeline), batch_size=32,
-                        num_workers=args.workers)  # fmt: skip
+    pipeline = transforms.Compose(
+        [transforms.Resize(args.size), transforms.CenterCrop(args.size), transforms.PILToTensor()]
+    )
+    folder = DataLoader(
+        datasets.ImageFolder(str(root), transform=pipeline), batch_size=32, num_workers=args.workers
+    )
 
     def ours() -> float:
         start = time.perf_counter()
@@ -102,24 +104,46 @@ def main() -> None:
         paths = write_jpegs(Path(tmp), args.images, args.width)
         base = baseline_decoder(args.size)
         cases = {
-            "torchvision decoder": lambda: per_core(paths, args.size, lambda p: decode_array(p, args.size, decoder="torchvision")),
-            "pillow decoder": lambda: per_core(paths, args.size, lambda p: decode_array(p, args.size)),
+            "torchvision decoder": lambda: per_core(
+                paths, args.size, lambda p: decode_array(p, args.size, decoder="torchvision")
+            ),
+            "pillow decoder": lambda: per_core(
+                paths, args.size, lambda p: decode_array(p, args.size)
+            ),
             "Pillow + torchvision transforms": lambda: per_core(paths, args.size, base),
-        }  # fmt: skip
+        }
         samples = interleaved(cases, args.rounds)
-        print(f"{args.images} JPEGs {args.width}x{args.width * 3 // 4} -> {args.size} px, one core, "
-              f"{args.rounds} interleaved rounds")  # fmt: skip
+        print(
+            f"{args.images} JPEGs {args.width}x{args.width * 3 // 4} -> {args.size} px, one core, "
+            f"{args.rounds} interleaved rounds"
+        )
         base_samples = samples["Pillow + torchvision transforms"]
-        print(ratio_line("imagefit torchvision decoder vs Pillow+transforms", samples["torchvision decoder"],
-                         base_samples, goal=1.1))  # fmt: skip
-        print(ratio_line("imagefit pillow decoder (canonical) vs Pillow+transforms", samples["pillow decoder"],
-                         base_samples))  # fmt: skip
+        print(
+            ratio_line(
+                "imagefit torchvision decoder vs Pillow+transforms",
+                samples["torchvision decoder"],
+                base_samples,
+                goal=1.1,
+            )
+        )
+        print(
+            ratio_line(
+                "imagefit pillow decoder (canonical) vs Pillow+transforms",
+                samples["pillow decoder"],
+                base_samples,
+            )
+        )
         print("medians: " + ", ".join(f"{k} {median(v):,.1f} images/s" for k, v in samples.items()))
         if args.loader:
             loaders = interleaved(loader_cases(Path(tmp), paths, args), max(3, args.rounds // 2))
             print(f"loaders with {args.workers} workers on {os.cpu_count()} cores:")
-            print(ratio_line("imagefit StreamSource (torchvision decoder) vs ImageFolder+DataLoader",
-                             loaders["imagefit StreamSource"], loaders["ImageFolder+DataLoader"]))  # fmt: skip
+            print(
+                ratio_line(
+                    "imagefit StreamSource (torchvision decoder) vs ImageFolder+DataLoader",
+                    loaders["imagefit StreamSource"],
+                    loaders["ImageFolder+DataLoader"],
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ def _isolated_cache(
     monkeypatch.setenv("IMAGEFIT_CACHE", str(tmp_path_factory.getbasetemp() / "imagefit-cache"))
 
 
-def write_pattern_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 16,
-                         seed: int = 0) -> Path:  # fmt: skip
+def write_pattern_folder(
+    root: Path, classes: int = 3, per_class: int = 12, size: int = 16, seed: int = 0
+) -> Path:
     """Class k = a bright square in quadrant k on noise: learnable in a few steps."""
     rng = np.random.default_rng(seed)
     for label in range(classes):

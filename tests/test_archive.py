@@ -23,7 +23,7 @@ PAYLOAD = bytes(range(256)) * 300  # 76,800 bytes: several reads, still instant
 class _RangeHandler(BaseHTTPRequestHandler):
     """Serves ``server.files`` and honours ``Range: bytes=N-`` like a real file server."""
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+    def do_GET(self) -> None:
         self.server.requests.append((self.path, self.headers.get("Range")))  # type: ignore[attr-defined]
         body = self.server.files.get(self.path)  # type: ignore[attr-defined]
         if body is None:
@@ -165,15 +165,18 @@ def _tree(root: Path) -> set[str]:
 
 
 def test_safe_archive_extracts(tmp_path: Path) -> None:
-    archive = _write_tar(tmp_path / "ok.tar.gz", [
-        _member("pkg", tarfile.DIRTYPE),
-        _member("pkg/a.txt", data=b"alpha"),
-        _member("pkg/sub/b.txt", data=b"beta"),
-        _member("pkg/link", tarfile.SYMTYPE, "a.txt"),
-        _member("pkg/sub/up", tarfile.SYMTYPE, "../a.txt"),
-        _member("pkg/hard", tarfile.LNKTYPE, "pkg/a.txt"),
-        _member("top.txt", data=b"top"),
-    ])  # fmt: skip
+    archive = _write_tar(
+        tmp_path / "ok.tar.gz",
+        [
+            _member("pkg", tarfile.DIRTYPE),
+            _member("pkg/a.txt", data=b"alpha"),
+            _member("pkg/sub/b.txt", data=b"beta"),
+            _member("pkg/link", tarfile.SYMTYPE, "a.txt"),
+            _member("pkg/sub/up", tarfile.SYMTYPE, "../a.txt"),
+            _member("pkg/hard", tarfile.LNKTYPE, "pkg/a.txt"),
+            _member("top.txt", data=b"top"),
+        ],
+    )
     dest = tmp_path / "dest"
     assert safe_extract(archive, dest) == [dest / "pkg", dest / "top.txt"]
     assert (dest / "pkg" / "sub" / "b.txt").read_bytes() == b"beta"
@@ -190,17 +193,22 @@ UNSAFE = {
     "windows drive": [_member("C:/x")],
     "symlink to /etc": [_member("etc", tarfile.SYMTYPE, "/etc")],
     "symlink up": [_member("d/up", tarfile.SYMTYPE, "../../outside")],
-    "symlink chain": [_member("d/x", tarfile.SYMTYPE, ".."),
-                      _member("d/y", tarfile.SYMTYPE, "x/..")],
+    "symlink chain": [
+        _member("d/x", tarfile.SYMTYPE, ".."),
+        _member("d/y", tarfile.SYMTYPE, "x/.."),
+    ],
     "through a dot link": [_member("d/l", tarfile.SYMTYPE, "."), _member("d/l/../../x")],
-    "link loop": [_member("a", tarfile.SYMTYPE, "b"), _member("b", tarfile.SYMTYPE, "a"),
-                  _member("a/evil")],
+    "link loop": [
+        _member("a", tarfile.SYMTYPE, "b"),
+        _member("b", tarfile.SYMTYPE, "a"),
+        _member("a/evil"),
+    ],
     "hardlink out": [_member("h", tarfile.LNKTYPE, "../outside")],
     "hardlink abs": [_member("h", tarfile.LNKTYPE, "/etc/passwd")],
     "char device": [_member("dev", tarfile.CHRTYPE)],
     "block device": [_member("dev", tarfile.BLKTYPE)],
     "fifo": [_member("fifo", tarfile.FIFOTYPE)],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(UNSAFE))

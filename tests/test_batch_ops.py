@@ -82,8 +82,12 @@ def test_op_is_a_function_of_the_generator_only(name: str) -> None:
 def test_ops_run_in_order_and_the_batch_is_reproducible() -> None:
     cfg = AugmentConfig(randaugment="rand-m9-mstd0.5", random_erasing=0.5, mixup=0.8, cutmix=1.0)
     augment = BatchAugment(cfg, SIZE, CLASSES, mean=MEAN, std=STD)
-    assert [type(op).__name__ for op in augment.ops] == ["AffineAugment", "RandAugment", "RandomErasing",
-                                                          "MixupCutmix"]  # fmt: skip
+    assert [type(op).__name__ for op in augment.ops] == [
+        "AffineAugment",
+        "RandAugment",
+        "RandomErasing",
+        "MixupCutmix",
+    ]
     x, y = batch()
     xa, ya = run(augment, x, y, 1)
     xb, yb = run(augment, x, y, 1)
@@ -102,8 +106,9 @@ def test_randaugment_changes_images_within_range() -> None:
 
 def test_randaugment_at_full_magnitude_posterizes_to_black() -> None:
     """timm's increasing posterize keeps 0 bits at magnitude 10; Pillow 11+ refuses 0 bits."""
-    op = BATCH_OPS["randaugment"](AugmentConfig(randaugment="rand-m10-mstd0-inc1"), SIZE,
-                                  CLASSES, MEAN, STD)  # fmt: skip
+    op = BATCH_OPS["randaugment"](
+        AugmentConfig(randaugment="rand-m10-mstd0-inc1"), SIZE, CLASSES, MEAN, STD
+    )
     (posterize,) = [o for o in op.transform.ops if o.name == "PosterizeIncreasing"]
     posterize.prob = 1.0
     op.transform.ops, op.transform.num_layers = [posterize], 1
@@ -212,12 +217,20 @@ def test_mixup_criterion_keeps_label_smoothing() -> None:
 
 
 @pytest.mark.slow
-def test_training_with_all_ops_resumes_exactly(pattern_root: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    sections = {"augment": {"randaugment": "rand-m9-mstd0.5", "random_erasing": 0.5, "mixup": 0.8,
-                            "cutmix": 1.0, "scale": [0.6, 1.0]},
-                "train": {"epochs": 2, "batch_size": 6, "label_smoothing": 0.1, "limit_batches": 3},
-                "model": {"drop_rate": 0.3}}  # fmt: skip
+def test_training_with_all_ops_resumes_exactly(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sections = {
+        "augment": {
+            "randaugment": "rand-m9-mstd0.5",
+            "random_erasing": 0.5,
+            "mixup": 0.8,
+            "cutmix": 1.0,
+            "scale": [0.6, 1.0],
+        },
+        "train": {"epochs": 2, "batch_size": 6, "label_smoothing": 0.1, "limit_batches": 3},
+        "model": {"drop_rate": 0.3},
+    }
     reference = fit(tiny_config(pattern_root, tmp_path / "a", **sections))
     assert len(reference.history) == 2
     assert all(np.isfinite(row["train_loss"]) for row in reference.history)
@@ -231,5 +244,6 @@ def test_training_with_all_ops_resumes_exactly(pattern_root: Path, tmp_path: Pat
     b = torch.load(resumed.run_dir / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     drop = ("time_s",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in reference.history] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in resumed.history]  # fmt: skip
+    assert [{k: v for k, v in r.items() if k not in drop} for r in reference.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in resumed.history
+    ]

@@ -53,8 +53,14 @@ def data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def _batches(data: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
     images, labels = data["train"]
-    parts = [(f"data_batch_{i + 1}", images[i * PER_BATCH : (i + 1) * PER_BATCH],
-              labels[i * PER_BATCH : (i + 1) * PER_BATCH]) for i in range(5)]  # fmt: skip
+    parts = [
+        (
+            f"data_batch_{i + 1}",
+            images[i * PER_BATCH : (i + 1) * PER_BATCH],
+            labels[i * PER_BATCH : (i + 1) * PER_BATCH],
+        )
+        for i in range(5)
+    ]
     return [*parts, ("test_batch", *data["test"])]
 
 
@@ -62,8 +68,12 @@ def write_python_cifar(root: Path, data: dict) -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i, (name, images, labels) in enumerate(_batches(data)):
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(),
-                 b"data": _rows(images), b"filenames": [b"x.png"] * len(images)}  # fmt: skip
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": _rows(images),
+            b"filenames": [b"x.png"] * len(images),
+        }
         protocol = (2, 3, 4, 5)[i % 4]  # every protocol's way of storing numpy arrays
         (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
     meta = {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": PER_BATCH}
@@ -123,19 +133,35 @@ def _py2_str(raw: bytes) -> bytes:
 
 def _py2_uint8_matrix(raw: bytes, rows: int, cols: int) -> bytes:
     """A numpy uint8 array exactly as Python 2 cPickle (protocol 2) wrote the official files."""
-    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _py2_str(b"b")
-            + b"\x87R(K\x01J" + struct.pack("<i", rows) + b"J" + struct.pack("<i", cols) + b"\x86"
-            + b"cnumpy\ndtype\n" + _py2_str(b"u1") + b"K\x00K\x01\x87R(K\x03" + _py2_str(b"|")
-            + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T" + struct.pack("<I", len(raw))
-            + raw + b"tb")  # fmt: skip
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + _py2_str(b"b")
+        + b"\x87R(K\x01J"
+        + struct.pack("<i", rows)
+        + b"J"
+        + struct.pack("<i", cols)
+        + b"\x86"
+        + b"cnumpy\ndtype\n"
+        + _py2_str(b"u1")
+        + b"K\x00K\x01\x87R(K\x03"
+        + _py2_str(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T"
+        + struct.pack("<I", len(raw))
+        + raw
+        + b"tb"
+    )
 
 
 def test_python2_pickles_like_the_official_files(tmp_path: Path, data: dict) -> None:
     folder = write_python_cifar(tmp_path, data)
     images, labels = data["test"]
     labels_op = b"](" + b"".join(b"K" + bytes([int(v)]) for v in labels) + b"e"
-    body = (_py2_str(b"data") + _py2_uint8_matrix(_rows(images).tobytes(), len(images), 3072)
-            + _py2_str(b"labels") + labels_op)  # fmt: skip
+    body = (
+        _py2_str(b"data")
+        + _py2_uint8_matrix(_rows(images).tobytes(), len(images), 3072)
+        + _py2_str(b"labels")
+        + labels_op
+    )
     (folder / "test_batch").write_bytes(b"\x80\x02}(" + body + b"u.")
     names = b"".join(_py2_str(c.encode()) for c in CLASSES)
     (folder / "batches.meta").write_bytes(
@@ -373,8 +399,9 @@ def test_cli_converts_and_the_folder_trains(tmp_path: Path, data: dict, fmt: str
     writer = write_python_cifar if fmt == "python" else write_binary_cifar
     writer(tmp_path, data)
     out = tmp_path / "folder"
-    result = CliRunner().invoke(app, ["data", "cifar10", "--root", str(tmp_path), "--format", fmt,
-                                      "--to-folder", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["data", "cifar10", "--root", str(tmp_path), "--format", fmt, "--to-folder", str(out)]
+    )
     assert result.exit_code == 0, result.output
     manifest = resolve_splits(out, val_fraction=0.5)  # a split layout the trainer reads
     images, labels, classes = read_cifar10(tmp_path, "test", fmt=fmt)

@@ -83,8 +83,14 @@ def test_train_eval_and_split_commands(pattern_root: Path, tmp_path: Path) -> No
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "imagefit", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "imagefit", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def _wait_for_epoch(run: Path, process: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
@@ -99,8 +105,13 @@ def _wait_for_epoch(run: Path, process: subprocess.Popen, epoch: int, timeout: f
 
 
 def _slow_config(digits_root: Path, tmp_path: Path) -> Path:
-    return _write_config(digits_root, tmp_path, data={"image_size": 16}, augment={"hflip": 0.0},
-                         train={"epochs": 3, "batch_size": 8, "threads": 1})  # fmt: skip
+    return _write_config(
+        digits_root,
+        tmp_path,
+        data={"image_size": 16},
+        augment={"hflip": 0.0},
+        train={"epochs": 3, "batch_size": 8, "threads": 1},
+    )
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.3])

@@ -7,10 +7,21 @@ from imagefit.config import Config, dump_config, load_config
 from imagefit.errors import ConfigError
 
 CONTRACT_KEYS = [
-    "data.root", "data.image_size", "data.augment", "model.name", "model.init",
-    "finetune.strategy", "optim.name", "optim.lr", "schedule.name", "train.epochs",
-    "train.batch_size", "train.seed", "output.dir", "output.name",
-]  # fmt: skip
+    "data.root",
+    "data.image_size",
+    "data.augment",
+    "model.name",
+    "model.init",
+    "finetune.strategy",
+    "optim.name",
+    "optim.lr",
+    "schedule.name",
+    "train.epochs",
+    "train.batch_size",
+    "train.seed",
+    "output.dir",
+    "output.name",
+]
 
 
 @pytest.mark.parametrize("key", CONTRACT_KEYS)

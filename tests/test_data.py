@@ -141,8 +141,9 @@ def _counting_digest(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return read
 
 
-def test_cache_key_memoises_file_hashes_by_size_and_mtime(tmp_path: Path, pattern_root: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_cache_key_memoises_file_hashes_by_size_and_mtime(
+    tmp_path: Path, pattern_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     samples = scan_folder(pattern_root).samples
     _age(path for path, _ in samples)
     read = _counting_digest(monkeypatch)
@@ -165,8 +166,9 @@ def test_cache_key_memoises_file_hashes_by_size_and_mtime(tmp_path: Path, patter
     assert changed.pixels[0].min() == 255
 
 
-def test_same_size_edit_with_a_new_mtime_changes_the_key(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_same_size_edit_with_a_new_mtime_changes_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = [tmp_path / f"f{i}.bin" for i in range(3)]
     for i, path in enumerate(files):
         path.write_bytes(bytes([i]) * 100)
@@ -184,8 +186,9 @@ def test_same_size_edit_with_a_new_mtime_changes_the_key(tmp_path: Path,
     assert cache_module.cache_key(samples, 8, 1, index=index) == key
 
 
-def test_file_hash_index_is_never_trusted_blindly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_file_hash_index_is_never_trusted_blindly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     files = [tmp_path / f"f{i}.bin" for i in range(2)]
     for i, path in enumerate(files):
         path.write_bytes(bytes([i]) * 10)
@@ -253,8 +256,11 @@ def test_stream_and_cache_give_identical_batches(pattern_root: Path, tmp_path: P
     )
     streamed = StreamSource(samples, 12, 1, False, workers=2, pin_memory=False)
     augment = BatchAugment(AugmentConfig(scale=(0.5, 1.0), hflip=0.5), 12, 3)
-    for (xa, ya), (xb, yb) in zip(_loader(cached, shuffle=True, augment=augment).epoch(1),
-                                  _loader(streamed, shuffle=True, augment=augment).epoch(1), strict=True):  # fmt: skip
+    for (xa, ya), (xb, yb) in zip(
+        _loader(cached, shuffle=True, augment=augment).epoch(1),
+        _loader(streamed, shuffle=True, augment=augment).epoch(1),
+        strict=True,
+    ):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -293,14 +299,28 @@ def test_affine_identity_and_flip() -> None:
         x, torch.zeros(4), generator
     )
     for image, original in zip(shifted, x, strict=True):  # whole-pixel shifts copy pixels exactly
-        assert any(torch.allclose(image[:, 2:6, 2:6], original[:, 2 + dy : 6 + dy, 2 + dx : 6 + dx], atol=1e-5)
-                   for dy in range(-2, 3) for dx in range(-2, 3))  # fmt: skip
+        assert any(
+            torch.allclose(
+                image[:, 2:6, 2:6], original[:, 2 + dy : 6 + dy, 2 + dx : 6 + dx], atol=1e-5
+            )
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
 
 
 def test_build_data_normalises_and_limits(pattern_root: Path) -> None:
-    cfg = config_from_dict({"data": {"root": str(pattern_root), "image_size": 8, "augment": False,
-                                     "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-                            "train": {"batch_size": 4, "limit_batches": 2}})  # fmt: skip
+    cfg = config_from_dict(
+        {
+            "data": {
+                "root": str(pattern_root),
+                "image_size": 8,
+                "augment": False,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+            },
+            "train": {"batch_size": 4, "limit_batches": 2},
+        }
+    )
     bundle = build_data(cfg, torch.device("cpu"))
     assert bundle.cached and bundle.classes == ["class_0", "class_1", "class_2"]
     batches = list(bundle.train.epoch(0))

@@ -23,10 +23,17 @@ from conftest import tiny_config, write_pattern_folder
 TESTS = Path(__file__).parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
-DIGITS = {"data": {"image_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3},
-          "augment": {"hflip": 0.0, "translate": 0.0}, "train": {"epochs": 4, "batch_size": 32}}  # fmt: skip
-PATTERNS = {"train": {"epochs": 3, "batch_size": 3}, "augment": {"scale": [0.6, 1.0], "hflip": 0.5},
-            "model": {"drop_rate": 0.3}, "schedule": {"name": "cosine", "warmup_epochs": 1}}  # fmt: skip
+DIGITS = {
+    "data": {"image_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3},
+    "augment": {"hflip": 0.0, "translate": 0.0},
+    "train": {"epochs": 4, "batch_size": 32},
+}
+PATTERNS = {
+    "train": {"epochs": 3, "batch_size": 3},
+    "augment": {"scale": [0.6, 1.0], "hflip": 0.5},
+    "model": {"drop_rate": 0.3},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+}
 # Rank 1's 8th look at its flag: 1 before training, 4 steps of epoch 1 (24 images, 2 x 3 a
 # step), 1 after it, then epoch 2's steps 1 and 2; the 9th, at step 3, sees the stop.
 STOP_AFTER = 8
@@ -43,14 +50,29 @@ def launch(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("ddp")
     digits = {**DIGITS, "train": {**DIGITS["train"], "batch_size": 16}}  # x 2 processes = 32
     patterns = write_pattern_folder(work / "patterns")
-    args = [_config(tiny_config(digits_root, work / "digits-two", **digits), work / "digits.yaml"),
-            _config(tiny_config(patterns, work, **PATTERNS), work / "patterns.yaml"),
-            str(work / "out"), str(STOP_AFTER)]  # fmt: skip
+    args = [
+        _config(tiny_config(digits_root, work / "digits-two", **digits), work / "digits.yaml"),
+        _config(tiny_config(patterns, work, **PATTERNS), work / "patterns.yaml"),
+        str(work / "out"),
+        str(STOP_AFTER),
+    ]
     (work / "out").mkdir()
     env = {**os.environ, "IMAGEFIT_CACHE": str(work / "cache")}  # runs before _isolated_cache
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", str(TESTS / "dist_worker.py"), *args],
-                          capture_output=True, text=True, timeout=240, env=env)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(TESTS / "dist_worker.py"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     (work / "stdout.txt").write_text(done.stdout, encoding="utf-8")
     return work
@@ -64,8 +86,17 @@ def test_two_processes_write_one_run_and_train_like_one(
     assert (launch / "stdout.txt").read_text().count("run folder:") == 1  # rank 0 prints
     assert [p.name for p in (launch / "digits-two").iterdir()] == ["run"]  # one run folder
     run = launch / "digits-two" / "run"
-    for name in ("config.yaml", "history.csv", "history.json", "metrics.json", "summary.json",
-                 "best.pt", "last.pt", "split.json", "environment.json"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "history.csv",
+        "history.json",
+        "metrics.json",
+        "summary.json",
+        "best.pt",
+        "last.pt",
+        "split.json",
+        "environment.json",
+    ):
         assert (run / name).is_file(), name
     assert not list(run.glob(".*"))  # no temp files of a second writer
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
@@ -91,7 +122,12 @@ def test_stop_on_one_rank_and_resume_is_exact(launch: Path) -> None:
     for name in ("last.pt", "best.pt"):
         wa, wb = (torch.load(d / name, weights_only=True) for d in (a, b))
         assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"]), name
-    rows = [[{k: v for k, v in r.items() if k != "time_s"} for r in json.loads((d / "history.json").read_text())]
-            for d in (a, b)]  # fmt: skip
+    rows = [
+        [
+            {k: v for k, v in r.items() if k != "time_s"}
+            for r in json.loads((d / "history.json").read_text())
+        ]
+        for d in (a, b)
+    ]
     assert rows[0] == rows[1] and len(rows[0]) == 3
     assert reports[0]["a"] == reports[0]["resumed"] == reports[1]["resumed"]

@@ -33,11 +33,17 @@ from conftest import tiny_config, write_pattern_folder
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
 
-@pytest.mark.parametrize(("setting", "device", "expected"), [
-    ("auto", "cuda", {"fused": True}), ("auto", "cpu", {"fused": True}),
-    ("auto", "mps", {"foreach": True}), ("foreach", "cuda", {"foreach": True}),
-    ("loop", "cuda", {"foreach": False}), ("fused", "cpu", {"fused": True}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [
+        ("auto", "cuda", {"fused": True}),
+        ("auto", "cpu", {"fused": True}),
+        ("auto", "mps", {"foreach": True}),
+        ("foreach", "cuda", {"foreach": True}),
+        ("loop", "cuda", {"foreach": False}),
+        ("fused", "cpu", {"fused": True}),
+    ],
+)
 def test_optimizer_kernels_resolve_per_device(setting: str, device: str, expected: dict) -> None:
     assert kernel_options(setting, torch.device(device)) == expected
 
@@ -48,8 +54,9 @@ def test_fused_optimizer_steps_like_the_loop(name: str) -> None:
     for implementation in ("auto", "loop"):
         torch.manual_seed(0)
         model = SimpleCNN(3)
-        optimizer = create_optimizer(model, OptimConfig(name=name, implementation=implementation),
-                                     FinetuneConfig())  # fmt: skip
+        optimizer = create_optimizer(
+            model, OptimConfig(name=name, implementation=implementation), FinetuneConfig()
+        )
         for _ in range(3):
             optimizer.zero_grad()
             model(torch.randn(4, 3, 16, 16)).square().mean().backward()
@@ -74,8 +81,9 @@ def test_grad_norm_leaves_gradients_alone() -> None:
     assert torch.allclose(norm, torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
 
 
-def test_compile_option_trains_the_same(pattern_root: Path, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_compile_option_trains_the_same(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Inductor needs minutes on a 2-core CPU; the eager backend runs dynamo's capture, which is
     # what train.compile wires in, and must leave the numbers unchanged.
     compiled, real_compile = [], torch.compile
@@ -103,19 +111,27 @@ def _epoch_batches(loader: Loader, epoch: int) -> list[tuple[torch.Tensor, torch
 
 def test_disk_batches_equal_memory_batches(tmp_path: Path) -> None:
     root = write_pattern_folder(tmp_path / "big", classes=3, per_class=12, size=128)
-    memory = build_data(tiny_config(root, tmp_path, data={"image_size": 128, "cache": "always"}),
-                        torch.device("cpu"))  # fmt: skip
-    disk = build_data(tiny_config(root, tmp_path, data={"image_size": 128, "cache": "mmap"}),
-                      torch.device("cpu"))  # fmt: skip
-    over = build_data(tiny_config(root, tmp_path, data={"image_size": 128, "cache": "always",
-                                                        "memory_budget_mb": 1}), torch.device("cpu"))  # fmt: skip
+    memory = build_data(
+        tiny_config(root, tmp_path, data={"image_size": 128, "cache": "always"}),
+        torch.device("cpu"),
+    )
+    disk = build_data(
+        tiny_config(root, tmp_path, data={"image_size": 128, "cache": "mmap"}), torch.device("cpu")
+    )
+    over = build_data(
+        tiny_config(
+            root, tmp_path, data={"image_size": 128, "cache": "always", "memory_budget_mb": 1}
+        ),
+        torch.device("cpu"),
+    )
     assert isinstance(memory.train.source, ArraySource)
     assert isinstance(disk.train.source, DiskArraySource) and isinstance(
         over.train.source, DiskArraySource
     )
     for epoch in (0, 1):
-        for (xa, ya), (xb, yb) in zip(_epoch_batches(memory.train, epoch), _epoch_batches(disk.train, epoch),
-                                      strict=True):  # fmt: skip
+        for (xa, ya), (xb, yb) in zip(
+            _epoch_batches(memory.train, epoch), _epoch_batches(disk.train, epoch), strict=True
+        ):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(memory.val, over.val, strict=True))
 
@@ -129,8 +145,9 @@ def test_auto_over_the_budget_reads_the_cache_file_per_batch(tmp_path: Path) -> 
     shutil.rmtree(tmp_path / "cache")  # decode again, over the budget this time
     tracemalloc.start()  # numpy's buffers are traced: a whole-dataset array would show
     try:
-        over = build_data(tiny_config(root, tmp_path, data={**data, "memory_budget_mb": 1}),
-                          torch.device("cpu"))  # fmt: skip
+        over = build_data(
+            tiny_config(root, tmp_path, data={**data, "memory_budget_mb": 1}), torch.device("cpu")
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -147,7 +164,8 @@ def test_auto_over_the_budget_reads_the_cache_file_per_batch(tmp_path: Path) -> 
 
 
 def test_unwritable_cache_over_the_budget_streams_instead_of_filling_ram(
-        tmp_path: Path, pattern_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    tmp_path: Path, pattern_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def read_only(*args, **kwargs):
         raise PermissionError("read-only file system")
 
@@ -156,8 +174,16 @@ def test_unwritable_cache_over_the_budget_streams_instead_of_filling_ram(
     cpu = torch.device("cpu")
 
     def source(cache: str, budget_mb: int, count: int) -> object:
-        cfg = config_from_dict({"data": {"cache": cache, "memory_budget_mb": budget_mb,
-                                         "cache_dir": str(tmp_path / "c"), "num_workers": 0}})  # fmt: skip
+        cfg = config_from_dict(
+            {
+                "data": {
+                    "cache": cache,
+                    "memory_budget_mb": budget_mb,
+                    "cache_dir": str(tmp_path / "c"),
+                    "num_workers": 0,
+                }
+            }
+        )
         return make_source(cfg.data, samples, 16, cpu, {}, budget_count=count)[0]
 
     huge = 10**6  # images weighed against the budget: all splits of a big dataset
@@ -258,8 +284,9 @@ def test_torchvision_decoder_keeps_the_bad_file_policy(tmp_path: Path) -> None:
 def test_every_path_sees_the_runs_decoder(tmp_path: Path) -> None:
     paths = _write_jpegs(tmp_path / "data" / "a") + _write_jpegs(tmp_path / "data" / "b")
     samples = [(p, i // 8) for i, p in enumerate(paths)]
-    cfg = config_from_dict({"data": {"decoder": "torchvision", "cache_dir": str(tmp_path / "c"),
-                                     "num_workers": 0}})  # fmt: skip
+    cfg = config_from_dict(
+        {"data": {"decoder": "torchvision", "cache_dir": str(tmp_path / "c"), "num_workers": 0}}
+    )
     cached, _ = make_source(cfg.data, samples, 24, torch.device("cpu"), {})
     stream = StreamSource(samples, 24, 1, False, 0, False, "torchvision")
     index = [np.arange(len(samples))]
@@ -278,8 +305,10 @@ def test_every_path_sees_the_runs_decoder(tmp_path: Path) -> None:
 def test_shards_split_every_global_batch(count: int, batch: int, world: int) -> None:
     source = ArraySource(np.zeros((count, 2, 2, 3), np.uint8), [0] * count, torch.device("cpu"))
     alone = Loader(source, batch * world, torch.device("cpu"), shuffle=True, seed=3)
-    shards = [Loader(source, batch, torch.device("cpu"), shuffle=True, seed=3, shard=(r, world))
-              for r in range(world)]  # fmt: skip
+    shards = [
+        Loader(source, batch, torch.device("cpu"), shuffle=True, seed=3, shard=(r, world))
+        for r in range(world)
+    ]
     per_rank = [s.index_batches(5) for s in shards]
     assert len({len(s) for s in shards}) == 1 and all(
         len(b) == len(s) for b, s in zip(per_rank, shards, strict=True)

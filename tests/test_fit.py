@@ -29,8 +29,18 @@ def test_run_folder_is_complete(pattern_root: Path, tmp_path: Path) -> None:
     cfg = tiny_config(pattern_root, tmp_path, train={"epochs": 3, "checkpoint_every": 2})
     result = fit(cfg)
     run = result.run_dir
-    for name in ("config.yaml", "history.csv", "history.json", "metrics.json", "summary.json",
-                 "best.pt", "last.pt", "epoch_002.pt", "split.json", "environment.json"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "history.csv",
+        "history.json",
+        "metrics.json",
+        "summary.json",
+        "best.pt",
+        "last.pt",
+        "epoch_002.pt",
+        "split.json",
+        "environment.json",
+    ):
         assert (run / name).is_file(), name
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
     header = (run / "history.csv").read_text().splitlines()[0].split(",")
@@ -73,17 +83,27 @@ def test_test_split_is_never_trained_on(pattern_root: Path, tmp_path: Path) -> N
 
 
 def test_learns_digits(digits_root: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(digits_root, tmp_path, data={"image_size": 24, "mean": [0.5] * 3, "std": [0.5] * 3},
-                      augment={"hflip": 0.0}, train={"epochs": 4, "batch_size": 32})  # fmt: skip
+    cfg = tiny_config(
+        digits_root,
+        tmp_path,
+        data={"image_size": 24, "mean": [0.5] * 3, "std": [0.5] * 3},
+        augment={"hflip": 0.0},
+        train={"epochs": 4, "batch_size": 32},
+    )
     result = fit(cfg)
     assert result.metrics["accuracy"] > 0.85
 
 
 @pytest.mark.parametrize("checks", [3, 5, 11])  # mid-epoch, end of epoch 1, later mid-epoch
-def test_resume_after_interrupt_is_bitwise_exact(pattern_root: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch, checks: int) -> None:  # fmt: skip
-    sections = {"train": {"epochs": 3, "batch_size": 6}, "augment": {"scale": [0.6, 1.0], "hflip": 0.5},
-                "model": {"drop_rate": 0.3}, "schedule": {"name": "cosine", "warmup_epochs": 1}}  # fmt: skip
+def test_resume_after_interrupt_is_bitwise_exact(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checks: int
+) -> None:
+    sections = {
+        "train": {"epochs": 3, "batch_size": 6},
+        "augment": {"scale": [0.6, 1.0], "hflip": 0.5},
+        "model": {"drop_rate": 0.3},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+    }
     reference = fit(tiny_config(pattern_root, tmp_path / "a", **sections))
     interrupt_after(monkeypatch, checks)
     with pytest.raises(Interrupted, match="resume"):
@@ -93,16 +113,19 @@ def test_resume_after_interrupt_is_bitwise_exact(pattern_root: Path, tmp_path: P
     assert_same_weights(weights(reference.run_dir), weights(resumed.run_dir))
     assert_same_weights(weights(reference.run_dir, "best.pt"), weights(resumed.run_dir, "best.pt"))
     drop = ("time_s",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in reference.history] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in resumed.history]  # fmt: skip
+    assert [{k: v for k, v in r.items() if k not in drop} for r in reference.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in resumed.history
+    ]
     assert resumed.metrics == reference.metrics
 
 
 def test_two_stage_transfer(
     pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sections = {"train": {"epochs": 3}, "finetune": {"freeze_epochs": 1, "strategy": "full",
-                                                     "unfreeze_lr_factor": 0.5}}  # fmt: skip
+    sections = {
+        "train": {"epochs": 3},
+        "finetune": {"freeze_epochs": 1, "strategy": "full", "unfreeze_lr_factor": 0.5},
+    }
     result = fit(tiny_config(pattern_root, tmp_path / "a", **sections))
     phases = [row["phase"] for row in result.history]
     assert phases == ["freeze", "full", "full"]
@@ -126,8 +149,15 @@ def test_frozen_phase_changes_only_the_head(pattern_root: Path, tmp_path: Path) 
     result = fit(cfg)
     before = torch.load(result.run_dir / "last.pt", weights_only=True)
     assert result.summary["params_trainable"] == 84 * 3 + 3
-    again = fit(tiny_config(pattern_root, tmp_path / "x", train={"epochs": 1, "seed": 0},
-                            finetune={"strategy": "full"}, optim={"lr": 1e-9}))  # fmt: skip
+    again = fit(
+        tiny_config(
+            pattern_root,
+            tmp_path / "x",
+            train={"epochs": 1, "seed": 0},
+            finetune={"strategy": "full"},
+            optim={"lr": 1e-9},
+        )
+    )
     start = torch.load(again.run_dir / "last.pt", weights_only=True)["model"]
     for key, value in before["model"].items():  # same seed -> same init; only fc moved
         if not key.startswith("fc."):
@@ -137,8 +167,12 @@ def test_frozen_phase_changes_only_the_head(pattern_root: Path, tmp_path: Path) 
 
 
 def test_early_stopping(pattern_root: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(pattern_root, tmp_path, train={"epochs": 30, "patience": 2, "monitor": "val_loss"},
-                      optim={"lr": 1e-12})  # fmt: skip
+    cfg = tiny_config(
+        pattern_root,
+        tmp_path,
+        train={"epochs": 30, "patience": 2, "monitor": "val_loss"},
+        optim={"lr": 1e-12},
+    )
     result = fit(cfg)
     assert result.summary["early_stopped"] and len(result.history) < 30
     best = result.summary["best_epoch"]
@@ -147,8 +181,9 @@ def test_early_stopping(pattern_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.faults  # a fault case of issue 7 outside tests/faults: `pytest -m faults` runs it
 @pytest.mark.parametrize("where", ["loss", "gradient"])
-def test_non_finite_stops_before_the_step(pattern_root: Path, tmp_path: Path, where: str,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_non_finite_stops_before_the_step(
+    pattern_root: Path, tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from imagefit.models.simple_cnn import SimpleCNN
 
     cfg = tiny_config(pattern_root, tmp_path, train={"epochs": 2})
@@ -211,5 +246,11 @@ def test_unknown_optimizer_and_schedule(pattern_root: Path, tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="optim.name 'lamb' is not one of: adam, adamw, sgd"):
         fit(tiny_config(pattern_root, tmp_path, optim={"name": "lamb"}))
     with pytest.raises(ConfigError, match="schedule.name"):
-        fit(config_from_dict({**tiny_config(pattern_root, tmp_path / "2").to_dict(),
-                              "schedule": {"name": "linear"}}))  # fmt: skip
+        fit(
+            config_from_dict(
+                {
+                    **tiny_config(pattern_root, tmp_path / "2").to_dict(),
+                    "schedule": {"name": "linear"},
+                }
+            )
+        )

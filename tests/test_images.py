@@ -17,10 +17,18 @@ def _save(image: Image.Image, path: Path, **kwargs) -> Path:
 
 @pytest.mark.parametrize(
     ("mode", "fmt", "color"),
-    [("L", "PNG", 200), ("LA", "PNG", (200, 255)), ("RGBA", "PNG", (10, 20, 30, 128)),
-     ("CMYK", "JPEG", (0, 0, 0, 0)), ("RGB", "BMP", (1, 2, 3)), ("RGB", "PPM", (4, 5, 6)),
-     ("L", "PPM", 9), ("RGB", "WEBP", (7, 8, 9)), ("RGB", "TIFF", (10, 11, 12))],
-)  # fmt: skip
+    [
+        ("L", "PNG", 200),
+        ("LA", "PNG", (200, 255)),
+        ("RGBA", "PNG", (10, 20, 30, 128)),
+        ("CMYK", "JPEG", (0, 0, 0, 0)),
+        ("RGB", "BMP", (1, 2, 3)),
+        ("RGB", "PPM", (4, 5, 6)),
+        ("L", "PPM", 9),
+        ("RGB", "WEBP", (7, 8, 9)),
+        ("RGB", "TIFF", (10, 11, 12)),
+    ],
+)
 def test_modes_become_rgb(tmp_path: Path, mode: str, fmt: str, color) -> None:
     path = _save(Image.new(mode, (12, 10), color), tmp_path / f"x.{fmt.lower()}", format=fmt)
     image = load_rgb(path)
@@ -52,8 +60,10 @@ def test_exif_rotation_is_applied(tmp_path: Path) -> None:
 
 
 def test_truncated_file_names_the_file(tmp_path: Path) -> None:
-    good = _save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)),
-                 tmp_path / "full.png")  # fmt: skip
+    good = _save(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)),
+        tmp_path / "full.png",
+    )
     cut = tmp_path / "cut.png"
     cut.write_bytes(good.read_bytes()[:300])
     with pytest.raises(DataError, match="cut.png"):

@@ -48,12 +48,21 @@ def copy_params(target: Path, count: int) -> Path:
 
 
 def test_official_search_command_writes_the_official_files(tmp_path: Path) -> None:
-    invoke("data", "fractal-search", "--categories", "2", "--out", str(tmp_path / "p"),
-           "--compat", "official")  # fmt: skip
+    invoke(
+        "data",
+        "fractal-search",
+        "--categories",
+        "2",
+        "--out",
+        str(tmp_path / "p"),
+        "--compat",
+        "official",
+    )
     for name in ("00000.csv", "00001.csv"):
         assert (tmp_path / "p" / name).read_bytes() == (OFFICIAL / name).read_bytes()
-    again = runner.invoke(app, ["data", "fractal-search", "--categories", "2", "--out",
-                                str(tmp_path / "p")])  # fmt: skip
+    again = runner.invoke(
+        app, ["data", "fractal-search", "--categories", "2", "--out", str(tmp_path / "p")]
+    )
     assert isinstance(again.exception, DataError) and "already holds" in str(again.exception)
 
 
@@ -92,8 +101,25 @@ def test_ofdb_command_layout_formats_and_quirk_options(tmp_path: Path) -> None:
 
 def test_fractaldb_command_counts_and_shipped_weights(tmp_path: Path) -> None:
     params = copy_params(tmp_path / "p", 2)
-    invoke("data", "fractaldb", str(params), "--out", str(tmp_path / "f"), "--weights", "0.1",
-           "--instances", "2", "--flips", "2", "--size", "24", "--points", "2000", "--workers", "1")  # fmt: skip
+    invoke(
+        "data",
+        "fractaldb",
+        str(params),
+        "--out",
+        str(tmp_path / "f"),
+        "--weights",
+        "0.1",
+        "--instances",
+        "2",
+        "--flips",
+        "2",
+        "--size",
+        "24",
+        "--points",
+        "2000",
+        "--workers",
+        "1",
+    )
     from imagefit.data.fractal import read_weights
 
     rows = len(read_weights("0.1"))
@@ -101,8 +127,9 @@ def test_fractaldb_command_counts_and_shipped_weights(tmp_path: Path) -> None:
     files = sorted((tmp_path / "f" / "00000").iterdir())
     assert len(files) == rows * 2 * 2
     assert files[-1].name == f"00000_{rows - 1:02d}_count_1_flip1.png"
-    bad = runner.invoke(app, ["data", "fractaldb", str(params), "--out", str(tmp_path / "g"),
-                              "--weights", "0.7"])  # fmt: skip
+    bad = runner.invoke(
+        app, ["data", "fractaldb", str(params), "--out", str(tmp_path / "g"), "--weights", "0.7"]
+    )
     assert isinstance(bad.exception, DataError) and "0.7" in str(bad.exception)
     assert "0.4" in str(bad.exception)  # the error lists the shipped files
 
@@ -114,10 +141,19 @@ def test_training_without_a_validation_split(tmp_path: Path) -> None:
     """One image per class (2D-OFDB): val_fraction 0 trains on all of it, monitoring train_*."""
     params = copy_params(tmp_path / "p", 4)
     write_ofdb(params, tmp_path / "ofdb", 32, 2000, workers=1, progress=False)
-    overrides = [f"data.root={tmp_path / 'ofdb'}", "data.image_size=16", "data.val_fraction=0",
-                 "data.test_fraction=0", "data.num_workers=0", "model.name=simple_cnn",
-                 "train.epochs=2", "train.batch_size=4", "train.threads=1",
-                 f"output.dir={tmp_path / 'runs'}", "output.name=pre"]  # fmt: skip
+    overrides = [
+        f"data.root={tmp_path / 'ofdb'}",
+        "data.image_size=16",
+        "data.val_fraction=0",
+        "data.test_fraction=0",
+        "data.num_workers=0",
+        "model.name=simple_cnn",
+        "train.epochs=2",
+        "train.batch_size=4",
+        "train.threads=1",
+        f"output.dir={tmp_path / 'runs'}",
+        "output.name=pre",
+    ]
     with pytest.raises(ConfigError, match="train.monitor=val_accuracy needs a validation split"):
         fit(load_config(None, [*overrides[:-1], "output.name=refused"]))
     result = fit(load_config(None, [*overrides, "train.monitor=train_loss"]))
@@ -133,22 +169,34 @@ def test_training_without_a_validation_split(tmp_path: Path) -> None:
 
 def write_pipeline(folder: Path, digits_root: Path, **changes: Any) -> Path:
     """A pipeline at test size: 4 categories at 24 px, simple_cnn, a few batches per epoch."""
-    tiny = {"data": {"image_size": 16, "num_workers": 0}, "model": {"name": "simple_cnn"},
-            "optim": {"name": "adam", "lr": 0.003},
-            "train": {"batch_size": 8, "threads": 1, "limit_batches": 2}}  # fmt: skip
-    pretrain = {**tiny, "data": {**tiny["data"], "val_fraction": 0, "test_fraction": 0},
-                "augment": {"scale": [0.3, 1.0], "vflip": 0.5, "mixup": 0.8},
-                "train": {**tiny["train"], "epochs": 2, "monitor": "train_loss",
-                          "label_smoothing": 0.1}}  # fmt: skip
-    target = {**tiny, "data": {**tiny["data"], "root": str(digits_root)},
-              "train": {**tiny["train"], "epochs": 1}}  # fmt: skip
+    tiny = {
+        "data": {"image_size": 16, "num_workers": 0},
+        "model": {"name": "simple_cnn"},
+        "optim": {"name": "adam", "lr": 0.003},
+        "train": {"batch_size": 8, "threads": 1, "limit_batches": 2},
+    }
+    pretrain = {
+        **tiny,
+        "data": {**tiny["data"], "val_fraction": 0, "test_fraction": 0},
+        "augment": {"scale": [0.3, 1.0], "vflip": 0.5, "mixup": 0.8},
+        "train": {**tiny["train"], "epochs": 2, "monitor": "train_loss", "label_smoothing": 0.1},
+    }
+    target = {
+        **tiny,
+        "data": {**tiny["data"], "root": str(digits_root)},
+        "train": {**tiny["train"], "epochs": 1},
+    }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
     (folder / "target.yaml").write_text(yaml.safe_dump(target))
-    spec = {"name": "tiny", "out": str(folder / "out"),
-            "fractal": {"categories": 4, "render": {"size": 24, "points": 2000}},
-            "pretrain": {"config": "pretrain.yaml"},
-            "finetune": {"config": "target.yaml", "seeds": [0, 1]}, **changes}  # fmt: skip
+    spec = {
+        "name": "tiny",
+        "out": str(folder / "out"),
+        "fractal": {"categories": 4, "render": {"size": 24, "points": 2000}},
+        "pretrain": {"config": "pretrain.yaml"},
+        "finetune": {"config": "target.yaml", "seeds": [0, 1]},
+        **changes,
+    }
     (folder / "p.yaml").write_text(yaml.safe_dump(spec))
     return folder / "p.yaml"
 
@@ -209,9 +257,11 @@ def test_pipeline_end_to_end_and_rerun_skips_finished_steps(
 
 @pytest.mark.slow
 def test_an_interrupted_pipeline_resumes_its_training(
-    tmp_path: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    digits_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
     quick_pictures: list[tuple],  # noqa: F811
-) -> None:  # fmt: skip
+) -> None:
     path = write_pipeline(tmp_path, digits_root, finetune={"config": "target.yaml", "seeds": [0]})
     interrupt_after(monkeypatch, 2)  # a signal at the end of the pretraining's first epoch
     with pytest.raises(Interrupted, match=r"imagefit pipeline .*p\.yaml"):
@@ -249,8 +299,15 @@ def test_an_interrupted_generation_step_is_redone(
 
 def test_pipeline_overrides_and_errors(tmp_path: Path, digits_root: Path) -> None:
     path = write_pipeline(tmp_path, digits_root)
-    spec = load_pipeline(path, ["fractal.categories=6", "pretrain.train.epochs=5",
-                                "finetune.seeds=[3]", "train.device=cpu"])  # fmt: skip
+    spec = load_pipeline(
+        path,
+        [
+            "fractal.categories=6",
+            "pretrain.train.epochs=5",
+            "finetune.seeds=[3]",
+            "train.device=cpu",
+        ],
+    )
     assert spec.file.fractal.categories == 6
     assert spec.file.pretrain.set == {"train.epochs": 5} and spec.file.finetune.seeds == [3]
     assert spec.common == ["train.device=cpu"]

@@ -137,11 +137,18 @@ def test_grid_sweep_records_each_run(
 
 
 @pytest.mark.parametrize("error", [Interrupted, KeyboardInterrupt])
-def test_interrupted_sweep_resumes_without_rerunning(pattern_root: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch, quick_pictures: list,
-                                                     error: type[BaseException]) -> None:  # fmt: skip
-    path = write_sweep(tmp_path, {"grid": {"optim.lr": [0.001, 0.002, 0.003, 0.004]}},
-                       base_tree(pattern_root, epochs=2))  # fmt: skip
+def test_interrupted_sweep_resumes_without_rerunning(
+    pattern_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    quick_pictures: list,
+    error: type[BaseException],
+) -> None:
+    path = write_sweep(
+        tmp_path,
+        {"grid": {"optim.lr": [0.001, 0.002, 0.003, 0.004]}},
+        base_tree(pattern_root, epochs=2),
+    )
     first = CountingFit(interrupt="lr-0.003", error=error)
     monkeypatch.setattr(sweep_runner, "fit", first)
     with pytest.raises(Interrupted, match="again to continue"):
@@ -151,8 +158,12 @@ def test_interrupted_sweep_resumes_without_rerunning(pattern_root: Path, tmp_pat
     statuses = {
         t["name"]: t["status"] for t in read(tmp_path / "out" / "all_results.json")["trials"]
     }
-    assert statuses == {"lr-0.001": "finished", "lr-0.002": "finished", "lr-0.003": "interrupted",
-                        "lr-0.004": "pending"}  # fmt: skip
+    assert statuses == {
+        "lr-0.001": "finished",
+        "lr-0.002": "finished",
+        "lr-0.003": "interrupted",
+        "lr-0.004": "pending",
+    }
     stamps = {
         name: (runs / name / "summary.json").stat().st_mtime_ns for name in ("lr-0.001", "lr-0.002")
     }
@@ -166,11 +177,14 @@ def test_interrupted_sweep_resumes_without_rerunning(pattern_root: Path, tmp_pat
     assert len(read(runs / "lr-0.003" / "history.json")) == 2  # epoch 1 kept, epoch 2 added
 
 
-def test_variants_seeds_baseline_and_failure(pattern_root: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, quick_pictures: list) -> None:  # fmt: skip
-    variants = [{"name": "cnn", "set": {"optim.lr": 0.01}},
-                {"name": "hog", "set": {"model.name": "hog_svm"}},
-                {"name": "broken", "set": {"model.name": "no_such_model"}}]  # fmt: skip
+def test_variants_seeds_baseline_and_failure(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_pictures: list
+) -> None:
+    variants = [
+        {"name": "cnn", "set": {"optim.lr": 0.01}},
+        {"name": "hog", "set": {"model.name": "hog_svm"}},
+        {"name": "broken", "set": {"model.name": "no_such_model"}},
+    ]
     path = write_sweep(tmp_path, {"variants": variants, "seeds": [0, 1]}, base_tree(pattern_root))
     result = run_sweep(load_sweep(path))
     out = tmp_path / "out"
@@ -214,8 +228,13 @@ def test_variants_seeds_baseline_and_failure(pattern_root: Path, tmp_path: Path,
     assert again.fresh == ["broken-seed0", "broken-seed1"]
 
 
-def test_rerun_with_another_config_warns(pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        quick_pictures: list, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_rerun_with_another_config_warns(
+    pattern_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    quick_pictures: list,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     path = write_sweep(tmp_path, {"variants": [{"name": "a", "set": {}}]}, base_tree(pattern_root))
     run_sweep(load_sweep(path))
     counter = CountingFit()
@@ -226,14 +245,23 @@ def test_rerun_with_another_config_warns(pattern_root: Path, tmp_path: Path, mon
 
 
 def search_sweep(root: Path, pruner: dict[str, Any], n_trials: int) -> dict[str, Any]:
-    return {"search": {"n_trials": n_trials, "metric": "val_accuracy", "pruner": pruner,
-                       "sampler": {"type": "tpe", "seed": 0},
-                       "params": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-                                  "optim.name": {"type": "categorical", "choices": ["adam", "sgd"]}}}}  # fmt: skip
+    return {
+        "search": {
+            "n_trials": n_trials,
+            "metric": "val_accuracy",
+            "pruner": pruner,
+            "sampler": {"type": "tpe", "seed": 0},
+            "params": {
+                "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                "optim.name": {"type": "categorical", "choices": ["adam", "sgd"]},
+            },
+        }
+    }
 
 
-def test_search_prunes_and_continues_its_study(pattern_root: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch, quick_pictures: list) -> None:  # fmt: skip
+def test_search_prunes_and_continues_its_study(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_pictures: list
+) -> None:
     import optuna
 
     # Validation accuracy never exceeds 1.01, so the threshold pruner must prune every trial
@@ -274,8 +302,9 @@ def test_search_completes_trials_with_values(
     assert read(tmp_path / "out" / "all_results.json")["search"]["direction"] == "maximize"
 
 
-def test_interrupted_search_trial_resumes(pattern_root: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch, quick_pictures: list) -> None:  # fmt: skip
+def test_interrupted_search_trial_resumes(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_pictures: list
+) -> None:
     import optuna
 
     path = write_sweep(
@@ -304,9 +333,16 @@ def test_shipped_sweeps_parse() -> None:
         spec = load_sweep(path)
         assert spec.trials or spec.search, path
     names = {f"{p.parent.name}/{p.name}" for p in files}
-    seeds = {"ablation/architecture.sweep.yaml", "ablation/optimizer.sweep.yaml", "ablation/lr.sweep.yaml",
-             "ablation/image_size.sweep.yaml", "ablation/augmentation.sweep.yaml", "ablation/hog_svm.sweep.yaml",
-             "dogs/strategies.sweep.yaml", "configs/cifar10_scratch_vs_pretrained.sweep.yaml"}  # fmt: skip
+    seeds = {
+        "ablation/architecture.sweep.yaml",
+        "ablation/optimizer.sweep.yaml",
+        "ablation/lr.sweep.yaml",
+        "ablation/image_size.sweep.yaml",
+        "ablation/augmentation.sweep.yaml",
+        "ablation/hog_svm.sweep.yaml",
+        "dogs/strategies.sweep.yaml",
+        "configs/cifar10_scratch_vs_pretrained.sweep.yaml",
+    }
     assert seeds <= names
     assert {n.replace("ablation/", "digits/") for n in seeds if n.startswith("ablation/")} <= names
     dogs = load_sweep(CONFIGS / "dogs" / "strategies.sweep.yaml")
@@ -326,8 +362,9 @@ def test_shipped_sweeps_parse() -> None:
 
 
 @pytest.mark.slow
-def test_digits_twins_run_in_order(digits_root: Path, tmp_path: Path, quick_pictures: list,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_digits_twins_run_in_order(
+    digits_root: Path, tmp_path: Path, quick_pictures: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The CPU-sized seed studies run as shipped, from a working folder holding data/digits:
     pretrain first, then seed 004's 2 x 3 strategies from its checkpoints."""
     monkeypatch.chdir(tmp_path)
@@ -351,20 +388,48 @@ def test_digits_twins_run_in_order(digits_root: Path, tmp_path: Path, quick_pict
     )
 
 
-@pytest.mark.parametrize(("sweep", "base", "message"), [
-    ({"grid": {"optim.lrr": [1, 2]}}, True, r"s\.sweep\.yaml: grid key 'optim\.lrr'.*unknown config key 'optim\.lrr'"),
-    ({"grid": {"optim": [1]}}, True, r"'optim' is a section"),
-    ({"grid": {"optim.lr": 0.1}}, True, r"grid key 'optim\.lr' must list one or more values"),
-    ({"grid": {"optim.lr": ["fast"]}}, True, r"(?s)trial 'lr-fast'.*optim\.lr"),
-    ({"grid": {"optim.lr": [0.1]}}, False, r"base config not found: .*base\.yaml"),
-    ({"grid": {"optim.lr": [0.1]}, "variants": []}, True, r"exactly one of grid, variants, search"),
-    ({"grid": {"optim.lr": [0.1]}, "seed": [1]}, True, r"unknown sweep key\(s\) \['seed'\]"),
-    ({"variants": [{"name": "a", "set": {"model.nmae": "x"}}]}, True, r"variant 1 \('a'\) set key 'model\.nmae'"),
-    ({"variants": [{"name": "a"}, {"name": "a"}]}, True, r"repeated: a"),
-    ({"search": {"n_trials": 2, "params": {"optim.lr": {"type": "uniform"}}}}, True, r"search\.params 'optim\.lr' needs 'type'"),
-    ({"search": {"n_trials": 2, "metric": "test_accuracy", "params": {"optim.lr": {"type": "float", "low": 1, "high": 2}}}},
-     True, r"search\.metric 'test_accuracy'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sweep", "base", "message"),
+    [
+        (
+            {"grid": {"optim.lrr": [1, 2]}},
+            True,
+            r"s\.sweep\.yaml: grid key 'optim\.lrr'.*unknown config key 'optim\.lrr'",
+        ),
+        ({"grid": {"optim": [1]}}, True, r"'optim' is a section"),
+        ({"grid": {"optim.lr": 0.1}}, True, r"grid key 'optim\.lr' must list one or more values"),
+        ({"grid": {"optim.lr": ["fast"]}}, True, r"(?s)trial 'lr-fast'.*optim\.lr"),
+        ({"grid": {"optim.lr": [0.1]}}, False, r"base config not found: .*base\.yaml"),
+        (
+            {"grid": {"optim.lr": [0.1]}, "variants": []},
+            True,
+            r"exactly one of grid, variants, search",
+        ),
+        ({"grid": {"optim.lr": [0.1]}, "seed": [1]}, True, r"unknown sweep key\(s\) \['seed'\]"),
+        (
+            {"variants": [{"name": "a", "set": {"model.nmae": "x"}}]},
+            True,
+            r"variant 1 \('a'\) set key 'model\.nmae'",
+        ),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, True, r"repeated: a"),
+        (
+            {"search": {"n_trials": 2, "params": {"optim.lr": {"type": "uniform"}}}},
+            True,
+            r"search\.params 'optim\.lr' needs 'type'",
+        ),
+        (
+            {
+                "search": {
+                    "n_trials": 2,
+                    "metric": "test_accuracy",
+                    "params": {"optim.lr": {"type": "float", "low": 1, "high": 2}},
+                }
+            },
+            True,
+            r"search\.metric 'test_accuracy'",
+        ),
+    ],
+)
 def test_sweep_file_errors_name_the_key(
     tmp_path: Path, pattern_root: Path, sweep: dict, base: bool, message: str
 ) -> None:
@@ -391,8 +456,9 @@ def test_cli_set_key_is_checked(tmp_path: Path, pattern_root: Path) -> None:
         load_sweep(path, ["train.epoch=2"])
 
 
-def test_cli_sweep_and_baseline(tmp_path: Path, pattern_root: Path, quick_pictures: list,
-                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_cli_sweep_and_baseline(
+    tmp_path: Path, pattern_root: Path, quick_pictures: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = CliRunner()
     monkeypatch.setenv("COLUMNS", "200")  # rich folds cells to the terminal's width
     path = write_sweep(
@@ -400,8 +466,20 @@ def test_cli_sweep_and_baseline(tmp_path: Path, pattern_root: Path, quick_pictur
         {"variants": [{"name": "a", "set": {}}], "seeds": [0, 1]},
         base_tree(pattern_root, limit_batches=None),
     )
-    result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "cli"), "--limit-batches", "1",
-                                 "--set", "train.epochs=1"], catch_exceptions=False)  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            str(path),
+            "--out",
+            str(tmp_path / "cli"),
+            "--limit-batches",
+            "1",
+            "--set",
+            "train.epochs=1",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "sweep s" in result.output and "all_results" in result.output
     config = yaml.safe_load((tmp_path / "cli" / "runs" / "a-seed0" / "config.yaml").read_text())
@@ -418,8 +496,11 @@ def test_cli_sweep_and_baseline(tmp_path: Path, pattern_root: Path, quick_pictur
     (tmp_path / "hog.yaml").write_text(
         yaml.safe_dump({**base_tree(pattern_root), "output": {"dir": str(tmp_path / "b")}})
     )
-    result = runner.invoke(app, ["baseline", "hog-svm", str(tmp_path / "hog.yaml"), "--set", "output.name=hog"],
-                           catch_exceptions=False)  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["baseline", "hog-svm", str(tmp_path / "hog.yaml"), "--set", "output.name=hog"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     run = tmp_path / "b" / "hog"
     assert (
@@ -440,8 +521,12 @@ def test_report_command_plots_one_run(tmp_path: Path, pattern_root: Path) -> Non
     assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
 
 
-def test_plotting_error_does_not_fail_a_run(tmp_path: Path, pattern_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                            caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_plotting_error_does_not_fail_a_run(
+    tmp_path: Path,
+    pattern_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     def broken(run_dir: Path) -> list[Path]:
         raise RuntimeError("no display")
 

@@ -61,14 +61,31 @@ def _server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     """
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/db.sqlite",
-               "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root}/db.sqlite",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
     # The job runner (a pool of huey workers for GenAI jobs) is not needed and costs seconds of CPU.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(root / "server.log", "wb") as log_file:
-        process = subprocess.Popen(command, cwd=root, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         yield Server(f"http://127.0.0.1:{port}", process, root / "server.log")
     finally:
@@ -112,8 +129,12 @@ def _clean_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _config(root: Path, out: Path, **track: object) -> Config:
-    return tiny_config(root, out, data={"image_size": 32},
-                       track={"mlflow": True, "mlflow_experiment": EXPERIMENT, **track})  # fmt: skip
+    return tiny_config(
+        root,
+        out,
+        data={"image_size": 32},
+        track={"mlflow": True, "mlflow_experiment": EXPERIMENT, **track},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +183,16 @@ def _assert_run_logged(client: MlflowClient, run: mlflow.entities.Run, run_dir: 
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert run.data.metrics["params_total"] > 0
     files = _artifacts(client, run.info.run_id)
-    for name in ("config.yaml", "history.json", "history.csv", "metrics.json", "summary.json",
-                 "split.json", "checkpoints/best.pt", "plots/training_curves.png"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "history.json",
+        "history.csv",
+        "metrics.json",
+        "summary.json",
+        "split.json",
+        "checkpoints/best.pt",
+        "plots/training_curves.png",
+    ):
         assert name in files, name
 
 
@@ -312,15 +341,22 @@ def _quick_sweep_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _tiny_sweep(folder: Path, data: Path, lrs: list[float], **track: object) -> Path:
     """A grid over optim.lr of simple_cnn at 16 px, 1 epoch of 2 batches, MLflow on."""
-    base = {"data": {"root": str(data), "image_size": 16, "num_workers": 0},
-            "model": {"name": "simple_cnn"}, "optim": {"name": "adam", "lr": 0.003},
-            "train": {"epochs": 1, "batch_size": 8, "threads": 1, "limit_batches": 2},
-            "track": {"mlflow": True, "mlflow_experiment": EXPERIMENT, **track}}  # fmt: skip
+    base = {
+        "data": {"root": str(data), "image_size": 16, "num_workers": 0},
+        "model": {"name": "simple_cnn"},
+        "optim": {"name": "adam", "lr": 0.003},
+        "train": {"epochs": 1, "batch_size": 8, "threads": 1, "limit_batches": 2},
+        "track": {"mlflow": True, "mlflow_experiment": EXPERIMENT, **track},
+    }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "base.yaml").write_text(yaml.safe_dump(base))
     path = folder / "lr.sweep.yaml"
-    sweep = {"name": "lr-study", "base": "base.yaml", "out": str(folder / "out"),
-             "grid": {"optim.lr": lrs}}  # fmt: skip
+    sweep = {
+        "name": "lr-study",
+        "base": "base.yaml",
+        "out": str(folder / "out"),
+        "grid": {"optim.lr": lrs},
+    }
     path.write_text(yaml.safe_dump(sweep))
     return path
 
@@ -366,8 +402,14 @@ def test_sweep_trials_are_nested_under_one_parent_run(
         own = json.loads((out / "runs" / child.info.run_name / "mlflow.json").read_text())
         assert own["run_id"] == child.info.run_id and child.info.status == "FINISHED"
     files = _artifacts(client, parent_id)
-    assert {"all_results.json", "results.md", "results.csv", "sweep.yaml", "report.html",
-            "plots/comparison.png"} <= files  # fmt: skip
+    assert {
+        "all_results.json",
+        "results.md",
+        "results.csv",
+        "sweep.yaml",
+        "report.html",
+        "plots/comparison.png",
+    } <= files
     (tmp_path / "download").mkdir()
     logged = Path(
         client.download_artifacts(parent_id, "all_results.json", str(tmp_path / "download"))
@@ -401,9 +443,11 @@ def test_flatten_gives_dotted_keys() -> None:
 
 
 def test_sinks_register_without_importing_mlflow() -> None:
-    code = ("import sys, imagefit.track.base as base\n"
-            "assert {'mlflow', 'tensorboard'} <= set(base.SINKS), base.SINKS\n"
-            "assert 'mlflow' not in sys.modules and 'tensorboard' not in sys.modules")  # fmt: skip
+    code = (
+        "import sys, imagefit.track.base as base\n"
+        "assert {'mlflow', 'tensorboard'} <= set(base.SINKS), base.SINKS\n"
+        "assert 'mlflow' not in sys.modules and 'tensorboard' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -420,9 +464,20 @@ def test_seed_003_console_pipeline_is_one_train_command(
     config = Path(__file__).resolve().parent.parent / "configs" / "cifar10_simplecnn.yaml"
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = CliRunner().invoke(app, ["train", str(config), "--set", f"data.root={digits_root}",
-                                      "--set", "train.epochs=1", "--limit-batches", "3"],
-                                catch_exceptions=False)  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(config),
+            "--set",
+            f"data.root={digits_root}",
+            "--set",
+            "train.epochs=1",
+            "--limit-batches",
+            "3",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "cifar10_simplecnn"
     summary = json.loads((run_dir / "summary.json").read_text())

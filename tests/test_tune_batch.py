@@ -59,8 +59,9 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return batches
 
 
-def test_tune_batch_stops_at_the_memory_limit(pattern_root: Path, tmp_path: Path, batches: list[int],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_tune_batch_stops_at_the_memory_limit(
+    pattern_root: Path, tmp_path: Path, batches: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tune, "HostMemory", lambda: FakeRam(batches))
     result = tune.tune_batch(tiny_config(pattern_root, tmp_path), headroom=0.1)
     # limit 1.35 GiB = 1 GiB + 35.84 batches of 10 MiB: 32 fits, 64 is over
@@ -74,8 +75,9 @@ def test_tune_batch_stops_at_the_memory_limit(pattern_root: Path, tmp_path: Path
     assert not {64, 48, 40} & set(batches)
 
 
-def test_a_measured_peak_over_the_limit_does_not_fit(pattern_root: Path, tmp_path: Path,
-                                                     batches: list[int], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_measured_peak_over_the_limit_does_not_fit(
+    pattern_root: Path, tmp_path: Path, batches: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tune, "HostMemory", lambda: FakeRam(batches, kink=16))
     result = tune.tune_batch(tiny_config(pattern_root, tmp_path), headroom=0.1)
     probes = {p.batch: p for p in result.probes}
@@ -83,8 +85,9 @@ def test_a_measured_peak_over_the_limit_does_not_fit(pattern_root: Path, tmp_pat
     assert 32 in batches and 24 in batches
 
 
-def test_balanced_class_weights_do_not_stop_the_probes(pattern_root: Path, tmp_path: Path,
-                                                       batches: list[int], monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_balanced_class_weights_do_not_stop_the_probes(
+    pattern_root: Path, tmp_path: Path, batches: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """train.class_weights=balanced used to fail with "train split has no images": the probes'
     loss was built from no labels."""
     monkeypatch.setattr(tune, "HostMemory", lambda: FakeRam(batches))
@@ -105,9 +108,19 @@ def test_nothing_fits(pattern_root: Path, tmp_path: Path, monkeypatch: pytest.Mo
 def test_cli_prints_the_table(pattern_root: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(pattern_root, tmp_path).to_dict()))
-    result = CliRunner().invoke(app, ["tune-batch", str(config), "--max-batch", "8",
-                                      "--set", "data.image_size=20",
-                                      "--set", "train.class_weights=balanced"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune-batch",
+            str(config),
+            "--max-batch",
+            "8",
+            "--set",
+            "data.image_size=20",
+            "--set",
+            "train.class_weights=balanced",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "simple_cnn at 20 px" in result.output and "host RAM" in result.output
     assert "largest batch that fits: 8" in result.output

@@ -159,18 +159,40 @@ def generate_fractals(step: FractalStep, out: Path) -> Path:
 
     def render(folder: Path) -> None:
         row = OFDB_OFFICIAL_WEIGHT_ROW if r.weight_row == "official" else None
-        write_ofdb(params, folder, r.size, r.points, r.format, r.draw, seed=r.seed, weight_row=row,
-                   keep_aspect=r.keep_aspect, burn_in=r.burn_in, vflip=r.vflip)  # fmt: skip
+        write_ofdb(
+            params,
+            folder,
+            r.size,
+            r.points,
+            r.format,
+            r.draw,
+            seed=r.seed,
+            weight_row=row,
+            keep_aspect=r.keep_aspect,
+            burn_in=r.burn_in,
+            vflip=r.vflip,
+        )
 
     _build_once(params, search, "fractal search")
     _build_once(images, render, "2D-OFDB render")
     return images
 
 
-def _write_sweep(target: Path, base: Path, out: Path, common: dict[str, Any],
-                 variants: list[dict[str, Any]], seeds: list[int] | None = None) -> Path:  # fmt: skip
-    sweep = {"base": str(base.resolve()), "out": str(out.resolve()), "set": common,
-             "variants": variants, **({"seeds": seeds} if seeds else {})}  # fmt: skip
+def _write_sweep(
+    target: Path,
+    base: Path,
+    out: Path,
+    common: dict[str, Any],
+    variants: list[dict[str, Any]],
+    seeds: list[int] | None = None,
+) -> Path:
+    sweep = {
+        "base": str(base.resolve()),
+        "out": str(out.resolve()),
+        "set": common,
+        "variants": variants,
+        **({"seeds": seeds} if seeds else {}),
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
     return target
@@ -179,9 +201,15 @@ def _write_sweep(target: Path, base: Path, out: Path, common: dict[str, Any],
 def compare(finetune: SweepResult) -> dict[str, Any]:
     """Test accuracy (mean, std over seeds) of scratch vs pretrained, and their difference."""
     groups = {g["name"]: g for g in finetune.groups}
-    rows = {name: {"seeds": groups[name]["seeds"], "test_accuracy": groups[name]["test_accuracy"],
-                   "best_val_accuracy": groups[name]["best_val_accuracy"]}
-            for name in VARIANTS if name in groups}  # fmt: skip
+    rows = {
+        name: {
+            "seeds": groups[name]["seeds"],
+            "test_accuracy": groups[name]["test_accuracy"],
+            "best_val_accuracy": groups[name]["best_val_accuracy"],
+        }
+        for name in VARIANTS
+        if name in groups
+    }
     means = [rows.get(name, {}).get("test_accuracy", {}).get("mean") for name in VARIANTS]
     gain = None if None in means else means[1] - means[0]
     return {"variants": rows, "pretrained_minus_scratch": gain}
@@ -192,8 +220,10 @@ def run_pipeline(spec: PipelineSpec) -> PipelineResult:
     try:
         return _run_steps(spec)
     except Interrupted as exc:  # the sweeps' message says to rerun a sweep: rerun this instead
-        raise Interrupted(f"pipeline {spec.name} stopped; run `imagefit pipeline {spec.path}` "
-                          "again to continue where it stopped") from exc  # fmt: skip
+        raise Interrupted(
+            f"pipeline {spec.name} stopped; run `imagefit pipeline {spec.path}` "
+            "again to continue where it stopped"
+        ) from exc
 
 
 def _run_steps(spec: PipelineSpec) -> PipelineResult:
@@ -203,22 +233,44 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
     if f.fractal is not None:
         pretrain_set["data.root"] = str(generate_fractals(f.fractal, out / "fractal").resolve())
     where = spec.path.parent
-    pre = load_sweep(_write_sweep(out / "pretrain.sweep.yaml", where / f.pretrain.config,
-                                  out / "pretrain", pretrain_set, [{"name": PRETRAIN_TRIAL}]),
-                     spec.common)  # fmt: skip
+    pre = load_sweep(
+        _write_sweep(
+            out / "pretrain.sweep.yaml",
+            where / f.pretrain.config,
+            out / "pretrain",
+            pretrain_set,
+            [{"name": PRETRAIN_TRIAL}],
+        ),
+        spec.common,
+    )
     pretrained = run_sweep(pre)
     checkpoint = pre.out / "runs" / PRETRAIN_TRIAL / "best.pt"
     if pretrained.records[0]["status"] != "finished" or not checkpoint.is_file():
-        raise TrainingStopped(f"pretraining did not finish ({pretrained.records[0].get('error')}); "
-                              f"see {pre.out / 'runs' / PRETRAIN_TRIAL}")  # fmt: skip
-    variants = [{"name": "scratch", "set": {"model.init": "scratch"}},
-                {"name": "pretrained", "set": {"model.init": str(checkpoint.resolve())}}]  # fmt: skip
-    fine = load_sweep(_write_sweep(out / "finetune.sweep.yaml", where / f.finetune.config,
-                                   out / "finetune", dict(f.finetune.set), variants,
-                                   f.finetune.seeds), spec.common)  # fmt: skip
+        raise TrainingStopped(
+            f"pretraining did not finish ({pretrained.records[0].get('error')}); "
+            f"see {pre.out / 'runs' / PRETRAIN_TRIAL}"
+        )
+    variants = [
+        {"name": "scratch", "set": {"model.init": "scratch"}},
+        {"name": "pretrained", "set": {"model.init": str(checkpoint.resolve())}},
+    ]
+    fine = load_sweep(
+        _write_sweep(
+            out / "finetune.sweep.yaml",
+            where / f.finetune.config,
+            out / "finetune",
+            dict(f.finetune.set),
+            variants,
+            f.finetune.seeds,
+        ),
+        spec.common,
+    )
     finetuned = run_sweep(fine)
-    comparison = {"name": spec.name, "pretrain_run": str(checkpoint.parent),
-                  "finetune_results": str(finetuned.files.get("all_results", fine.out)),
-                  **compare(finetuned)}  # fmt: skip
+    comparison = {
+        "name": spec.name,
+        "pretrain_run": str(checkpoint.parent),
+        "finetune_results": str(finetuned.files.get("all_results", fine.out)),
+        **compare(finetuned),
+    }
     rundir.write_json(out / "pipeline.json", comparison)
     return PipelineResult(out, pretrained, finetuned, comparison)

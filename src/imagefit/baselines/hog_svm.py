@@ -93,7 +93,7 @@ def run_hog_svm(
     orientations: int = 9,
     pixels_per_cell: int | None = None,
     cells_per_block: int = 2,
-    C: float = 0.01,  # noqa: N803 - the SVM's own name for it
+    C: float = 0.01,
     max_iter: int = 5000,
     seed: int = 0,
 ) -> dict[str, Any]:

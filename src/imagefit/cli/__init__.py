@@ -17,18 +17,28 @@ from imagefit.cli import data, export, fractal, pipeline, run, sweep, tune
 from imagefit.cli.common import main_process
 from imagefit.errors import ImagefitError, Interrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, fine-tune, compare, evaluate and ship image classifiers.")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, fine-tune, compare, evaluate and ship image classifiers.",
+)
 
 
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-           quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:  # fmt: skip
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     if not main_process():
         level = max(level, logging.WARNING)  # under torchrun, rank 0 speaks for the run
-    logging.basicConfig(level=level, format="%(levelname).1s %(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=level,
+        format="%(levelname).1s %(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
 
 
 run.register(app)

@@ -67,15 +67,17 @@ def verify(
     _print_report(report)
     json_path, skip_path = (path.resolve() for path in report.write(out))
     console.print(f"report: {json_path}")
-    console.print(f"skip list: {skip_path} ({len(report.skip_paths())} files; train with "
-                  f"--set data.skip_list={skip_path})")  # fmt: skip
+    console.print(
+        f"skip list: {skip_path} ({len(report.skip_paths())} files; train with "
+        f"--set data.skip_list={skip_path})"
+    )
     if not report.ok:
         console.print(f"[red]{report.errors} errors[/red]")
         raise typer.Exit(code=1)
     console.print("[green]no errors[/green]")
 
 
-def _print_report(report) -> None:  # noqa: ANN001 - a VerifyReport, imported lazily
+def _print_report(report) -> None:
     counts = Table(
         title=f"{report.root} ({report.layout} layout): files per class (bad ones included)"
     )

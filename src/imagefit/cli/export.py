@@ -61,11 +61,13 @@ def _int8_rows(q: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
         ("INT8 file", q["onnx"]),
         ("INT8 / fp32 size MB", f"{q['size_bytes'] / mb:.2f} / {q['fp32_size_bytes'] / mb:.2f}"),
-        (f"INT8 / fp32 accuracy ({q['eval_split']}, {q['eval_images']} images)",
-         _pair(q["int8_accuracy"], q["fp32_accuracy"])),
+        (
+            f"INT8 / fp32 accuracy ({q['eval_split']}, {q['eval_images']} images)",
+            _pair(q["int8_accuracy"], q["fp32_accuracy"]),
+        ),
         ("INT8 accuracy drop", q.get("accuracy_drop")),
         ("INT8 / fp32 latency ms (batch 1)", _pair(ms["int8"], ms["fp32"])),
-    ]  # fmt: skip
+    ]
 
 
 def _pair(a: float | None, b: float | None) -> str:

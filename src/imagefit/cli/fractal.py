@@ -18,21 +18,21 @@ Draw = Annotated[
         "--draw",
         help="patch_gray | point_gray | patch_color | point_color (aliases: gray, point, color).",
     ),
-]  # noqa: E501
+]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the patch masks.")]
 KeepAspect = Annotated[
     bool,
     typer.Option("--keep-aspect", help="One scale for x and y (official: each axis stretched)."),
-]  # noqa: E501
+]
 BurnIn = Annotated[
     int, typer.Option("--burn-in", min=0, help="Drop the first N points (official: 0).")
-]  # noqa: E501
+]
 NoVflip = Annotated[bool, typer.Option("--no-vflip", help="Skip the official top-to-bottom flip.")]
 Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Processes [all cores].")]
 Out = Annotated[Path, typer.Option("--out", help="Output folder, OUT/<category>/<image>.")]
 Params = Annotated[
     Path, typer.Argument(help="Folder of category CSVs (imagefit data fractal-search).")
-]  # noqa: E501
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -60,10 +60,10 @@ def fractal_search(
         typer.Option(
             "--compat", help="fast (parallel) or official (the official CSVs, bit for bit)."
         ),
-    ] = "fast",  # noqa: E501
+    ] = "fast",
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Threads of the fast search [all cores].")
-    ] = None,  # noqa: E501
+    ] = None,
 ) -> None:
     """Search IFS categories (one category = one fractal class) and write them as CSV files."""
     from imagefit.data.fractal import search_categories, write_params
@@ -86,7 +86,7 @@ def ofdb(
     seed: Seed = 0,
     weight_row: Annotated[
         str, typer.Option("--weight-row", help="official (a x 0.2, row 0 of weights_0.4) or ones.")
-    ] = "official",  # noqa: E501
+    ] = "official",
     keep_aspect: KeepAspect = False,
     burn_in: BurnIn = 0,
     no_vflip: NoVflip = False,
@@ -100,9 +100,20 @@ def ofdb(
     if weight_row not in rows:
         raise DataError(f"--weight-row {weight_row!r}: choose official or ones")
     _refuse_filled(out, f"*/*.{fmt}")
-    count = write_ofdb(params, out, size, points, fmt, draw, workers, seed=seed,
-                       weight_row=rows[weight_row], keep_aspect=keep_aspect, burn_in=burn_in,
-                       vflip=not no_vflip)  # fmt: skip
+    count = write_ofdb(
+        params,
+        out,
+        size,
+        points,
+        fmt,
+        draw,
+        workers,
+        seed=seed,
+        weight_row=rows[weight_row],
+        keep_aspect=keep_aspect,
+        burn_in=burn_in,
+        vflip=not no_vflip,
+    )
     console.print(f"{out}: {count} 2D-OFDB images ({size} px, {draw}, {fmt})")
 
 
@@ -112,10 +123,10 @@ def fractaldb(
     weights: Annotated[
         str,
         typer.Option("--weights", help="Weight CSV, or an official one by name: 0.0125 ... 0.5."),
-    ] = "0.4",  # noqa: E501
+    ] = "0.4",
     instances: Annotated[
         int, typer.Option("--instances", min=1, help="Patch re-renders per weight row.")
-    ] = 10,  # noqa: E501
+    ] = 10,
     flips: Annotated[int, typer.Option("--flips", min=1, max=4, help="Flips saved per image.")] = 4,
     size: Size = 362,
     points: Points = 200_000,
@@ -131,7 +142,20 @@ def fractaldb(
     from imagefit.data.fractal import write_fractaldb
 
     _refuse_filled(out, f"*/*.{fmt}")
-    count = write_fractaldb(params, out, weights, instances, flips, size, points, fmt, draw, workers,
-                            seed=seed, keep_aspect=keep_aspect, burn_in=burn_in,
-                            vflip=not no_vflip)  # fmt: skip
+    count = write_fractaldb(
+        params,
+        out,
+        weights,
+        instances,
+        flips,
+        size,
+        points,
+        fmt,
+        draw,
+        workers,
+        seed=seed,
+        keep_aspect=keep_aspect,
+        burn_in=burn_in,
+        vflip=not no_vflip,
+    )
     console.print(f"{out}: {count} FractalDB images ({size} px, {draw}, {fmt})")

@@ -21,7 +21,7 @@ def pipeline(
             "-s",
             help="key=value for both training steps; prefix fractal., pretrain. or finetune. for one section.",
         ),
-    ] = [],  # noqa: B006, E501
+    ] = [],  # noqa: B006
 ) -> None:
     """Pretrain on generated fractals, then fine-tune from scratch and from those weights."""
     from imagefit.pipeline import load_pipeline, run_pipeline
@@ -34,8 +34,10 @@ def pipeline(
     for column in ("variant", "seeds", "test accuracy", "best val accuracy"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for name, row in result.comparison["variants"].items():
-        cells = [fmt(row[k]["mean"]) + ("" if row[k]["std"] is None else f" ± {fmt(row[k]['std'])}")
-                 for k in ("test_accuracy", "best_val_accuracy")]  # fmt: skip
+        cells = [
+            fmt(row[k]["mean"]) + ("" if row[k]["std"] is None else f" ± {fmt(row[k]['std'])}")
+            for k in ("test_accuracy", "best_val_accuracy")
+        ]
         table.add_row(name, str(len(row["seeds"])), *cells)
     console.print(table)
     console.print(f"pretrained - scratch: {fmt(result.comparison['pretrained_minus_scratch'])}")

@@ -36,12 +36,12 @@ def demo(
 
 
 def train(
-    config: Annotated[Path | None, typer.Argument(help="YAML config.")] = None,  # noqa: UP007
+    config: Annotated[Path | None, typer.Argument(help="YAML config.")] = None,
     overrides: SetOption = [],  # noqa: B006
     limit_batches: LimitOption = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue this run folder.")
-    ] = None,  # noqa: UP007
+    ] = None,
 ) -> None:
     """Train from CONFIG into a new run folder, or --resume RUN_DIR."""
     from imagefit.config import load_config
@@ -64,7 +64,7 @@ def train(
 def eval_(
     target: Annotated[Path, typer.Argument(help="Run folder or checkpoint.")],
     split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
-    data: Annotated[str | None, typer.Option("--data", help="Dataset root (if moved).")] = None,  # noqa: UP007
+    data: Annotated[str | None, typer.Option("--data", help="Dataset root (if moved).")] = None,
     limit_batches: LimitOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
 ) -> None:
@@ -87,7 +87,7 @@ def eval_(
 
 @config_app.command("show")
 def config_show(
-    config: Annotated[Path | None, typer.Argument(help="YAML config (defaults if absent).")] = None,  # noqa: UP007
+    config: Annotated[Path | None, typer.Argument(help="YAML config (defaults if absent).")] = None,
     overrides: SetOption = [],  # noqa: B006
 ) -> None:
     """Print the resolved config (defaults <- file <- --set)."""

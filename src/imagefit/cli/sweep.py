@@ -12,8 +12,15 @@ from imagefit.cli.common import LimitOption, SetOption, console, print_result, w
 from imagefit.errors import CheckpointError
 
 # The terminal's columns (results.md and results.csv have all): accuracy, size, cost (issue 4).
-COMPACT = ("best_val_accuracy", "test_accuracy", "test_f1_macro", "params_total",
-           "params_trainable", "wall_time_s", "train_images_per_s")  # fmt: skip
+COMPACT = (
+    "best_val_accuracy",
+    "test_accuracy",
+    "test_f1_macro",
+    "params_total",
+    "params_trainable",
+    "wall_time_s",
+    "train_images_per_s",
+)
 baseline_app = typer.Typer(
     no_args_is_help=True, help="Classical baselines, run like a training run."
 )

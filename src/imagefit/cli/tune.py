@@ -34,23 +34,36 @@ def tune_batch(
 
     cfg = load_config(config, overrides)
     result = run_tune(cfg, max_batch, headroom, num_classes)
-    title = (f"{cfg.model.name} at {cfg.data.image_size} px, amp={cfg.train.amp}, "
-             f"channels_last={cfg.train.channels_last} on {result.device}")  # fmt: skip
+    title = (
+        f"{cfg.model.name} at {cfg.data.image_size} px, amp={cfg.train.amp}, "
+        f"channels_last={cfg.train.channels_last} on {result.device}"
+    )
     table = Table(title=title)
     for name in ("batch", f"peak {result.memory} GiB", "fits", "step s", "images/s", "note"):
         table.add_column(name, justify="left" if name in ("fits", "note") else "right")
     for p in sorted(result.probes, key=lambda p: p.batch):
-        table.add_row(str(p.batch), f"{p.peak_bytes / GIB:.2f}" if p.peak_bytes else "-",
-                      "yes" if p.fits else "no", f"{p.step_s:.3f}" if p.step_s else "-",
-                      f"{p.batch / p.step_s:.0f}" if p.step_s else "-", p.note)  # fmt: skip
+        table.add_row(
+            str(p.batch),
+            f"{p.peak_bytes / GIB:.2f}" if p.peak_bytes else "-",
+            "yes" if p.fits else "no",
+            f"{p.step_s:.3f}" if p.step_s else "-",
+            f"{p.batch / p.step_s:.0f}" if p.step_s else "-",
+            p.note,
+        )
     console.print(table)
-    console.print(f"{result.memory}: {result.total_bytes / GIB:.1f} GiB, limit {result.limit_bytes / GIB:.1f} GiB "
-                  f"({headroom:.0%} left free)")  # fmt: skip
+    console.print(
+        f"{result.memory}: {result.total_bytes / GIB:.1f} GiB, limit {result.limit_bytes / GIB:.1f} GiB "
+        f"({headroom:.0%} left free)"
+    )
     if result.memory == "host RAM":
-        console.print("on a CPU the memory is host RAM; batches past --max-batch "
-                      f"({result.max_batch}) are not tried")  # fmt: skip
-    console.print(f"largest batch that fits: [bold]{result.largest}[/bold] "
-                  f"(train.batch_size={result.largest}; per process under torchrun)")  # fmt: skip
+        console.print(
+            "on a CPU the memory is host RAM; batches past --max-batch "
+            f"({result.max_batch}) are not tried"
+        )
+    console.print(
+        f"largest batch that fits: [bold]{result.largest}[/bold] "
+        f"(train.batch_size={result.largest}; per process under torchrun)"
+    )
 
 
 def register(app: typer.Typer) -> None:

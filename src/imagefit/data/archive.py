@@ -113,9 +113,16 @@ def _copy(response: Any, part: Path, offset: int, progress: bool) -> None:
     name = part.name.removesuffix(".part")
     with (
         open(part, "ab" if offset else "wb") as handle,
-        tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-             desc=name, disable=None if progress else True) as bar,
-    ):  # fmt: skip
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=name,
+            disable=None if progress else True,
+        ) as bar,
+    ):
         while chunk := response.read(CHUNK):
             handle.write(chunk)
             bar.update(len(chunk))
@@ -163,9 +170,12 @@ def _open_tar(archive_path: Path) -> tarfile.TarFile:
 
 
 def _extract_then_rename(
-    tar: tarfile.TarFile, members: list[tarfile.TarInfo], tops: list[str], dest: Path,
+    tar: tarfile.TarFile,
+    members: list[tarfile.TarInfo],
+    tops: list[str],
+    dest: Path,
     archive_path: Path,
-) -> list[Path]:  # fmt: skip
+) -> list[Path]:
     # The temporary folder is inside dest so the final rename stays on one filesystem (atomic).
     staging = Path(tempfile.mkdtemp(prefix=f".{archive_path.name}.", suffix=".partial", dir=dest))
     try:

@@ -68,8 +68,9 @@ class AffineAugment:
         theta[:, 1, 1], theta[:, 1, 2] = height * flip_y, cy
         theta = theta.to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                               align_corners=False)  # fmt: skip
+        warped = F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
         return warped, y
 
 
@@ -80,8 +81,9 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index >= size, 2 * size - 1 - index, index)
 
 
-def shift_and_flip(x: torch.Tensor, shift: torch.Tensor, flip_x: torch.Tensor,
-                   flip_y: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def shift_and_flip(
+    x: torch.Tensor, shift: torch.Tensor, flip_x: torch.Tensor, flip_y: torch.Tensor
+) -> torch.Tensor:
     """(B, C, S, S) -> same: each image flipped (bool (B,)), then moved by ``shift`` (2, B)
     whole pixels (x, y) with reflection padding: one row gather on the channels-last view."""
     batch, channels, size, _ = x.shape
@@ -117,8 +119,9 @@ def register_batch_op(name: str) -> Callable[[OpFactory], OpFactory]:
 
 
 @register_batch_op("affine")
-def _affine(cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float],
-            std: Sequence[float]) -> BatchOp | None:  # fmt: skip
+def _affine(
+    cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> BatchOp | None:
     op = AffineAugment(cfg, size)
     return None if op.is_identity() else op
 
@@ -130,8 +133,15 @@ class BatchAugment:
     ``DataConfig``'s, ImageNet's).
     """
 
-    def __init__(self, cfg: AugmentConfig, size: int, num_classes: int, *,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):  # fmt: skip
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        size: int,
+        num_classes: int,
+        *,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
         built = (factory(cfg, size, num_classes, mean, std) for factory in BATCH_OPS.values())
         self.ops: list[BatchOp] = [op for op in built if op is not None]
 

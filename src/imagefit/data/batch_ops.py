@@ -71,8 +71,10 @@ def _check_randaugment(spec: str) -> None:
         return _RAND_NUMERIC.match(section) is not None
 
     if sections[0] != "rand" or not all(valid(section) for section in sections[1:]):
-        raise ConfigError(f"augment.randaugment: {spec!r} is not a timm RandAugment spec "
-                          "(such as 'rand-m9-mstd0.5-inc1')")  # fmt: skip
+        raise ConfigError(
+            f"augment.randaugment: {spec!r} is not a timm RandAugment spec "
+            "(such as 'rand-m9-mstd0.5-inc1')"
+        )
 
 
 def posterize(image: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
@@ -92,13 +94,17 @@ class RandAugment:
         # As timm's create_transform: translations up to 45% of the side, and the fill of
         # rotations, shears and translations the data mean (ImageNet's: (124, 116, 104)), which
         # normalisation then maps to zero, as zero padding would be in normalised space.
-        hparams = {"translate_const": int(size * 0.45),
-                   "img_mean": tuple(min(255, round(255 * m)) for m in mean)}  # fmt: skip
+        hparams = {
+            "translate_const": int(size * 0.45),
+            "img_mean": tuple(min(255, round(255 * m)) for m in mean),
+        }
         try:
             self.transform = rand_augment_transform(spec, hparams)
         except (AssertionError, ValueError) as exc:  # timm asserts on unknown sections
-            raise ConfigError(f"augment.randaugment: {spec!r} is not a valid timm RandAugment "
-                              f"spec: {exc or 'unknown section'}") from None  # fmt: skip
+            raise ConfigError(
+                f"augment.randaugment: {spec!r} is not a valid timm RandAugment "
+                f"spec: {exc or 'unknown section'}"
+            ) from None
         for op in self.transform.ops:
             if op.aug_fn is timm_posterize:
                 op.aug_fn = posterize
@@ -142,8 +148,14 @@ class RandomErasing:
 
     attempts = 10
 
-    def __init__(self, probability: float, mean: Sequence[float], std: Sequence[float],
-                 area: tuple[float, float] = (0.02, 1 / 3), min_aspect: float = 0.3):  # fmt: skip
+    def __init__(
+        self,
+        probability: float,
+        mean: Sequence[float],
+        std: Sequence[float],
+        area: tuple[float, float] = (0.02, 1 / 3),
+        min_aspect: float = 0.3,
+    ):
         self.probability, self.area = probability, area
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
         self.mean = torch.tensor(mean, dtype=torch.float32)
@@ -215,20 +227,23 @@ class MixupCutmix:
 
 
 @register_batch_op("randaugment")
-def _randaugment(cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float],
-                 std: Sequence[float]) -> BatchOp | None:  # fmt: skip
+def _randaugment(
+    cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> BatchOp | None:
     return None if cfg.randaugment is None else RandAugment(cfg.randaugment, size, mean)
 
 
 @register_batch_op("random_erasing")
-def _random_erasing(cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float],
-                    std: Sequence[float]) -> BatchOp | None:  # fmt: skip
+def _random_erasing(
+    cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> BatchOp | None:
     return RandomErasing(cfg.random_erasing, mean, std) if cfg.random_erasing > 0 else None
 
 
 @register_batch_op("mixup")
-def _mixup(cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float],
-           std: Sequence[float]) -> BatchOp | None:  # fmt: skip
+def _mixup(
+    cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
+) -> BatchOp | None:
     if cfg.mixup == 0 and cfg.cutmix == 0:
         return None
     return MixupCutmix(cfg.mixup, cfg.cutmix, num_classes)

@@ -128,8 +128,10 @@ class FileHashes:
             for attempt in (1, 2):
                 db = sqlite3.connect(index, timeout=30)
                 try:
-                    db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER "
-                               "NOT NULL, mtime_ns INTEGER NOT NULL, sha256 BLOB NOT NULL)")  # fmt: skip
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER "
+                        "NOT NULL, mtime_ns INTEGER NOT NULL, sha256 BLOB NOT NULL)"
+                    )
                     return db
                 except sqlite3.DatabaseError as exc:
                     db.close()
@@ -158,8 +160,9 @@ class FileHashes:
         real, info = self._resolved(Path(path))  # stat before reading: a later edit re-hashes
         if self.db is not None:
             try:
-                row = self.db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?",
-                                      (real,)).fetchone()  # fmt: skip
+                row = self.db.execute(
+                    "SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (real,)
+                ).fetchone()
             except sqlite3.Error as exc:
                 log.warning("file hash index %s unusable (%s); hashing every file", self.index, exc)
                 self.db.close()
@@ -176,8 +179,13 @@ class FileHashes:
         return digest
 
 
-def cache_key(samples: Sequence[Sample], size: int, min_size: int, decoder: str = "pillow",
-              index: str | Path | None = None) -> str:  # fmt: skip
+def cache_key(
+    samples: Sequence[Sample],
+    size: int,
+    min_size: int,
+    decoder: str = "pillow",
+    index: str | Path | None = None,
+) -> str:
     """A key of the files' contents and the preprocessing; ``index``: a :class:`FileHashes`
     index file that spares reading files unchanged since an earlier run."""
     tag = "" if decoder == "pillow" else f":{decoder}"  # pillow keeps the keys it always had
@@ -192,8 +200,14 @@ def cache_key(samples: Sequence[Sample], size: int, min_size: int, decoder: str 
 PixelSink = Callable[[int, np.ndarray], None]  # (sample position, (S, S, 3) pixels) -> None
 
 
-def _decode_each(samples: Sequence[Sample], size: int, min_size: int, workers: int, decoder: str,
-                 store: PixelSink) -> dict[int, str]:  # fmt: skip
+def _decode_each(
+    samples: Sequence[Sample],
+    size: int,
+    min_size: int,
+    workers: int,
+    decoder: str,
+    store: PixelSink,
+) -> dict[int, str]:
     """Decode every sample in threads and hand it to ``store``; returns the bad positions."""
     decode, bad = get_decoder(decoder), {}
 
@@ -222,8 +236,14 @@ def _raise_bad(bad: dict[int, str], on_bad: str) -> None:
         raise DataError(bad[first] + more + "; set data.on_bad=skip to leave bad files out")
 
 
-def _decode_all(samples: Sequence[Sample], size: int, min_size: int, on_bad: str, workers: int,
-                decoder: str = "pillow") -> DecodedImages:  # fmt: skip
+def _decode_all(
+    samples: Sequence[Sample],
+    size: int,
+    min_size: int,
+    on_bad: str,
+    workers: int,
+    decoder: str = "pillow",
+) -> DecodedImages:
     """Decode into memory (when the cache folder cannot be written)."""
     pixels = np.empty((len(samples), size, size, 3), dtype=np.uint8)
     bad = _decode_each(samples, size, min_size, workers, decoder, pixels.__setitem__)
@@ -242,8 +262,15 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
 
 
-def _write_rows(fd: int, samples: Sequence[Sample], size: int, min_size: int, on_bad: str,
-                workers: int, decoder: str) -> tuple[list[int], dict[int, str]]:  # fmt: skip
+def _write_rows(
+    fd: int,
+    samples: Sequence[Sample],
+    size: int,
+    min_size: int,
+    on_bad: str,
+    workers: int,
+    decoder: str,
+) -> tuple[list[int], dict[int, str]]:
     """Decode sample i into row i of the open .npy file ``fd``; drop bad rows; (keep, bad)."""
     row = size * size * 3
     os.pwrite(fd, _npy_header((len(samples), size, size, 3)), 0)
@@ -265,15 +292,24 @@ def _write_rows(fd: int, samples: Sequence[Sample], size: int, min_size: int, on
     return keep, bad
 
 
-def _decode_to_cache(samples: Sequence[Sample], size: int, min_size: int, on_bad: str,
-                     workers: int, decoder: str, npy: Path, meta_path: Path) -> DecodedImages:  # fmt: skip
+def _decode_to_cache(
+    samples: Sequence[Sample],
+    size: int,
+    min_size: int,
+    on_bad: str,
+    workers: int,
+    decoder: str,
+    npy: Path,
+    meta_path: Path,
+) -> DecodedImages:
     """Decode straight into the cache file (never the whole array in memory), then map it."""
     npy.parent.mkdir(parents=True, exist_ok=True)
     found: dict[str, Any] = {}
 
     def write(handle: IO[bytes]) -> None:
-        found["keep"], found["bad"] = _write_rows(handle.fileno(), samples, size, min_size,
-                                                  on_bad, workers, decoder)  # fmt: skip
+        found["keep"], found["bad"] = _write_rows(
+            handle.fileno(), samples, size, min_size, on_bad, workers, decoder
+        )
 
     _atomic_write(npy, write)
     meta = {"keep": found["keep"], "bad": found["bad"], "size": size, "count": len(samples)}
@@ -348,6 +384,7 @@ def decode_cached(
             raise CacheUnavailable(
                 f"could not write the image cache in {directory} ({exc})"
             ) from exc
-        log.warning("could not write the image cache in %s (%s); decoding into memory",
-                    directory, exc)  # fmt: skip
+        log.warning(
+            "could not write the image cache in %s (%s); decoding into memory", directory, exc
+        )
     return _decode_all(samples, size, min_size, on_bad, workers, decoder)

@@ -262,8 +262,16 @@ def load_pickle(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             loaded = _RestrictedUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError, KeyError) as error:  # fmt: skip
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+    ) as error:
         raise DataError(f"{path}: not a safe CIFAR-10 python pickle ({error})") from error
     if not isinstance(loaded, dict):
         raise DataError(f"{path}: holds a {type(loaded).__name__}, expected a dict")
@@ -299,9 +307,13 @@ def cifar10_to_folder(
 
 
 def _write_split(
-    images: np.ndarray, labels: np.ndarray, classes: list[str], target: Path, progress: bool,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    target: Path,
+    progress: bool,
     workers: int | None,
-) -> None:  # fmt: skip
+) -> None:
     # Staged beside `out`, not inside it: a leftover inside would look like a split or a class.
     parent = target.parent.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -313,8 +325,13 @@ def _write_split(
         paths = [staging / classes[label] / f"{i:05d}.png" for i, label in enumerate(labels)]
         with ThreadPoolExecutor(workers) as pool:  # PNG encoding and file I/O release the GIL
             jobs = pool.map(_save_png, images, paths)
-            bar = tqdm(jobs, total=len(paths), unit="img", desc=f"CIFAR-10 {target.name}",
-                       disable=None if progress else True)  # fmt: skip
+            bar = tqdm(
+                jobs,
+                total=len(paths),
+                unit="img",
+                desc=f"CIFAR-10 {target.name}",
+                disable=None if progress else True,
+            )
             for _ in bar:
                 pass
         target.parent.mkdir(parents=True, exist_ok=True)

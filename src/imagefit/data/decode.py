@@ -43,13 +43,19 @@ def _jpeg_tensor(path: Path, min_size: int) -> torch.Tensor | None:
     except (OSError, SyntaxError, ValueError):
         return None  # missing or unreadable: load_rgb raises the canonical error
     try:
-        tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                             mode=ImageReadMode.RGB, apply_exif_orientation=True)  # fmt: skip
+        tensor = decode_jpeg(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=True,
+        )
     except RuntimeError as exc:
         raise ImageError(f"{path}: cannot decode image ({exc})", kind="unreadable") from None
     if min(tensor.shape[1:]) < min_size:
-        raise ImageError(f"{path}: image is {tensor.shape[2]}x{tensor.shape[1]}, smaller than "
-                         f"data.min_size={min_size}", kind="too_small")  # fmt: skip
+        raise ImageError(
+            f"{path}: image is {tensor.shape[2]}x{tensor.shape[1]}, smaller than "
+            f"data.min_size={min_size}",
+            kind="too_small",
+        )
     return tensor
 
 
@@ -59,8 +65,9 @@ def resize_center_crop_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
     if plan is None:
         return image
     new_w, new_h, left, top = plan
-    resized = F.interpolate(image, size=(new_h, new_w), mode="bilinear", antialias=True,
-                            align_corners=False)  # fmt: skip
+    resized = F.interpolate(
+        image, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+    )
     return resized[:, :, top : top + size, left : left + size]
 
 

@@ -32,8 +32,9 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
 class DiskArraySource:
     """Pixels of a memory-mapped ``.npy`` array, gathered from its file batch by batch."""
 
-    def __init__(self, pixels: np.memmap, labels: Sequence[int], device: torch.device,
-                 read_ahead: int = 2):  # fmt: skip
+    def __init__(
+        self, pixels: np.memmap, labels: Sequence[int], device: torch.device, read_ahead: int = 2
+    ):
         if not isinstance(pixels, np.memmap) or pixels.filename is None:
             raise TypeError("DiskArraySource needs a np.memmap of a file (np.load(mmap_mode='r'))")
         self.path, self.offset = str(pixels.filename), int(pixels.offset)
@@ -68,8 +69,10 @@ class DiskArraySource:
         # numpy's stubs declare ndarray.__buffer__ for Python >= 3.12 only
         got = os.preadv(fd, [target], self.offset + first * self.row_bytes)  # type: ignore[list-item]
         if got != wanted:
-            raise DataError(f"{self.path}: image cache file is truncated (row {first}); "
-                            "delete it to decode again")  # fmt: skip
+            raise DataError(
+                f"{self.path}: image cache file is truncated (row {first}); "
+                "delete it to decode again"
+            )
 
     def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
         fd = os.open(self.path, os.O_RDONLY)
@@ -80,8 +83,9 @@ class DiskArraySource:
         finally:
             os.close(fd)
 
-    def _prefetched(self, pool: ThreadPoolExecutor, fd: int,
-                    index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:  # fmt: skip
+    def _prefetched(
+        self, pool: ThreadPoolExecutor, fd: int, index_batches: Sequence[np.ndarray]
+    ) -> Iterator[Batch]:
         pending: deque[tuple[Future[torch.Tensor], np.ndarray]] = deque()
         todo = iter(index_batches)
         while True:

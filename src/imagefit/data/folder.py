@@ -70,6 +70,11 @@ def scan_folder(root: str | Path, classes: list[str] | None = None) -> FolderInd
         samples.extend((f, label) for f in images)
     if ignored:
         shown = ", ".join(str(p) for p in ignored[:5])
-        log.warning("%s: ignored %d non-image files (%s%s)", root, len(ignored), shown,
-                    ", ..." if len(ignored) > 5 else "")  # fmt: skip
+        log.warning(
+            "%s: ignored %d non-image files (%s%s)",
+            root,
+            len(ignored),
+            shown,
+            ", ..." if len(ignored) > 5 else "",
+        )
     return FolderIndex(root=root, classes=list(classes), samples=samples, ignored=ignored)

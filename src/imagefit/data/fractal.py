@@ -143,9 +143,20 @@ def write_ofdb(
     """
     start = time.perf_counter()
     mode = _check_options(size, points, fmt, draw, burn_in)
-    spec = CategorySpec(Path(out_dir), (_row_or_none(weight_row),), instances=1, flips=1,
-                        size=size, points=points, draw=mode, fmt=fmt, seed=seed,
-                        keep_aspect=keep_aspect, burn_in=burn_in, vflip=vflip)  # fmt: skip
+    spec = CategorySpec(
+        Path(out_dir),
+        (_row_or_none(weight_row),),
+        instances=1,
+        flips=1,
+        size=size,
+        points=points,
+        draw=mode,
+        fmt=fmt,
+        seed=seed,
+        keep_aspect=keep_aspect,
+        burn_in=burn_in,
+        vflip=vflip,
+    )
     written = _run_jobs(_category_jobs(params_dir, spec), workers, progress, "2D-OFDB")
     logger.info(
         "wrote %d 2D-OFDB images to %s in %.1f s", written, out_dir, time.perf_counter() - start
@@ -183,9 +194,20 @@ def write_fractaldb(
     if instances < 1 or not 1 <= flips <= 4:
         raise DataError(f"need instances >= 1 and 1 <= flips <= 4, got {instances}, {flips}")
     rows = tuple(tuple(float(v) for v in row) for row in read_weights(weights_file))
-    spec = CategorySpec(Path(out_dir), rows, instances=instances, flips=flips, size=size,
-                        points=points, draw=mode, fmt=fmt, seed=seed, keep_aspect=keep_aspect,
-                        burn_in=burn_in, vflip=vflip)  # fmt: skip
+    spec = CategorySpec(
+        Path(out_dir),
+        rows,
+        instances=instances,
+        flips=flips,
+        size=size,
+        points=points,
+        draw=mode,
+        fmt=fmt,
+        seed=seed,
+        keep_aspect=keep_aspect,
+        burn_in=burn_in,
+        vflip=vflip,
+    )
     written = _run_jobs(_category_jobs(params_dir, spec), workers, progress, "FractalDB")
     logger.info(
         "wrote %d FractalDB images to %s in %.1f s", written, out_dir, time.perf_counter() - start

@@ -93,17 +93,17 @@ def _reference_rescale(xs_list, ys_list, image_x, image_y, pad_x, pad_y):
 
 def reference_color(color: int, n_div: int = 128) -> tuple:
     """Official ``convert_color`` (tuple order as returned, stored as R, G, B)."""
-    S = 0.75  # noqa: N806 - the official names
-    H = 2.0 * math.pi * (float(color % n_div) / float(n_div))  # noqa: N806
+    S = 0.75
+    H = 2.0 * math.pi * (float(color % n_div) / float(n_div))
     if H >= 2.0 * math.pi:  # noqa: SIM300 - the official comparison
-        H -= 2.0 * math.pi  # noqa: N806
+        H -= 2.0 * math.pi
     h = math.floor((3.0 / math.pi) * H)
-    I = 0.75  # noqa: E741, N806
-    P = I * (1.0 - S)  # noqa: N806
-    Q = I * (1.0 - S * ((3.0 / math.pi) * H - h))  # noqa: N806
-    T = I * (1.0 - S * ((1.0 - (3.0 / math.pi) * H) + h))  # noqa: N806
+    I = 0.75  # noqa: E741
+    P = I * (1.0 - S)
+    Q = I * (1.0 - S * ((3.0 / math.pi) * H - h))
+    T = I * (1.0 - S * ((1.0 - (3.0 / math.pi) * H) + h))
     # The official code rebinds I, P, Q, T to these uint8 values; new names keep one type each.
-    I8, P8, Q8, T8 = (np.uint8(v * 255.0) for v in (I, P, Q, T))  # noqa: N806
+    I8, P8, Q8, T8 = (np.uint8(v * 255.0) for v in (I, P, Q, T))
     return [(P8, T8, I8), (P8, I8, Q8), (T8, I8, P8), (I8, Q8, P8), (I8, P8, T8), (Q8, P8, I8)][h]
 
 

@@ -414,8 +414,9 @@ def write_category(name: str, params: np.ndarray, spec: CategorySpec) -> int:
     instances = 1 if normalize_draw(spec.draw).startswith("point") else spec.instances
     written = 0
     for row_index, row in enumerate(spec.weight_rows):
-        xs, ys = fractal_points(params, spec.size, spec.points, row,
-                                keep_aspect=spec.keep_aspect, burn_in=spec.burn_in)  # fmt: skip
+        xs, ys = fractal_points(
+            params, spec.size, spec.points, row, keep_aspect=spec.keep_aspect, burn_in=spec.burn_in
+        )
         for count in range(instances):
             rng = np.random.default_rng([spec.seed, category_key(name), row_index, count])
             canvas = draw_canvas(xs, ys, spec.size, spec.draw, rng=rng)

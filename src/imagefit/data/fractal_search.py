@@ -359,8 +359,10 @@ def resolve_weights(name_or_path: str | Path) -> Path:
     if key in shipped:
         return shipped[key]
     names = ", ".join(sorted(shipped, key=float))
-    raise DataError(f"weight file {name_or_path} not found; give a CSV file or one of the "
-                    f"official ones: {names}")  # fmt: skip
+    raise DataError(
+        f"weight file {name_or_path} not found; give a CSV file or one of the "
+        f"official ones: {names}"
+    )
 
 
 def read_weights(path: str | Path) -> np.ndarray:

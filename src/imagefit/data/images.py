@@ -15,8 +15,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from imagefit.errors import ImageError
 
 IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".pbm", ".pnm", ".bmp", ".webp", ".tif", ".tiff",
-)  # fmt: skip
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+)
 
 
 def is_image_file(path: Path) -> bool:
@@ -78,13 +88,15 @@ def load_rgb(path: str | Path, min_size: int = 1) -> Image.Image:
             try:
                 rgb = to_rgb(image)
             except ValueError as exc:
-                raise ImageError(f"{path}: unsupported image mode {image.mode} ({exc})",
-                                 kind="unsupported_mode") from None  # fmt: skip
+                raise ImageError(
+                    f"{path}: unsupported image mode {image.mode} ({exc})", kind="unsupported_mode"
+                ) from None
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found", kind="missing") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused, too many pixels (decompression bomb?): {exc}",
-                         kind="too_large") from None  # fmt: skip
+        raise ImageError(
+            f"{path}: refused, too many pixels (decompression bomb?): {exc}", kind="too_large"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read", kind="not_image") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -71,8 +71,14 @@ class ArraySource:
 
 
 class _FileDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], size: int, min_size: int, skip_bad: bool,
-                 decoder: str = "pillow"):  # fmt: skip
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: int,
+        min_size: int,
+        skip_bad: bool,
+        decoder: str = "pillow",
+    ):
         self.samples, self.size, self.min_size, self.skip_bad = samples, size, min_size, skip_bad
         self.decoder = decoder
 
@@ -113,8 +119,16 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 class StreamSource:
     """Files decoded on the fly by DataLoader workers (datasets too big to cache)."""
 
-    def __init__(self, samples: Sequence[Sample], size: int, min_size: int, skip_bad: bool,
-                 workers: int, pin_memory: bool, decoder: str = "pillow"):  # fmt: skip
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: int,
+        min_size: int,
+        skip_bad: bool,
+        workers: int,
+        pin_memory: bool,
+        decoder: str = "pillow",
+    ):
         self.dataset = _FileDataset(samples, size, min_size, skip_bad, decoder)
         self.workers, self.pin_memory = workers, pin_memory
 
@@ -126,22 +140,36 @@ class StreamSource:
         # the global torch RNG: that draw shifted every later dropout mask, so streaming runs
         # differed from cached ones and a resumed epoch from an uninterrupted one. Decoding is
         # deterministic, so a private, fixed generator changes nothing else.
-        loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in index_batches],
-                            num_workers=self.workers, collate_fn=_collate,
-                            pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0),
-                            worker_init_fn=_ignore_stop_signals if self.workers else None,
-                            )  # fmt: skip
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[b.tolist() for b in index_batches],
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(0),
+            worker_init_fn=_ignore_stop_signals if self.workers else None,
+        )
         yield from loader
 
 
 class Loader:
     """One split's batches for one epoch, normalised float on ``device``."""
 
-    def __init__(self, source: PixelSource, batch_size: int, device: torch.device, *,
-                 shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
-                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 limit: int | None = None, weights: np.ndarray | None = None,
-                 shard: tuple[int, int] = (0, 1)):  # fmt: skip
+    def __init__(
+        self,
+        source: PixelSource,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool = False,
+        augment: BatchAugment | None = None,
+        seed: int = 0,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        limit: int | None = None,
+        weights: np.ndarray | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ):
         """``weights`` (n,) probabilities: with ``shuffle``, draw each epoch by them instead
         of permuting (e.g. :func:`imagefit.data.balance.balanced_sample_weights`).
 
@@ -265,9 +293,15 @@ def over_budget(d: DataConfig, count: int, size: int) -> bool:
     return decoded_bytes(count, size) > d.memory_budget_mb * 2**20
 
 
-def make_source(d: DataConfig, samples: list[Sample], size: int, device: torch.device,
-                skipped: dict[str, str], *, budget_count: int | None = None,
-                ) -> tuple[PixelSource, list[Sample]]:  # fmt: skip
+def make_source(
+    d: DataConfig,
+    samples: list[Sample],
+    size: int,
+    device: torch.device,
+    skipped: dict[str, str],
+    *,
+    budget_count: int | None = None,
+) -> tuple[PixelSource, list[Sample]]:
     """A pixel source for ``samples`` and the samples it really holds (bad files skipped).
 
     ``data.cache=never`` streams the files through DataLoader workers. Otherwise they are
@@ -283,11 +317,19 @@ def make_source(d: DataConfig, samples: list[Sample], size: int, device: torch.d
     try:
         # Over the budget, decoding into memory (a read-only cache folder) would need the
         # very RAM the budget rules out: stream instead, unless the cache was insisted on.
-        decoded = decode_cached(samples, size, d.min_size, d.on_bad, d.cache_dir, decoder=d.decoder,
-                                memory_fallback=not big or d.cache != "auto")  # fmt: skip
+        decoded = decode_cached(
+            samples,
+            size,
+            d.min_size,
+            d.on_bad,
+            d.cache_dir,
+            decoder=d.decoder,
+            memory_fallback=not big or d.cache != "auto",
+        )
     except CacheUnavailable as exc:
-        log.warning("%s; streaming %d images from files (over data.memory_budget_mb)", exc,
-                    len(samples))  # fmt: skip
+        log.warning(
+            "%s; streaming %d images from files (over data.memory_budget_mb)", exc, len(samples)
+        )
         return _stream(d, samples, size, device), samples
     for position, reason in decoded.bad.items():
         skipped[str(samples[position][0])] = reason
@@ -295,19 +337,34 @@ def make_source(d: DataConfig, samples: list[Sample], size: int, device: torch.d
     kept = [samples[i] for i in decoded.keep]
     labels = [label for _, label in kept]
     if (d.cache == "mmap" or big) and isinstance(decoded.pixels, np.memmap):
-        log.info("%d images read from the cache file per batch (%s)", len(kept),
-                 "data.cache=mmap" if d.cache == "mmap" else "over data.memory_budget_mb")  # fmt: skip
+        log.info(
+            "%d images read from the cache file per batch (%s)",
+            len(kept),
+            "data.cache=mmap" if d.cache == "mmap" else "over data.memory_budget_mb",
+        )
         return DiskArraySource(decoded.pixels, labels, device), kept
     return ArraySource(decoded.pixels, labels, device), kept
 
 
 def _stream(d: DataConfig, samples: list[Sample], size: int, device: torch.device) -> StreamSource:
-    return StreamSource(samples, size, d.min_size, d.on_bad == "skip", d.num_workers,
-                        device.type == "cuda", d.decoder)  # fmt: skip
+    return StreamSource(
+        samples,
+        size,
+        d.min_size,
+        d.on_bad == "skip",
+        d.num_workers,
+        device.type == "cuda",
+        d.decoder,
+    )
 
 
-def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = None,
-               shard: tuple[int, int] = (0, 1)) -> DataBundle:  # fmt: skip
+def build_data(
+    cfg: Config,
+    device: torch.device,
+    *,
+    batch_size: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> DataBundle:
     """Resolve the splits of ``cfg.data`` and build the train/val/test loaders.
 
     ``shard`` (rank, world size): this process's part of every split (distributed training).
@@ -323,8 +380,13 @@ def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = No
     if cache:
         big = d.cache == "mmap" or over_budget(d, total, d.image_size)
         where = "decoded once into the image cache, " + ("read per batch" if big else "in memory")
-    log.info("data: %s, %d classes, %s images, %s", manifest.root, len(manifest.classes),
-             {k: len(v) for k, v in manifest.splits.items()}, where)  # fmt: skip
+    log.info(
+        "data: %s, %d classes, %s images, %s",
+        manifest.root,
+        len(manifest.classes),
+        {k: len(v) for k, v in manifest.splits.items()},
+        where,
+    )
     loaders: dict[str, Loader] = {}
     for name, items in manifest.splits.items():
         if not items:
@@ -340,8 +402,25 @@ def build_data(cfg: Config, device: torch.device, *, batch_size: int | None = No
         weights = None
         if train and d.sampler == "balanced":
             weights = balanced_sample_weights([label for _, label in kept], manifest.classes)
-        loaders[name] = Loader(source, size, device, shuffle=train, augment=augment, seed=t.seed,
-                               mean=d.mean, std=d.std, limit=t.limit_batches,
-                               weights=weights, shard=shard)  # fmt: skip
-    return DataBundle(manifest.classes, manifest, loaders["train"], loaders.get("val"),
-                      loaders.get("test"), cache, skipped)  # fmt: skip
+        loaders[name] = Loader(
+            source,
+            size,
+            device,
+            shuffle=train,
+            augment=augment,
+            seed=t.seed,
+            mean=d.mean,
+            std=d.std,
+            limit=t.limit_batches,
+            weights=weights,
+            shard=shard,
+        )
+    return DataBundle(
+        manifest.classes,
+        manifest,
+        loaders["train"],
+        loaders.get("val"),
+        loaders.get("test"),
+        cache,
+        skipped,
+    )

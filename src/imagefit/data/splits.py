@@ -21,8 +21,11 @@ from imagefit.errors import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"),
-                 "test": ("test", "testing")}  # fmt: skip
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
 
 
 @dataclass
@@ -111,8 +114,15 @@ class _Invalid(Exception):
 
 def _kind(value: object) -> str:
     """The JSON name of ``value``'s type, for messages."""
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-             list: "an array", dict: "an object", type(None): "null"}  # fmt: skip
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -145,17 +155,27 @@ def _samples(name: str, items: object, base: Path, count: int) -> list[Sample]:
         raise _Invalid(f"split '{name}' must be a list of [path, label] pairs, got {_kind(items)}")
     samples = []
     for position, item in enumerate(items):
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                and _is_int(item[1])):  # fmt: skip
-            raise _Invalid(f"split '{name}' item {position} must be a [path, integer label] "
-                           f"pair, got {_shape(item)}")  # fmt: skip
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and _is_int(item[1])
+        ):
+            raise _Invalid(
+                f"split '{name}' item {position} must be a [path, integer label] "
+                f"pair, got {_shape(item)}"
+            )
         rel, label = item
         if not rel or Path(rel).is_absolute():  # save() could not write it back
-            raise _Invalid(f"split '{name}' item {position}: the path must be relative to the "
-                           f"root, got {rel[:80]!r}")  # fmt: skip
+            raise _Invalid(
+                f"split '{name}' item {position}: the path must be relative to the "
+                f"root, got {rel[:80]!r}"
+            )
         if not 0 <= label < count:
-            raise _Invalid(f"split '{name}' has labels outside the class list (item {position}: "
-                           f"label {label}, {count} classes)")  # fmt: skip
+            raise _Invalid(
+                f"split '{name}' has labels outside the class list (item {position}: "
+                f"label {label}, {count} classes)"
+            )
         samples.append((base / rel, label))
     return samples
 
@@ -212,8 +232,11 @@ def resolve_splits(
     dirs = _split_dirs(root)
     if not dirs:
         index = scan_folder(root)
-        fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
-                     "test": test_fraction}  # fmt: skip
+        fractions = {
+            "train": 1 - val_fraction - test_fraction,
+            "val": val_fraction,
+            "test": test_fraction,
+        }
         if fractions["train"] <= 0:
             raise DataError(f"val_fraction + test_fraction = {val_fraction + test_fraction} >= 1")
         splits = stratified_split(index.samples, fractions, seed)
@@ -227,12 +250,17 @@ def resolve_splits(
         if "val" not in splits and val_fraction == 0:
             splits["val"] = []
         elif "val" not in splits:
-            carved = stratified_split(splits["train"], {"train": 1 - val_fraction,
-                                                         "val": val_fraction}, seed)  # fmt: skip
+            carved = stratified_split(
+                splits["train"], {"train": 1 - val_fraction, "val": val_fraction}, seed
+            )
             splits.update(carved)
             fractions = {"val_of_train": val_fraction}
-            log.info("%s: no val split; carved %d images from train (seed %d)", root,
-                     len(splits["val"]), seed)  # fmt: skip
+            log.info(
+                "%s: no val split; carved %d images from train (seed %d)",
+                root,
+                len(splits["val"]),
+                seed,
+            )
         splits.setdefault("test", [])
         manifest = SplitManifest(root, classes, splits, "folders", seed, fractions)
     _check(manifest, need_val=val_fraction > 0)
@@ -270,7 +298,8 @@ def write_split_folders(manifest: SplitManifest, out: str | Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             relocated[split].append((target, label))
-    copy = SplitManifest(out, manifest.classes, relocated, "folders", manifest.seed,
-                         manifest.fractions)  # fmt: skip
+    copy = SplitManifest(
+        out, manifest.classes, relocated, "folders", manifest.seed, manifest.fractions
+    )
     copy.save(out / "split.json")
     return out

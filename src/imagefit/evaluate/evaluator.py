@@ -30,9 +30,14 @@ def _manifest(cfg: Config, checkpoint: Path, data_root: str | None) -> SplitMani
     return resolve_splits(root, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
 
 
-def evaluate_checkpoint(target: str | Path, split: str = "test", data_root: str | None = None,
-                        device: str = "auto", limit_batches: int | None = None,
-                        batch_size: int = 256) -> dict[str, Any]:  # fmt: skip
+def evaluate_checkpoint(
+    target: str | Path,
+    split: str = "test",
+    data_root: str | None = None,
+    device: str = "auto",
+    limit_batches: int | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
     """Metrics (compute_metrics' dict, plus 'split' and 'checkpoint') of ``target`` on ``split``."""
     checkpoint = resolve_checkpoint(target)
     dev = select_device(device)

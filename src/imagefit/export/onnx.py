@@ -36,12 +36,20 @@ META_PREFIX = "imagefit."
 # rtol 1e-3, atol 1e-5 (torchvision's test_onnx likewise); anything looser hides real bugs.
 RTOL, ATOL = 1e-3, 1e-5
 VERIFY_IMAGES = 16
-PREPROCESSING = ("RGB; shorter side resized to image_size (bilinear, antialiased); centre crop "
-                 "image_size x image_size; (pixel - 255*mean) / (255*std); NCHW float32")  # fmt: skip
+PREPROCESSING = (
+    "RGB; shorter side resized to image_size (bilinear, antialiased); centre crop "
+    "image_size x image_size; (pixel - 255*mean) / (255*std); NCHW float32"
+)
 
 
-def export_onnx(target: str | Path, out: str | Path | None = None, opset: int = 17, int8: bool = False,
-                verify: bool = True, batch_sizes: Sequence[int] = (1, 8)) -> dict[str, Any]:  # fmt: skip
+def export_onnx(
+    target: str | Path,
+    out: str | Path | None = None,
+    opset: int = 17,
+    int8: bool = False,
+    verify: bool = True,
+    batch_sizes: Sequence[int] = (1, 8),
+) -> dict[str, Any]:
     """Export a run folder or checkpoint to ONNX; return (and write to RUN/export.json) a report.
 
     ``out`` defaults to ``RUN/model.onnx`` (RUN = the checkpoint's folder); ``int8`` adds
@@ -57,11 +65,17 @@ def export_onnx(target: str | Path, out: str | Path | None = None, opset: int = 
     started = time.perf_counter()
     exporter = write_onnx(model, meta, path, opset)
     result: dict[str, Any] = {
-        "onnx": str(path), "checkpoint": str(checkpoint), "arch": meta["arch"], "opset": opset,
-        "exporter": exporter, "size_bytes": path.stat().st_size, "input": INPUT, "output": OUTPUT,
+        "onnx": str(path),
+        "checkpoint": str(checkpoint),
+        "arch": meta["arch"],
+        "opset": opset,
+        "exporter": exporter,
+        "size_bytes": path.stat().st_size,
+        "input": INPUT,
+        "output": OUTPUT,
         "input_shape": ["batch", 3, meta["image_size"], meta["image_size"]],
         "export_seconds": round(time.perf_counter() - started, 2),
-    }  # fmt: skip
+    }
     if verify:
         result["verification"] = verify_onnx(model, path, meta, run_dir, batch_sizes)
         _reject_if_failed(result, run_dir)
@@ -83,8 +97,13 @@ def export_after_training(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
     try:
         return export_onnx(run_dir, opset=cfg.export.opset, int8=cfg.export.int8)
     except Exception as exc:  # noqa: BLE001 - the trained run is the result; export can be redone
-        log.error("%s: ONNX export failed (%s: %s); retry with `imagefit export %s --onnx`",
-                  run_dir, type(exc).__name__, exc, run_dir)  # fmt: skip
+        log.error(
+            "%s: ONNX export failed (%s: %s); retry with `imagefit export %s --onnx`",
+            run_dir,
+            type(exc).__name__,
+            exc,
+            run_dir,
+        )
         return None
 
 
@@ -99,8 +118,10 @@ def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
     path.replace(rejected)
     result["onnx"] = str(rejected)
     write_json(run_dir / "export.json", result)
-    raise ExportError(f"{path}: ONNX Runtime does not reproduce PyTorch ({check['summary']}); "
-                      f"kept as {rejected.name} for inspection, details in {run_dir / 'export.json'}")  # fmt: skip
+    raise ExportError(
+        f"{path}: ONNX Runtime does not reproduce PyTorch ({check['summary']}); "
+        f"kept as {rejected.name} for inspection, details in {run_dir / 'export.json'}"
+    )
 
 
 def write_onnx(model: nn.Module, meta: dict[str, Any], path: Path, opset: int) -> str:
@@ -115,8 +136,10 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], path: Path, opset: int) -
             hint = "; the torch.export exporter may succeed: try --opset 18" if opset < 18 else ""
             # Only the first line: the rest is a dump of the TorchScript graph.
             reason = (str(exc).strip().splitlines() or [""])[0]
-            raise ExportError(f"{path}: torch.onnx.export of {meta['arch']} failed at opset {opset}: "
-                              f"{type(exc).__name__}: {reason}{hint}") from exc  # fmt: skip
+            raise ExportError(
+                f"{path}: torch.onnx.export of {meta['arch']} failed at opset {opset}: "
+                f"{type(exc).__name__}: {reason}{hint}"
+            ) from exc
         proto = onnx.load(str(tmp))
         _check_opset(proto, opset, path)
         onnx.helper.set_model_props(proto, metadata_props(meta))
@@ -138,17 +161,33 @@ def _torch_export(model: nn.Module, size: int, path: Path, opset: int) -> str:
     """
     example = (torch.randn(2, 3, size, size),)  # batch 2: tracing cannot specialise on 1
     if opset >= 18:
-        torch.onnx.export(model, example, str(path), opset_version=opset, dynamo=True,
-                          input_names=[INPUT], output_names=[OUTPUT], verbose=False,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          external_data=False)  # fmt: skip
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            opset_version=opset,
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+        )
         return "dynamo"
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated but still the only one that honours opset < 18.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, example, str(path), opset_version=opset, dynamo=False,
-                          input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})  # fmt: skip
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            opset_version=opset,
+            dynamo=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            do_constant_folding=True,
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        )
     return "torchscript"
 
 
@@ -169,10 +208,18 @@ def _full_check(tmp: Path, path: Path) -> None:
 
 def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
     """The ``imagefit.*`` metadata_props that let a consumer preprocess and label by itself."""
-    values = {"version": imagefit.__version__, "arch": meta["arch"], "classes": meta["classes"],
-              "num_classes": meta["num_classes"], "image_size": meta["image_size"],
-              "mean": list(meta["mean"]), "std": list(meta["std"]), "input": INPUT,
-              "output": OUTPUT, "preprocessing": PREPROCESSING}  # fmt: skip
+    values = {
+        "version": imagefit.__version__,
+        "arch": meta["arch"],
+        "classes": meta["classes"],
+        "num_classes": meta["num_classes"],
+        "image_size": meta["image_size"],
+        "mean": list(meta["mean"]),
+        "std": list(meta["std"]),
+        "input": INPUT,
+        "output": OUTPUT,
+        "preprocessing": PREPROCESSING,
+    }
     return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
@@ -180,11 +227,15 @@ def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
     """``imagefit.*`` metadata_props (e.g. ``session.get_modelmeta().custom_metadata_map``) ->
     a meta dict like a checkpoint's (arch, classes, num_classes, image_size, mean, std)."""
     try:
-        meta = {k: json.loads(custom[META_PREFIX + k])
-                for k in ("classes", "num_classes", "image_size", "mean", "std")}  # fmt: skip
+        meta = {
+            k: json.loads(custom[META_PREFIX + k])
+            for k in ("classes", "num_classes", "image_size", "mean", "std")
+        }
     except KeyError as exc:
-        raise ExportError(f"{source}: no {exc.args[0]} metadata; not an ONNX file exported by "
-                          "imagefit (its preprocessing is unknown)") from None  # fmt: skip
+        raise ExportError(
+            f"{source}: no {exc.args[0]} metadata; not an ONNX file exported by "
+            "imagefit (its preprocessing is unknown)"
+        ) from None
     meta["arch"] = custom.get(META_PREFIX + "arch", "?")
     meta["input"] = custom.get(META_PREFIX + "input", INPUT)
     return meta
@@ -200,7 +251,7 @@ def ort_session(path: str | Path, threads: int | None = None) -> Any:
         options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own unrelated types (Fail, InvalidGraph)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own unrelated types (Fail, InvalidGraph)
         raise ExportError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
 
 
@@ -226,8 +277,13 @@ def _verification_inputs(meta: dict[str, Any], run_dir: Path, count: int) -> tup
     return "random normal (no readable split.json images)", noise
 
 
-def verify_onnx(model: nn.Module, path: Path, meta: dict[str, Any], run_dir: Path,
-                batch_sizes: Sequence[int] = (1, 8)) -> dict[str, Any]:  # fmt: skip
+def verify_onnx(
+    model: nn.Module,
+    path: Path,
+    meta: dict[str, Any],
+    run_dir: Path,
+    batch_sizes: Sequence[int] = (1, 8),
+) -> dict[str, Any]:
     """Compare ONNX Runtime with PyTorch on real images at each batch size.
 
     Passes when every logit is within ``ATOL + RTOL * |torch|`` and top-1 agrees except on
@@ -245,8 +301,17 @@ def verify_onnx(model: nn.Module, path: Path, meta: dict[str, Any], run_dir: Pat
     worst = max(r["max_abs_diff"] for r in per_batch.values())
     agreement = min(r["top1_agreement"] for r in per_batch.values())
     summary = f"max |onnx - torch| {worst:.3g}, top-1 agreement {agreement:.2%} on {len(x)} images"
-    return {"inputs": source, "images": len(x), "rtol": RTOL, "atol": ATOL, "batch_sizes": per_batch,
-            "max_abs_diff": worst, "top1_agreement": agreement, "passed": passed, "summary": summary}  # fmt: skip
+    return {
+        "inputs": source,
+        "images": len(x),
+        "rtol": RTOL,
+        "atol": ATOL,
+        "batch_sizes": per_batch,
+        "max_abs_diff": worst,
+        "top1_agreement": agreement,
+        "passed": passed,
+        "summary": summary,
+    }
 
 
 def compare_logits(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
@@ -257,6 +322,10 @@ def compare_logits(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     rows = np.flatnonzero(top_ref != top_out)
     gap = ref[rows, top_ref[rows]] - ref[rows, top_out[rows]]
     near = int(np.sum(gap <= tolerance[rows, top_ref[rows]] * 2))  # both logits may move by tol
-    return {"max_abs_diff": float(diff.max(initial=0.0)), "within_tolerance": bool(np.all(diff <= tolerance)),
-            "top1_agreement": float(np.mean(top_ref == top_out)) if len(ref) else 1.0,
-            "disagreements": len(rows), "near_ties": near}  # fmt: skip
+    return {
+        "max_abs_diff": float(diff.max(initial=0.0)),
+        "within_tolerance": bool(np.all(diff <= tolerance)),
+        "top1_agreement": float(np.mean(top_ref == top_out)) if len(ref) else 1.0,
+        "disagreements": len(rows),
+        "near_ties": near,
+    }

@@ -79,8 +79,12 @@ def expand_images(images: Iterable[str | Path]) -> list[Path | Problem]:
     return found
 
 
-def predict(model_path: str | Path, images: Sequence[str | Path], top_k: int = 5,
-            batch_size: int = BATCH_SIZE) -> list[dict[str, Any]]:  # fmt: skip
+def predict(
+    model_path: str | Path,
+    images: Sequence[str | Path],
+    top_k: int = 5,
+    batch_size: int = BATCH_SIZE,
+) -> list[dict[str, Any]]:
     """One dict per image, in order: ``{"file", "label", "index", "probability", "top_k": [...]}``,
     or ``{"file", "error", "kind"}`` for an image that could not be read."""
     if top_k < 1:

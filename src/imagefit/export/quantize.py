@@ -41,26 +41,42 @@ class _Batches:
         return next(self.batches, None)
 
 
-def quantize_int8(fp32: Path, meta: dict[str, Any], run_dir: Path, out: Path | None = None,
-                  calibration_images: int = CALIBRATION_IMAGES) -> dict[str, Any]:  # fmt: skip
+def quantize_int8(
+    fp32: Path,
+    meta: dict[str, Any],
+    run_dir: Path,
+    out: Path | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+) -> dict[str, Any]:
     """Write ``<fp32 stem>.int8.onnx`` and report accuracy (test split, else val), size, latency."""
     out = out or fp32.with_name(f"{fp32.stem}.int8.onnx")
     _, pixels, _ = real_inputs(run_dir, ("train",), calibration_images, meta["image_size"])
     if not len(pixels):
-        raise ExportError(f"{run_dir}: INT8 calibration needs the run's training images "
-                          "(split.json with readable train files)")  # fmt: skip
+        raise ExportError(
+            f"{run_dir}: INT8 calibration needs the run's training images "
+            "(split.json with readable train files)"
+        )
     started = time.perf_counter()
     quantize_file(fp32, out, normalise(pixels, meta["mean"], meta["std"]), meta)
     report: dict[str, Any] = {
-        "onnx": str(out), "scheme": SCHEME, "calibration_images": len(pixels),
+        "onnx": str(out),
+        "scheme": SCHEME,
+        "calibration_images": len(pixels),
         "quantize_seconds": round(time.perf_counter() - started, 2),
-        "size_bytes": out.stat().st_size, "fp32_size_bytes": fp32.stat().st_size,
-    }  # fmt: skip
+        "size_bytes": out.stat().st_size,
+        "fp32_size_bytes": fp32.stat().st_size,
+    }
     report.update(_accuracy(fp32, out, meta, run_dir))
     report.update(_latency(fp32, out, meta["image_size"]))
     ms = report["latency_ms_batch1"]
-    log.info("INT8 %s: accuracy %s (fp32 %s), batch-1 latency %.2f ms (fp32 %.2f ms)", out,
-             _fmt(report["int8_accuracy"]), _fmt(report["fp32_accuracy"]), ms["int8"], ms["fp32"])  # fmt: skip
+    log.info(
+        "INT8 %s: accuracy %s (fp32 %s), batch-1 latency %.2f ms (fp32 %.2f ms)",
+        out,
+        _fmt(report["int8_accuracy"]),
+        _fmt(report["fp32_accuracy"]),
+        ms["int8"],
+        ms["fp32"],
+    )
     return report
 
 
@@ -85,10 +101,16 @@ def quantize_file(fp32: Path, out: Path, calibration: np.ndarray, meta: dict[str
         # Shape inference and BatchNorm folding first, as ONNX Runtime's quantization guide asks:
         # quantizing unfused ops costs accuracy and speed.
         quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(quantized), _Batches(calibration, INPUT),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _Batches(calibration, INPUT),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         proto = onnx.load(str(quantized))
         props = metadata_props(meta) | {"imagefit.quantization": SCHEME}
         onnx.helper.set_model_props(proto, props)
@@ -113,10 +135,17 @@ def _accuracy(fp32: Path, int8: Path, meta: dict[str, Any], run_dir: Path) -> di
         name: compute_metrics(labels, z, meta["classes"])["accuracy"] for name, z in logits.items()
     }
     drop = acc["fp32"] - acc["int8"]
-    return {"eval_split": split, "eval_images": len(x), "fp32_accuracy": acc["fp32"],
-            "int8_accuracy": acc["int8"], "accuracy_drop": drop,
-            "relative_accuracy_drop": drop / acc["fp32"] if acc["fp32"] else None,
-            "top1_agreement_with_fp32": float(np.mean(logits["fp32"].argmax(1) == logits["int8"].argmax(1)))}  # fmt: skip
+    return {
+        "eval_split": split,
+        "eval_images": len(x),
+        "fp32_accuracy": acc["fp32"],
+        "int8_accuracy": acc["int8"],
+        "accuracy_drop": drop,
+        "relative_accuracy_drop": drop / acc["fp32"] if acc["fp32"] else None,
+        "top1_agreement_with_fp32": float(
+            np.mean(logits["fp32"].argmax(1) == logits["int8"].argmax(1))
+        ),
+    }
 
 
 def _latency(fp32: Path, int8: Path, size: int) -> dict[str, Any]:

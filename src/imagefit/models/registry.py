@@ -39,8 +39,9 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def build_architecture(name: str, num_classes: int, drop_rate: float = 0.0,
-                       pretrained: bool = False) -> nn.Module:  # fmt: skip
+def build_architecture(
+    name: str, num_classes: int, drop_rate: float = 0.0, pretrained: bool = False
+) -> nn.Module:
     """A freshly initialised (or hub-pretrained, for timm names) model with a new head."""
     if name in MODELS:
         if pretrained:
@@ -57,12 +58,14 @@ def build_architecture(name: str, num_classes: int, drop_rate: float = 0.0,
             f"model.name '{name}' is neither an imagefit model ({', '.join(list_models())}) "
             f"nor a timm architecture{hint}"
         )
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                             drop_rate=drop_rate)  # fmt: skip
+    return timm.create_model(
+        name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate
+    )
 
 
-def create_model(name: str, num_classes: int, init: str = "scratch",
-                 drop_rate: float = 0.0) -> nn.Module:  # fmt: skip
+def create_model(
+    name: str, num_classes: int, init: str = "scratch", drop_rate: float = 0.0
+) -> nn.Module:
     """Build ``name`` with a ``num_classes`` head and initialise it from ``init``.
 
     ``init``: ``scratch``; ``hub:<timm name[.tag]>`` (downloads); or a path to an imagefit

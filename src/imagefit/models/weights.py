@@ -76,9 +76,15 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     if missing or unexpected or wrong:
-        parts = [f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("shape mismatch", wrong)) if keys]  # fmt: skip
+        parts = [
+            f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", wrong),
+            )
+            if keys
+        ]
         raise CheckpointError(f"{source} does not fit this architecture ({'; '.join(parts)})")
     model.load_state_dict(state, strict=False)
     return bool(mismatched)
@@ -95,12 +101,19 @@ def initialise(name: str, num_classes: int, init: str, drop_rate: float = 0.0) -
     model = build_architecture(name, num_classes, drop_rate)
     state, meta = read_state_dict(path)
     replaced = load_backbone(model, state, str(path))
-    _record_init(model, {
-        "init": init, "kind": "imagefit-checkpoint" if meta else "weights-file",
-        "path": str(path.resolve()), "sha256": file_sha256(path), "head_replaced": replaced,
-        "source_arch": meta.get("arch"), "source_classes": len(meta.get("classes", [])) or None,
-        "source_run": meta.get("run_dir"),
-    })  # fmt: skip
+    _record_init(
+        model,
+        {
+            "init": init,
+            "kind": "imagefit-checkpoint" if meta else "weights-file",
+            "path": str(path.resolve()),
+            "sha256": file_sha256(path),
+            "head_replaced": replaced,
+            "source_arch": meta.get("arch"),
+            "source_classes": len(meta.get("classes", [])) or None,
+            "source_run": meta.get("run_dir"),
+        },
+    )
     if meta and meta.get("arch") not in (None, name):
         raise CheckpointError(f"{path} holds a '{meta['arch']}' model, not model.name='{name}'")
     log.info("initialised %s from %s%s", name, path, " (new head)" if replaced else "")

@@ -29,15 +29,22 @@ def run_hog_svm_baseline(cfg: Config) -> RunResult:
     manifest = load_manifest(cfg)
     train, test = manifest.splits.get("train") or [], manifest.splits.get("test") or []
     if not test:
-        raise DataError(f"{manifest.root}: no test split to score the HOG+SVM baseline on "
-                        "(set data.test_fraction above 0)")  # fmt: skip
+        raise DataError(
+            f"{manifest.root}: no test split to score the HOG+SVM baseline on "
+            "(set data.test_fraction above 0)"
+        )
     run_dir = rundir.create_run_dir(cfg)
     manifest.save(run_dir / "split.json")
     rundir.write_json(
         run_dir / "environment.json", rundir.environment(torch.device("cpu"), cfg.train.seed)
     )
-    log.info("HOG+SVM on %s: %d train, %d test images at %d px", manifest.root, len(train), len(test),
-             cfg.data.image_size)  # fmt: skip
+    log.info(
+        "HOG+SVM on %s: %d train, %d test images at %d px",
+        manifest.root,
+        len(train),
+        len(test),
+        cfg.data.image_size,
+    )
     try:
         result = run_hog_svm_on_files(
             train, test, manifest.classes, cfg.data.image_size, seed=cfg.train.seed
@@ -49,14 +56,25 @@ def run_hog_svm_baseline(cfg: Config) -> RunResult:
     metrics = {"split": "test", **result}
     rundir.write_json(run_dir / "metrics.json", metrics)
     summary = {
-        "name": run_dir.name, "model": "hog_svm", "init": None, "params_total": params,
-        "params_trainable": params, "epochs_run": 0, "best_epoch": None, "monitor": None,
-        "best_monitor": None, "best_val_accuracy": None, "test_accuracy": metrics["accuracy"],
-        "wall_time_s": wall, "train_time_s": wall,
+        "name": run_dir.name,
+        "model": "hog_svm",
+        "init": None,
+        "params_total": params,
+        "params_trainable": params,
+        "epochs_run": 0,
+        "best_epoch": None,
+        "monitor": None,
+        "best_monitor": None,
+        "best_val_accuracy": None,
+        "test_accuracy": metrics["accuracy"],
+        "wall_time_s": wall,
+        "train_time_s": wall,
         # Features, fit and test prediction together: the honest throughput of the baseline.
         "train_images_per_s": len(train) / wall if wall else None,
-        "early_stopped": False, "skipped_files": skipped, "status": "finished",
-    }  # fmt: skip
+        "early_stopped": False,
+        "skipped_files": skipped,
+        "status": "finished",
+    }
     rundir.write_history(run_dir, [])  # no epochs: an honest empty history, not a missing one
     rundir.write_json(run_dir / "summary.json", summary)
     write_plots(run_dir)

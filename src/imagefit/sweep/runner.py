@@ -109,9 +109,18 @@ def _write_trial(
     run_dir: Path, trial: Trial, status: str, error: str | None, trace: str | None
 ) -> None:
     if run_dir.is_dir():
-        rundir.write_json(run_dir / TRIAL_FILE, {"name": trial.name, "group": trial.group, "seed": trial.seed,
-                                                 "overrides": trial.overrides, "status": status,
-                                                 "error": error, "traceback": trace})  # fmt: skip
+        rundir.write_json(
+            run_dir / TRIAL_FILE,
+            {
+                "name": trial.name,
+                "group": trial.group,
+                "seed": trial.seed,
+                "overrides": trial.overrides,
+                "status": status,
+                "error": error,
+                "traceback": trace,
+            },
+        )
 
 
 def _failed(
@@ -144,8 +153,12 @@ def execute(spec: SweepSpec, trial: Trial, hook: EpochHook | None = None) -> dic
         log.info("trial %s: already %s, skipped", trial.name, state)
         changed = changed_keys(run_dir, spec.config(trial))
         if changed:  # the sweep file was edited since: say so rather than mix configs silently
-            log.warning("trial %s ran with other values of %s; delete %s to run it again",
-                        trial.name, ", ".join(changed), run_dir)  # fmt: skip
+            log.warning(
+                "trial %s ran with other values of %s; delete %s to run it again",
+                trial.name,
+                ", ".join(changed),
+                run_dir,
+            )
         return table.run_record(trial, run_dir, spec.out, state)
     started = time.perf_counter()
     try:
@@ -231,15 +244,20 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
     parent run (see the module's docstring)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Every process would create, delete and tabulate the same trial folders at once.
-        raise ConfigError("a sweep runs its trials one after another in one process; under "
-                          "torchrun, launch each trial as `torchrun ... -m imagefit train`")  # fmt: skip
+        raise ConfigError(
+            "a sweep runs its trials one after another in one process; under "
+            "torchrun, launch each trial as `torchrun ... -m imagefit train`"
+        )
     (spec.out / "runs").mkdir(parents=True, exist_ok=True)
     table.write_sweep_file(spec)
     track = sweep_track(spec)
     if not track.mlflow:
         return _run_trials(spec, None, track)
-    tags = {"imagefit.sweep_dir": str(spec.out.resolve()), "imagefit.sweep_file": str(spec.path),
-            "imagefit.sweep_mode": spec.mode}  # fmt: skip
+    tags = {
+        "imagefit.sweep_dir": str(spec.out.resolve()),
+        "imagefit.sweep_file": str(spec.path),
+        "imagefit.sweep_mode": spec.mode,
+    }
     with mlflow_parent(spec.name, track, spec.out / PARENT_RECORD, tags) as parent:
         return _run_trials(spec, parent, track)
 

@@ -26,9 +26,14 @@ from imagefit.train.fit import EpochHook
 log = logging.getLogger(__name__)
 
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
-PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "threshold": "ThresholdPruner",
-           "successive_halving": "SuccessiveHalvingPruner", "hyperband": "HyperbandPruner",
-           "none": "NopPruner"}  # fmt: skip
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "threshold": "ThresholdPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "none": "NopPruner",
+}
 
 
 def _optuna() -> Any:
@@ -39,8 +44,14 @@ def _optuna() -> Any:
     return optuna
 
 
-def _make(module: Any, kinds: dict[str, str], options: dict[str, Any], default: str, where: str,
-          **defaults: Any) -> Any:  # fmt: skip
+def _make(
+    module: Any,
+    kinds: dict[str, str],
+    options: dict[str, Any],
+    default: str,
+    where: str,
+    **defaults: Any,
+) -> Any:
     """``module.<kinds[type]>(**defaults, **options)``; bad options name ``where``."""
     options = dict(options)
     kind = options.pop("type", default)
@@ -97,14 +108,21 @@ def open_study(spec: SweepSpec, search: SearchSpec) -> Any:
     optuna, where = _optuna(), str(spec.path)
     storage = search.storage or f"sqlite:///{(spec.out / 'optuna.db').resolve()}"
     try:
-        study = optuna.create_study(study_name=search.study, storage=storage, load_if_exists=True,
-                                    sampler=sampler(search, where), pruner=pruner(search, where),
-                                    direction=search.direction)  # fmt: skip
+        study = optuna.create_study(
+            study_name=search.study,
+            storage=storage,
+            load_if_exists=True,
+            sampler=sampler(search, where),
+            pruner=pruner(search, where),
+            direction=search.direction,
+        )
     except (ImportError, ValueError, RuntimeError) as exc:  # bad URL, missing driver, locked DB
         raise ConfigError(f"{where}: cannot open Optuna storage {storage}: {exc}") from None
     if study.direction.name.lower() != search.direction:
-        raise ConfigError(f"{where}: study '{search.study}' in {storage} was created to "
-                          f"{study.direction.name.lower()}, not {search.direction}; name a new search.study")  # fmt: skip
+        raise ConfigError(
+            f"{where}: study '{search.study}' in {storage} was created to "
+            f"{study.direction.name.lower()}, not {search.direction}; name a new search.study"
+        )
     return study
 
 
@@ -165,8 +183,9 @@ def objective(run_dir: Path, metric: str, direction: str) -> float | None:
     return max(values) if direction == "maximize" else min(values)
 
 
-def run_trial(spec: SweepSpec, search: SearchSpec, study: Any, trial: Any,
-              records: list[dict[str, Any]]) -> None:  # fmt: skip
+def run_trial(
+    spec: SweepSpec, search: SearchSpec, study: Any, trial: Any, records: list[dict[str, Any]]
+) -> None:
     """Run the Optuna ``trial`` (once per seed) and tell the study how it ended."""
     states = _optuna().trial.TrialState
     values: list[float] = []
@@ -203,8 +222,9 @@ def past_records(spec: SweepSpec, search: SearchSpec, frozen: Any) -> list[dict[
         record = table.run_record(
             run, run_dir, spec.out, own.get("status", status), own.get("error")
         )
-        record.update(optuna_trial=frozen.number,
-                      value=objective(run_dir, search.metric, search.direction))  # fmt: skip
+        record.update(
+            optuna_trial=frozen.number, value=objective(run_dir, search.metric, search.direction)
+        )
         records.append(record)
     return records
 

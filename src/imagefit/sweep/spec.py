@@ -30,11 +30,20 @@ from imagefit.errors import ConfigError
 SWEEP_KEYS = ("name", "description", "base", "out", "set", "seeds", "grid", "variants", "search")
 MODES = ("grid", "variants", "search")
 SEARCH_KEYS = ("params", "n_trials", "metric", "direction", "sampler", "pruner", "storage", "study")
-PARAM_TYPES = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"),
-               "categorical": ("choices",)}  # fmt: skip
+PARAM_TYPES = {
+    "float": ("low", "high", "log", "step"),
+    "int": ("low", "high", "log", "step"),
+    "categorical": ("choices",),
+}
 # The per-epoch history columns a search can optimise and prune on (fit's history row).
-HISTORY_METRICS = ("val_accuracy", "val_loss", "val_top5_accuracy", "val_f1_macro",
-                   "train_accuracy", "train_loss")  # fmt: skip
+HISTORY_METRICS = (
+    "val_accuracy",
+    "val_loss",
+    "val_top5_accuracy",
+    "val_f1_macro",
+    "train_accuracy",
+    "train_loss",
+)
 BASELINES = ("hog_svm",)  # model.name values that run a classical baseline instead of fit()
 
 
@@ -112,8 +121,10 @@ def check_key(key: Any, where: str) -> str:
     for depth, part in enumerate(parts):
         fields = getattr(model, "model_fields", None)
         if fields is None:
-            raise ConfigError(f"{where}: '{key}' is not a config key "
-                              f"('{'.'.join(parts[:depth])}' is a value, not a section)")  # fmt: skip
+            raise ConfigError(
+                f"{where}: '{key}' is not a config key "
+                f"('{'.'.join(parts[:depth])}' is a value, not a section)"
+            )
         if part not in fields:
             section = ".".join(parts[:depth]) or "the top level"
             raise ConfigError(
@@ -165,8 +176,10 @@ def value_text(value: Any) -> str:
 def grid_name(values: dict[str, Any]) -> str:
     """``lr-0.001_name-resnet18``: the last key part, or the whole key where two share it."""
     lasts = [k.rsplit(".", 1)[-1] for k in values]
-    parts = [f"{last if lasts.count(last) == 1 else key}-{value_text(value)}"
-             for (key, value), last in zip(values.items(), lasts, strict=True)]  # fmt: skip
+    parts = [
+        f"{last if lasts.count(last) == 1 else key}-{value_text(value)}"
+        for (key, value), last in zip(values.items(), lasts, strict=True)
+    ]
     return "_".join(parts)
 
 
@@ -250,8 +263,11 @@ def _check_param(key: str, space: Any, where: str) -> dict[str, Any]:
     if space["type"] == "categorical":
         if not isinstance(space.get("choices"), list) or not space["choices"]:
             raise ConfigError(f"{label}: 'choices' must be a non-empty list")
-    elif not isinstance(space.get("low"), int | float) or not isinstance(space.get("high"), int | float) \
-            or space["low"] > space["high"]:  # fmt: skip
+    elif (
+        not isinstance(space.get("low"), int | float)
+        or not isinstance(space.get("high"), int | float)
+        or space["low"] > space["high"]
+    ):
         raise ConfigError(
             f"{label}: needs numbers 'low' <= 'high' (got {space.get('low')!r}, {space.get('high')!r})"
         )
@@ -288,9 +304,16 @@ def parse_search(raw: Any, default_metric: str, default_study: str, where: str) 
     for name in ("sampler", "pruner"):
         if not isinstance(raw.get(name, {}), dict):
             raise ConfigError(f"{where}: search.{name} must be a mapping such as {{type: median}}")
-    return SearchSpec({k: _check_param(k, v, where) for k, v in params.items()}, n_trials, metric,
-                      direction, raw.get("sampler", {}), raw.get("pruner", {}), raw.get("storage"),
-                      str(raw.get("study", default_study)))  # fmt: skip
+    return SearchSpec(
+        {k: _check_param(k, v, where) for k, v in params.items()},
+        n_trials,
+        metric,
+        direction,
+        raw.get("sampler", {}),
+        raw.get("pruner", {}),
+        raw.get("storage"),
+        str(raw.get("study", default_study)),
+    )
 
 
 def _search_probes(search: SearchSpec) -> list[Trial]:
@@ -309,8 +332,9 @@ def sweep_stem(path: Path) -> str:
     return path.name.split(".")[0]
 
 
-def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-               out: str | Path | None = None) -> SweepSpec:  # fmt: skip
+def load_sweep(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path | None = None
+) -> SweepSpec:
     """Parse and validate the sweep file ``path``; ``overrides`` (``key=value``) apply to every
     trial, last; ``out`` replaces the file's ``out``. Every trial's config is built once here."""
     path = Path(path)
@@ -333,9 +357,17 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if not base.is_file():
         raise ConfigError(f"{path}: base config not found: {base}")
     name = value_text(raw.get("name", sweep_stem(path)))
-    spec = SweepSpec(path, name, base, Path(out or raw.get("out") or Path("sweeps") / name),
-                     _mapping(raw.get("set"), f"{path}: set"), modes[0], list(overrides),
-                     _seeds(raw.get("seeds"), str(path)), base_tree=read_yaml(base))  # fmt: skip
+    spec = SweepSpec(
+        path,
+        name,
+        base,
+        Path(out or raw.get("out") or Path("sweeps") / name),
+        _mapping(raw.get("set"), f"{path}: set"),
+        modes[0],
+        list(overrides),
+        _seeds(raw.get("seeds"), str(path)),
+        base_tree=read_yaml(base),
+    )
     for assignment in spec.cli:
         check_key(assignment.partition("=")[0].strip(), f"--set '{assignment}'")
     _plan(spec, raw)

@@ -19,10 +19,29 @@ import yaml
 from imagefit.sweep.spec import SweepSpec, Trial
 from imagefit.train import rundir
 
-TEST_KEYS = ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "precision_macro",
-             "recall_macro", "loss", "num_samples")  # fmt: skip
-SUMMARY_KEYS = ("model", "best_val_accuracy", "best_epoch", "monitor", "best_monitor", "epochs_run",
-                "params_total", "params_trainable", "wall_time_s", "train_images_per_s", "early_stopped")  # fmt: skip
+TEST_KEYS = (
+    "accuracy",
+    "top5_accuracy",
+    "f1_macro",
+    "f1_weighted",
+    "precision_macro",
+    "recall_macro",
+    "loss",
+    "num_samples",
+)
+SUMMARY_KEYS = (
+    "model",
+    "best_val_accuracy",
+    "best_epoch",
+    "monitor",
+    "best_monitor",
+    "epochs_run",
+    "params_total",
+    "params_trainable",
+    "wall_time_s",
+    "train_images_per_s",
+    "early_stopped",
+)
 
 
 def _test(key: str) -> Callable[[dict[str, Any]], Any]:
@@ -85,16 +104,27 @@ def _from_history(run_dir: Path) -> dict[str, Any]:
     return {"best_val_accuracy": max(values) if values else None, "epochs_run": len(history)}
 
 
-def run_record(trial: Trial, run_dir: Path, out: Path, status: str, error: str | None = None,
-               wall_time_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+def run_record(
+    trial: Trial,
+    run_dir: Path,
+    out: Path,
+    status: str,
+    error: str | None = None,
+    wall_time_s: float | None = None,
+) -> dict[str, Any]:
     """The all_results.json entry of one run folder."""
     summary = read_json(run_dir / "summary.json") or {}
     metrics = read_json(run_dir / "metrics.json")
     record: dict[str, Any] = {
-        "name": trial.name, "group": trial.group, "seed": trial.seed, "overrides": trial.overrides,
-        "status": status, "error": error, "run_dir": run_dir.relative_to(out).as_posix(),
+        "name": trial.name,
+        "group": trial.group,
+        "seed": trial.seed,
+        "overrides": trial.overrides,
+        "status": status,
+        "error": error,
+        "run_dir": run_dir.relative_to(out).as_posix(),
         "test": {k: metrics.get(k) for k in TEST_KEYS} if isinstance(metrics, dict) else None,
-    }  # fmt: skip
+    }
     record.update({k: summary.get(k) for k in SUMMARY_KEYS})
     if not summary:
         record.update(_from_history(run_dir), wall_time_s=wall_time_s)
@@ -103,8 +133,10 @@ def run_record(trial: Trial, run_dir: Path, out: Path, status: str, error: str |
 
 def _mean_std(values: list[Any]) -> dict[str, float | None]:
     numbers = [float(v) for v in values if isinstance(v, int | float)]
-    return {"mean": statistics.fmean(numbers) if numbers else None,
-            "std": statistics.stdev(numbers) if len(numbers) > 1 else None}  # fmt: skip
+    return {
+        "mean": statistics.fmean(numbers) if numbers else None,
+        "std": statistics.stdev(numbers) if len(numbers) > 1 else None,
+    }
 
 
 def group_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -116,12 +148,17 @@ def group_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name, members in groups.items():
         done = [r for r in members if r["status"] == "finished"]
         counted = next((r for r in done + members if r.get("params_total") is not None), members[0])
-        result.append({
-            "name": name, "overrides": members[0]["overrides"], "runs": len(members),
-            "finished": len(done), "seeds": [r["seed"] for r in done],
-            **{key: counted.get(key) for key in CONSTANT},
-            **{key: _mean_std([get(r) for r in done]) for key, _, get, _ in AVERAGED},
-        })  # fmt: skip
+        result.append(
+            {
+                "name": name,
+                "overrides": members[0]["overrides"],
+                "runs": len(members),
+                "finished": len(done),
+                "seeds": [r["seed"] for r in done],
+                **{key: counted.get(key) for key in CONSTANT},
+                **{key: _mean_std([get(r) for r in done]) for key, _, get, _ in AVERAGED},
+            }
+        )
     return result
 
 
@@ -143,9 +180,16 @@ def runs_table(
     seeds = any(r["seed"] is not None for r in records)
     shown = [c for c in _columns(records) if columns is None or c[0] in columns]
     header = ["trial", "status", *keys, *(["seed"] if seeds else []), *(t for _, t, _, _ in shown)]
-    rows = [[r["name"], r["status"], *(fmt_value(r["overrides"].get(k)) for k in keys),
-             *([fmt(r["seed"], "d")] if seeds else []), *(fmt(get(r), f) for _, _, get, f in shown)]
-            for r in records]  # fmt: skip
+    rows = [
+        [
+            r["name"],
+            r["status"],
+            *(fmt_value(r["overrides"].get(k)) for k in keys),
+            *([fmt(r["seed"], "d")] if seeds else []),
+            *(fmt(get(r), f) for _, _, get, f in shown),
+        ]
+        for r in records
+    ]
     return header, rows
 
 
@@ -166,8 +210,15 @@ def groups_table(
         )
 
     header = ["trial", "seeds", *keys, *(t for _, t, _, _ in shown)]
-    rows = [[g["name"], f"{g['finished']}/{g['runs']}", *(fmt_value(g["overrides"].get(k)) for k in keys),
-             *(cell(g, k, f) for k, _, _, f in shown)] for g in groups]  # fmt: skip
+    rows = [
+        [
+            g["name"],
+            f"{g['finished']}/{g['runs']}",
+            *(fmt_value(g["overrides"].get(k)) for k in keys),
+            *(cell(g, k, f) for k, _, _, f in shown),
+        ]
+        for g in groups
+    ]
     return header, rows
 
 
@@ -175,15 +226,30 @@ def _csv_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
     keys = _swept_keys(records)
     columns = _columns(records)
     header = ["trial", "status", *keys, "seed", *(k for k, _, _, _ in columns), "error"]
-    rows = [[r["name"], r["status"], *(r["overrides"].get(k) for k in keys), r["seed"],
-             *(get(r) for _, _, get, _ in columns), r.get("error")] for r in records]  # fmt: skip
+    rows = [
+        [
+            r["name"],
+            r["status"],
+            *(r["overrides"].get(k) for k in keys),
+            r["seed"],
+            *(get(r) for _, _, get, _ in columns),
+            r.get("error"),
+        ]
+        for r in records
+    ]
     return header, rows
 
 
 def write_sweep_file(spec: SweepSpec) -> Path:
     """Record what was asked (file, base, command-line overrides) beside the results."""
-    record = {"name": spec.name, "file": str(spec.path), "base": str(spec.base), "mode": spec.mode,
-              "cli": spec.cli, "sweep": yaml.safe_load(spec.path.read_text(encoding="utf-8"))}  # fmt: skip
+    record = {
+        "name": spec.name,
+        "file": str(spec.path),
+        "base": str(spec.base),
+        "mode": spec.mode,
+        "cli": spec.cli,
+        "sweep": yaml.safe_load(spec.path.read_text(encoding="utf-8")),
+    }
     path = spec.out / "sweep.yaml"
     path.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
     return path
@@ -193,11 +259,24 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
     """Write all_results.json, results.md and results.csv into ``spec.out``."""
     groups = group_records(records) if spec.seeds else []
     search = vars(spec.search) if spec.search else None
-    doc = {"sweep": spec.name, "file": str(spec.path), "base": str(spec.base), "mode": spec.mode,
-           "set": spec.common, "cli": spec.cli, "seeds": spec.seeds, "search": search,
-           "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "trials": records, "groups": groups}  # fmt: skip
-    files = {"all_results": spec.out / "all_results.json", "results_md": spec.out / "results.md",
-             "results_csv": spec.out / "results.csv"}  # fmt: skip
+    doc = {
+        "sweep": spec.name,
+        "file": str(spec.path),
+        "base": str(spec.base),
+        "mode": spec.mode,
+        "set": spec.common,
+        "cli": spec.cli,
+        "seeds": spec.seeds,
+        "search": search,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "trials": records,
+        "groups": groups,
+    }
+    files = {
+        "all_results": spec.out / "all_results.json",
+        "results_md": spec.out / "results.md",
+        "results_csv": spec.out / "results.csv",
+    }
     rundir.write_json(files["all_results"], doc)
     text = (
         f"# Sweep {spec.name}\n\n{len(records)} run(s) from `{spec.path}` (base `{spec.base}`).\n\n"

@@ -42,11 +42,24 @@ PARENT_ENV = "IMAGEFIT_MLFLOW_PARENT_RUN_ID"
 RUN_RECORD = "mlflow.json"  # run folder -> its MLflow run, so a resumed run continues it
 # MLflow's defaults retry a dead server 7 times with backoff 2 s and a 120 s timeout: minutes of
 # stalled training per call. Two quick retries still ride out a server restart.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}  # fmt: skip
-ARTIFACTS = {"config.yaml": "", "history.json": "", "history.csv": "", "split.json": "",
-             "metrics.json": "", "summary.json": "", "environment.json": "", "export.json": "",
-             "best.pt": "checkpoints", "model.onnx": "onnx", "model.int8.onnx": "onnx"}  # fmt: skip
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+ARTIFACTS = {
+    "config.yaml": "",
+    "history.json": "",
+    "history.csv": "",
+    "split.json": "",
+    "metrics.json": "",
+    "summary.json": "",
+    "environment.json": "",
+    "export.json": "",
+    "best.pt": "checkpoints",
+    "model.onnx": "onnx",
+    "model.int8.onnx": "onnx",
+}
 
 
 class TrackingError(ImagefitError):
@@ -135,8 +148,9 @@ def mlflow_parent(
         log.info("MLflow parent run %s (%s) at %s: %s", name, run_id, uri, status)
 
 
-def _open_parent(client: Any, uri: str, name: str, track: TrackConfig, record: Path | None,
-                 tags: dict[str, str]) -> str:  # fmt: skip
+def _open_parent(
+    client: Any, uri: str, name: str, track: TrackConfig, record: Path | None, tags: dict[str, str]
+) -> str:
     """The run id of the parent: the recorded one when it still exists where we log, else new."""
     from imagefit.train.rundir import write_json
 
@@ -250,8 +264,10 @@ class MlflowSink:
         if os.environ.get(PARENT_ENV):
             tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         run = self.client.create_run(experiment, run_name=self.run_dir.name, tags=tags)
-        write_json(self.run_dir / RUN_RECORD, {"uri": self.uri, "run_id": run.info.run_id,
-                                               "experiment_id": experiment})  # fmt: skip
+        write_json(
+            self.run_dir / RUN_RECORD,
+            {"uri": self.uri, "run_id": run.info.run_id, "experiment_id": experiment},
+        )
         return run.info.run_id, False
 
     def log_epoch(self, row: dict[str, Any]) -> None:
@@ -259,8 +275,16 @@ class MlflowSink:
             self._metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None:
-        keep = ("best_epoch", "best_val_accuracy", "epochs_run", "params_total", "params_trainable",
-                "train_images_per_s", "train_time_s", "wall_time_s")  # fmt: skip
+        keep = (
+            "best_epoch",
+            "best_val_accuracy",
+            "epochs_run",
+            "params_total",
+            "params_trainable",
+            "train_images_per_s",
+            "train_time_s",
+            "wall_time_s",
+        )
         with self._explained():
             self._metrics(
                 {f"test_{k}": v for k, v in metrics.items()},
@@ -282,8 +306,11 @@ class MlflowSink:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        numbers = [Metric(k, float(v), now, step) for k, v in values.items()
-                   if isinstance(v, int | float) and not isinstance(v, bool)]  # fmt: skip
+        numbers = [
+            Metric(k, float(v), now, step)
+            for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
         if numbers:
             self.client.log_batch(self.run_id, metrics=numbers)
 
@@ -321,15 +348,22 @@ class MlflowSink:
         # run is made active for the call, with the URI it lives at.
         with _process_uri(self.uri), mlflow.start_run(run_id=self.run_id, nested=True):
             try:
-                mlflow.pytorch.log_model(model, serialization_format="pt2",
-                                         pip_requirements=_requirements("torch"), **common)  # fmt: skip
+                mlflow.pytorch.log_model(
+                    model,
+                    serialization_format="pt2",
+                    pip_requirements=_requirements("torch"),
+                    **common,
+                )
             except Exception as exc:  # noqa: BLE001 - torch.export rejects some models; pickle does not
                 log.warning(
                     "MLflow: torch.export of %s failed (%s); logging it pickled", meta["arch"], exc
                 )
-                mlflow.pytorch.log_model(model, serialization_format="pickle",
-                                         pip_requirements=_requirements("torch", "timm", "imagefit"),
-                                         **common)  # fmt: skip
+                mlflow.pytorch.log_model(
+                    model,
+                    serialization_format="pickle",
+                    pip_requirements=_requirements("torch", "timm", "imagefit"),
+                    **common,
+                )
 
 
 def _input_example(run_dir: Path, meta: dict[str, Any]) -> Any:

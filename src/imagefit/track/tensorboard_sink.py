@@ -31,8 +31,9 @@ class TensorBoardSink:
         try:  # imports tensorboard: only when a run asks for it
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise TrackingError(f"track.tensorboard needs the tensorboard package ({exc}): "
-                                "pip install tensorboard") from None  # fmt: skip
+            raise TrackingError(
+                f"track.tensorboard needs the tensorboard package ({exc}): pip install tensorboard"
+            ) from None
 
         self.writer = SummaryWriter(log_dir=str(run_dir / SUBDIR))
         self.last_epoch = 0

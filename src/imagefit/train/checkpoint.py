@@ -105,8 +105,11 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
         temp.unlink(missing_ok=True)
         removed.append(temp)
     if removed:
-        log.warning("removed %d partial checkpoint writes of a killed run: %s", len(removed),
-                    ", ".join(p.name for p in removed))  # fmt: skip
+        log.warning(
+            "removed %d partial checkpoint writes of a killed run: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 

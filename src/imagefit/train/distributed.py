@@ -168,8 +168,12 @@ class Distributed:
                 f"process(es); resume it with {saved_world} (torchrun --nproc_per_node="
                 f"{saved_world}), or from an epoch boundary with any number"
             )
-        log.warning("resuming a %d-process run with %d processes: the result is not bitwise "
-                    "the same as an uninterrupted run", saved_world, self.world_size)  # fmt: skip
+        log.warning(
+            "resuming a %d-process run with %d processes: the result is not bitwise "
+            "the same as an uninterrupted run",
+            saved_world,
+            self.world_size,
+        )
         return None
 
 
@@ -180,8 +184,10 @@ def from_environment() -> Distributed:
     if world <= 1:
         return Distributed()
     if "RANK" not in env:
-        raise ConfigError(f"WORLD_SIZE={world} but RANK is not set; start distributed runs with "
-                          "torchrun --nproc_per_node=N -m imagefit train CONFIG")  # fmt: skip
+        raise ConfigError(
+            f"WORLD_SIZE={world} but RANK is not set; start distributed runs with "
+            "torchrun --nproc_per_node=N -m imagefit train CONFIG"
+        )
     return Distributed(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
 
 
@@ -202,8 +208,13 @@ def session(timeout_s: float = 1800) -> Iterator[Distributed]:
             backend = "cpu:gloo,cuda:nccl"  # each collective picks by its tensors' device
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         atexit.register(_leave)
-        log.info("process %d of %d (local rank %d, %s)", layout.rank, layout.world_size,
-                 layout.local_rank, backend)  # fmt: skip
+        log.info(
+            "process %d of %d (local rank %d, %s)",
+            layout.rank,
+            layout.world_size,
+            layout.local_rank,
+            backend,
+        )
     yield layout
 
 

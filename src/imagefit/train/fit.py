@@ -92,11 +92,17 @@ class Run:
     def meta(self) -> dict[str, Any]:
         """What travels with the weights: enough to rebuild and preprocess without the config."""
         d = self.cfg.data
-        return {"arch": self.cfg.model.name, "classes": self.data.classes,
-                "num_classes": len(self.data.classes), "image_size": d.image_size,
-                "mean": list(d.mean), "std": list(d.std), "decoder": d.decoder,
-                "run_dir": str(self.run_dir.resolve()),
-                "init": getattr(self.model, "imagefit_init", {"init": self.cfg.model.init})}  # fmt: skip
+        return {
+            "arch": self.cfg.model.name,
+            "classes": self.data.classes,
+            "num_classes": len(self.data.classes),
+            "image_size": d.image_size,
+            "mean": list(d.mean),
+            "std": list(d.std),
+            "decoder": d.decoder,
+            "run_dir": str(self.run_dir.resolve()),
+            "init": getattr(self.model, "imagefit_init", {"init": self.cfg.model.init}),
+        }
 
     def state(self) -> dict[str, Any]:
         """Everything to resume; distributed, every rank calls it (it gathers their RNG and sums)."""
@@ -113,26 +119,38 @@ class Run:
             else None
         )
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(), "early_stopping": self.stopper.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
-            "epoch": self.epoch, "batch": p.batch,
-            "progress": progress, "ranks": ranks,
-            "history": self.history, "train_seconds": self.train_seconds, "train_images": self.train_images,
+            "epoch": self.epoch,
+            "batch": p.batch,
+            "progress": progress,
+            "ranks": ranks,
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "train_images": self.train_images,
             "wall_seconds": self.wall_seconds(),
-            "rng": rng_state(), "config": self.cfg.to_dict(), "classes": self.data.classes,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "classes": self.data.classes,
             "meta": self.meta(),
-        }  # fmt: skip
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state["classes"] != self.data.classes:
-            raise CheckpointError(f"{self.run_dir}: the checkpoint's classes {state['classes']} "
-                                  f"differ from the data's {self.data.classes}")  # fmt: skip
+            raise CheckpointError(
+                f"{self.run_dir}: the checkpoint's classes {state['classes']} "
+                f"differ from the data's {self.data.classes}"
+            )
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"{self.run_dir}/last.pt does not fit {self.cfg.model.name}: "
-                                  f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+            raise CheckpointError(
+                f"{self.run_dir}/last.pt does not fit {self.cfg.model.name}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.stopper.load_state_dict(state["early_stopping"])
@@ -154,8 +172,10 @@ def _build(
     with dist.main_first():  # rank 0 decodes the image cache; the others then read it
         data = build_data(cfg, device, shard=dist.shard)
     if data.val is None and not cfg.train.monitor.startswith("train_"):
-        raise ConfigError(f"train.monitor={cfg.train.monitor} needs a validation split, and "
-                          "data.val_fraction=0 leaves none: monitor train_loss or train_accuracy")  # fmt: skip
+        raise ConfigError(
+            f"train.monitor={cfg.train.monitor} needs a validation split, and "
+            "data.val_fraction=0 leaves none: monitor train_loss or train_accuracy"
+        )
     model = create_model(
         cfg.model.name, len(data.classes), init or cfg.model.init, cfg.model.drop_rate
     )
@@ -173,8 +193,19 @@ def _build(
     schedule = LRSchedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, stopper.mode)
     train_labels = [label for _, label in data.manifest.splits["train"]]
     criterion = create_criterion(cfg, train_labels, data.classes).to(device)
-    return Run(cfg, run_dir, data, model, optimizer, schedule, stopper, precision, criterion,
-               dist=dist, wrap=TrainingModule(dist, cfg.train.compile))  # fmt: skip
+    return Run(
+        cfg,
+        run_dir,
+        data,
+        model,
+        optimizer,
+        schedule,
+        stopper,
+        precision,
+        criterion,
+        dist=dist,
+        wrap=TrainingModule(dist, cfg.train.compile),
+    )
 
 
 def _enter_phase(run: Run, epoch: int) -> None:
@@ -199,14 +230,25 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     if run.progress.batch == 0:  # a resumed epoch restored the RNG state of its checkpoint
         torch.manual_seed(derive_seed(run.cfg.train.seed, epoch, 1, *run.dist.seed_parts))
     started = time.perf_counter()
-    p = train_one_epoch(run.wrap(run.model), run.data.train, run.optimizer, run.criterion, run.precision,
-                        epoch, run.progress, run.cfg.train.grad_clip, should_stop=lambda: bool(stop),
-                        agree=run.dist.agree_step)  # fmt: skip
+    p = train_one_epoch(
+        run.wrap(run.model),
+        run.data.train,
+        run.optimizer,
+        run.criterion,
+        run.precision,
+        epoch,
+        run.progress,
+        run.cfg.train.grad_clip,
+        should_stop=lambda: bool(stop),
+        agree=run.dist.agree_step,
+    )
     p.seconds += time.perf_counter() - started
     if p.interrupted:
         _save(run, ["last.pt"])
-        raise Interrupted(f"stopped at epoch {epoch + 1}, batch {p.batch}; resume with "
-                          f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
+        raise Interrupted(
+            f"stopped at epoch {epoch + 1}, batch {p.batch}; resume with "
+            f"`imagefit train --resume {run.run_dir}`"
+        )
     loss_sum, correct, count = run.dist.sum([p.loss_sum, p.correct, p.count])  # all ranks' images
     p.loss_sum, p.correct, p.count = loss_sum, correct, int(count)
     run.train_seconds += p.seconds
@@ -218,18 +260,28 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
             *evaluate(run.model, run.data.val, run.precision, desc="val")
         )
         val = compute_metrics(targets, logits, run.data.classes, loss)
-    return {"epoch": epoch + 1, "train_loss": p.loss, "train_accuracy": p.accuracy,
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-            "val_top5_accuracy": val["top5_accuracy"], "val_f1_macro": val["f1_macro"],
-            "lr": lr, "phase": run.phase(epoch), "time_s": p.seconds}  # fmt: skip
+    return {
+        "epoch": epoch + 1,
+        "train_loss": p.loss,
+        "train_accuracy": p.accuracy,
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_top5_accuracy": val["top5_accuracy"],
+        "val_f1_macro": val["f1_macro"],
+        "lr": lr,
+        "phase": run.phase(epoch),
+        "time_s": p.seconds,
+    }
 
 
 def _train_epochs(run: Run, tracker: Sink, stop: Any, on_epoch: EpochHook | None = None) -> None:
     cfg, dist = run.cfg, run.dist
     if dist.any(bool(stop)) and run.epoch < cfg.train.epochs and not run.stopper.should_stop:
         # A signal while the data loaded; fit() has saved the starting point.
-        raise Interrupted(f"stopped before training epoch {run.epoch + 1}; resume with "
-                          f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
+        raise Interrupted(
+            f"stopped before training epoch {run.epoch + 1}; resume with "
+            f"`imagefit train --resume {run.run_dir}`"
+        )
     while run.epoch < cfg.train.epochs and not run.stopper.should_stop:
         row = _epoch(run, run.epoch, stop)
         run.history.append(row)
@@ -249,11 +301,20 @@ def _train_epochs(run: Run, tracker: Sink, stop: Any, on_epoch: EpochHook | None
         if on_epoch is not None:
             on_epoch(row)  # may raise, e.g. to prune a sweep trial; the state is saved
         shown = "  ".join(f"{key} {row[key]:.4f}" for key in LOGGED if row[key] is not None)
-        log.info("epoch %d/%d  %s  lr %.3g  %.1fs%s", row["epoch"], cfg.train.epochs, shown,
-                 row["lr"], row["time_s"], "  *" if improved else "")  # fmt: skip
+        log.info(
+            "epoch %d/%d  %s  lr %.3g  %.1fs%s",
+            row["epoch"],
+            cfg.train.epochs,
+            shown,
+            row["lr"],
+            row["time_s"],
+            "  *" if improved else "",
+        )
         if dist.any(bool(stop)) and run.epoch < cfg.train.epochs:
-            raise Interrupted(f"stopped after epoch {run.epoch}; resume with "
-                              f"`imagefit train --resume {run.run_dir}`")  # fmt: skip
+            raise Interrupted(
+                f"stopped after epoch {run.epoch}; resume with "
+                f"`imagefit train --resume {run.run_dir}`"
+            )
 
 
 def _finish(run: Run, tracker: Sink) -> RunResult:
@@ -268,18 +329,26 @@ def _finish(run: Run, tracker: Sink) -> RunResult:
         rundir.write_json(run.run_dir / "metrics.json", metrics)
     total, trainable = count_parameters(run.model)
     summary = {
-        "name": run.run_dir.name, "model": run.cfg.model.name, "init": run.meta()["init"],
-        "params_total": total, "params_trainable": trainable, "epochs_run": len(run.history),
-        "best_epoch": run.stopper.best_epoch, "monitor": run.cfg.train.monitor,
+        "name": run.run_dir.name,
+        "model": run.cfg.model.name,
+        "init": run.meta()["init"],
+        "params_total": total,
+        "params_trainable": trainable,
+        "epochs_run": len(run.history),
+        "best_epoch": run.stopper.best_epoch,
+        "monitor": run.cfg.train.monitor,
         "best_monitor": run.stopper.best,
-        "best_val_accuracy": next((r["val_accuracy"] for r in run.history if r["epoch"] == run.stopper.best_epoch), None),
+        "best_val_accuracy": next(
+            (r["val_accuracy"] for r in run.history if r["epoch"] == run.stopper.best_epoch), None
+        ),
         "test_accuracy": metrics["accuracy"] if metrics else None,
         "wall_time_s": run.wall_seconds(),
         "train_time_s": run.train_seconds,
         "train_images_per_s": run.train_images / run.train_seconds if run.train_seconds else None,
-        "early_stopped": run.stopper.should_stop, "skipped_files": len(run.data.skipped),
+        "early_stopped": run.stopper.should_stop,
+        "skipped_files": len(run.data.skipped),
         "status": "finished",
-    }  # fmt: skip
+    }
     if not run.dist.is_main:
         return RunResult(run.run_dir, run.history, metrics, summary)
     rundir.write_json(run.run_dir / "summary.json", summary)
@@ -310,12 +379,21 @@ def _write_records(run: Run) -> None:
     if run.history:  # a kill between last.pt and history.json left the files one epoch behind
         rundir.write_history(run.run_dir, run.history)
     total, trainable = count_parameters(run.model)
-    log.info("model %s: %d parameters, %d trainable (%s)", run.cfg.model.name, total, trainable,
-             run.phase(run.epoch))  # fmt: skip
+    log.info(
+        "model %s: %d parameters, %d trainable (%s)",
+        run.cfg.model.name,
+        total,
+        trainable,
+        run.phase(run.epoch),
+    )
 
 
-def fit(cfg: Config | None = None, *, resume: str | Path | None = None,
-        on_epoch: EpochHook | None = None) -> RunResult:  # fmt: skip
+def fit(
+    cfg: Config | None = None,
+    *,
+    resume: str | Path | None = None,
+    on_epoch: EpochHook | None = None,
+) -> RunResult:
     """Train ``cfg`` into a new run folder, or continue the run folder ``resume``.
 
     ``on_epoch(row)`` is called after each epoch's history row is saved.

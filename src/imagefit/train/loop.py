@@ -125,8 +125,15 @@ def train_one_epoch(
     loss_sum = torch.tensor(progress.loss_sum, dtype=kind, device=precision.device)
     correct = torch.tensor(progress.correct, dtype=kind, device=precision.device)
     count = progress.count
-    bar = tqdm(loader.epoch(epoch, progress.batch), total=len(loader), initial=progress.batch,
-               desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=_bars_disabled())  # fmt: skip
+    bar = tqdm(
+        loader.epoch(epoch, progress.batch),
+        total=len(loader),
+        initial=progress.batch,
+        desc=f"epoch {epoch + 1}",
+        unit="batch",
+        leave=False,
+        disable=_bars_disabled(),
+    )
     for step, (x, targets) in enumerate(bar, start=progress.batch):
         with precision.autocast():
             logits = model(precision.prepare(x))
@@ -175,8 +182,14 @@ def evaluate(
     model.eval()
     all_logits, all_targets = [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=precision.device)
-    for x, targets in tqdm(loader.epoch(0), total=len(loader), desc=desc, unit="batch",
-                           leave=False, disable=_bars_disabled()):  # fmt: skip
+    for x, targets in tqdm(
+        loader.epoch(0),
+        total=len(loader),
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=_bars_disabled(),
+    ):
         with precision.autocast():
             logits = model(precision.prepare(x)).float()
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()

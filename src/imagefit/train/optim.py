@@ -29,11 +29,16 @@ def _fused_capable() -> list[str]:
 # factory(param groups, config, **kernel options such as fused=True) -> optimizer
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "adam": lambda groups, c, **kw: torch.optim.Adam(groups, lr=c.lr, betas=c.betas, eps=c.eps, **kw),
-    "adamw": lambda groups, c, **kw: torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, **kw),
-    "sgd": lambda groups, c, **kw: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum,
-                                                   nesterov=c.nesterov and c.momentum > 0, **kw),
-}  # fmt: skip
+    "adam": lambda groups, c, **kw: torch.optim.Adam(
+        groups, lr=c.lr, betas=c.betas, eps=c.eps, **kw
+    ),
+    "adamw": lambda groups, c, **kw: torch.optim.AdamW(
+        groups, lr=c.lr, betas=c.betas, eps=c.eps, **kw
+    ),
+    "sgd": lambda groups, c, **kw: torch.optim.SGD(
+        groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0, **kw
+    ),
+}
 # Devices with fused Adam/AdamW/SGD kernels (CPU since torch 2.4). On a CPU they are ~20x
 # faster than torch's default per-tensor loop for a ResNet-18 (benchmarks/fit_vs_loop.py).
 FUSED_DEVICES = (
@@ -52,10 +57,13 @@ def kernel_options(implementation: str, device: torch.device) -> dict[str, bool]
     if implementation == "auto":
         implementation = "fused" if device.type in FUSED_DEVICES else "foreach"
     elif implementation == "fused" and device.type not in _fused_capable():
-        raise ConfigError(f"optim.implementation 'fused': torch has no fused optimizer kernels "
-                          f"for {device.type}; use auto or foreach")  # fmt: skip
-    return {"fused": {"fused": True}, "foreach": {"foreach": True},
-            "loop": {"foreach": False}}[implementation]  # fmt: skip
+        raise ConfigError(
+            f"optim.implementation 'fused': torch has no fused optimizer kernels "
+            f"for {device.type}; use auto or foreach"
+        )
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[
+        implementation
+    ]
 
 
 def create_optimizer(
@@ -69,8 +77,9 @@ def create_optimizer(
         p.requires_grad_(True)  # timm's grouping skips frozen tensors; we want all of them
     try:
         if finetune.layer_decay is not None:
-            groups = param_groups_layer_decay(model, optim.weight_decay,
-                                              layer_decay=finetune.layer_decay)  # fmt: skip
+            groups = param_groups_layer_decay(
+                model, optim.weight_decay, layer_decay=finetune.layer_decay
+            )
         else:
             groups = param_groups_weight_decay(model, optim.weight_decay)
     finally:
@@ -85,11 +94,15 @@ def create_optimizer(
 # A schedule is the lr multiplier of an epoch (0-based) of `epochs`: f(epoch, epochs, cfg).
 SHAPES: dict[str, Callable[[int, int, ScheduleConfig], float]] = {
     "none": lambda e, n, c: 1.0,
-    "cosine": lambda e, n, c: c.min_lr_factor + (1 - c.min_lr_factor) * 0.5 * (
-        1 + math.cos(math.pi * max(0, e - c.warmup_epochs) / max(1, n - c.warmup_epochs))),
+    "cosine": lambda e, n, c: (
+        c.min_lr_factor
+        + (1 - c.min_lr_factor)
+        * 0.5
+        * (1 + math.cos(math.pi * max(0, e - c.warmup_epochs) / max(1, n - c.warmup_epochs)))
+    ),
     "step": lambda e, n, c: c.gamma ** (e // c.step_size),
     "plateau": lambda e, n, c: 1.0,  # the plateau factor is state, kept by LRSchedule
-}  # fmt: skip
+}
 
 
 class LRSchedule:
@@ -99,8 +112,14 @@ class LRSchedule:
     ``state_dict()``; the lr is written into each param group scaled by its ``lr_scale``.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float,
-                 epochs: int, mode: str = "max"):  # fmt: skip
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        cfg: ScheduleConfig,
+        base_lr: float,
+        epochs: int,
+        mode: str = "max",
+    ):
         self.shape = _lookup(SHAPES, cfg.name, "schedule.name")
         self.optimizer, self.cfg, self.base_lr, self.epochs, self.mode = (
             optimizer,
@@ -143,8 +162,12 @@ class LRSchedule:
             self.bad_epochs = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plateau_factor": self.plateau_factor, "best": self.best,
-                "bad_epochs": self.bad_epochs, "phase_factor": self.phase_factor}  # fmt: skip
+        return {
+            "plateau_factor": self.plateau_factor,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "phase_factor": self.phase_factor,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plateau_factor, self.best = state["plateau_factor"], state["best"]

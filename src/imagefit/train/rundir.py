@@ -79,9 +79,16 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             packages[name] = None
     return {
-        "python": sys.version.split()[0], "platform": platform.platform(), "packages": packages,
-        "git_commit": _git_commit(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(), "seed": seed, "argv": sys.argv,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+        "git_commit": _git_commit(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor(),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
+    }

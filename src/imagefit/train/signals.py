@@ -34,8 +34,10 @@ def graceful_stop() -> Iterator[StopFlag]:
             log.error("second signal: exiting now")
             os._exit(128 + signum)
         flag.signal = signum
-        log.warning("%s received: finishing this step, then saving a resumable checkpoint",
-                    signal.Signals(signum).name)  # fmt: skip
+        log.warning(
+            "%s received: finishing this step, then saving a resumable checkpoint",
+            signal.Signals(signum).name,
+        )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -125,8 +125,10 @@ class HostMemory:
 
     def __init__(self) -> None:
         if not Path("/proc/self/statm").is_file():
-            raise ConfigError("tune-batch on a CPU needs Linux's /proc to watch memory; "
-                              "pass --max-batch and choose by hand")  # fmt: skip
+            raise ConfigError(
+                "tune-batch on a CPU needs Linux's /proc to watch memory; "
+                "pass --max-batch and choose by hand"
+            )
 
     def total(self) -> int:
         return _rss_bytes() + _available_bytes()
@@ -183,8 +185,16 @@ class _Trainer:
         size, device = self.cfg.data.image_size, self.precision.device
         x = torch.randn(batch, 3, size, size, device=device)
         y = torch.randint(0, self.classes, (batch,), device=device)
-        train_one_epoch(self.model, _OneBatch(x, y), self.optimizer, self.criterion,  # type: ignore[arg-type]
-                        self.precision, 0, EpochProgress(), self.cfg.train.grad_clip)  # fmt: skip
+        train_one_epoch(
+            self.model,
+            _OneBatch(x, y),
+            self.optimizer,
+            self.criterion,  # type: ignore[arg-type]
+            self.precision,
+            0,
+            EpochProgress(),
+            self.cfg.train.grad_clip,
+        )
 
 
 def count_classes(cfg: Config, default: int = 1000) -> int:
@@ -243,8 +253,9 @@ def search(
     return lo
 
 
-def tune_batch(cfg: Config, max_batch: int | None = None, headroom: float = 0.1,
-               num_classes: int | None = None) -> TuneResult:  # fmt: skip
+def tune_batch(
+    cfg: Config, max_batch: int | None = None, headroom: float = 0.1, num_classes: int | None = None
+) -> TuneResult:
     """Find the largest batch of ``cfg``'s training step that fits (see the module docstring)."""
     if not 0 <= headroom < 1:
         raise ConfigError(f"headroom must be in [0, 1), got {headroom}")
@@ -259,8 +270,10 @@ def tune_batch(cfg: Config, max_batch: int | None = None, headroom: float = 0.1,
     result = TuneResult(str(device), memory.kind, total, int(total * (1 - headroom)), 0, max_batch)
     result.largest = search(lambda b: _probe(trainer, memory, result, b).fits, max_batch)
     if result.largest == 0:
-        raise ConfigError(f"not even a batch of 2 fits {cfg.model.name} at {cfg.data.image_size} px "
-                          f"in {result.limit_bytes / GIB:.1f} GiB of {memory.kind}")  # fmt: skip
+        raise ConfigError(
+            f"not even a batch of 2 fits {cfg.model.name} at {cfg.data.image_size} px "
+            f"in {result.limit_bytes / GIB:.1f} GiB of {memory.kind}"
+        )
     return result
 
 
