@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from imagefit.data.digits import write_digits
+from imagefit.datasets.digits import write_digits
 
 from _timing import interleaved, median, ratio_line
 

@@ -13,15 +13,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from imagefit.data.fractal import read_params, render, search_categories, write_ofdb, write_params
-from imagefit.data.fractal_reference import reference_render
-from imagefit.data.fractal_render import random_masks
+from imagefit.datasets.fractal.dataset import (
+    read_params,
+    render,
+    search_categories,
+    write_ofdb,
+    write_params,
+)
+from imagefit.datasets.fractal.render import random_masks
+
+# The slow literal port of the official renderer is a test helper, not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.fractal_reference import reference_render
 
 OFFICIAL_PARAMS = (
     Path(__file__).resolve().parent.parent / "tests" / "data" / "fractaldb1k-official-params"

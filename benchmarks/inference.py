@@ -82,7 +82,7 @@ def accuracy_run(arch: str, args: argparse.Namespace) -> Path:
     finished = summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
     if finished and (run / "best.pt").is_file():
         return run
-    from imagefit.data.digits import write_digits
+    from imagefit.datasets.digits import write_digits
 
     overrides = [
         f"model.name={arch}",

@@ -45,7 +45,7 @@ def pattern_root(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imagefit.data.digits import write_digits
+    from imagefit.datasets.digits import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits") / "digits")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imagefit.data.archive import download, md5sum, safe_extract, verify_md5
+from imagefit.datasets.archive import download, md5sum, safe_extract, verify_md5
 from imagefit.errors import DataError
 
 PAYLOAD = bytes(range(256)) * 300  # 76,800 bytes: several reads, still instant

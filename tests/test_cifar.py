@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagefit.data import cifar
-from imagefit.data.cifar import (
+from imagefit.datasets import cifar
+from imagefit.datasets.cifar import (
     cifar10_to_folder,
     download_cifar10,
     ensure_cifar10,

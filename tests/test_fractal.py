@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imagefit.data.fractal import (
+from imagefit.datasets.fractal.dataset import (
     OFDB_OFFICIAL_WEIGHT_ROW,
     FractalDataset,
     read_params,
@@ -23,10 +23,11 @@ from imagefit.data.fractal import (
     write_ofdb,
     write_params,
 )
-from imagefit.data.fractal_reference import reference_orbit, reference_render
-from imagefit.data.fractal_render import chaos_game, official_point_sequence, random_masks
-from imagefit.data.fractal_search import official_fill_rate
+from imagefit.datasets.fractal.render import chaos_game, official_point_sequence, random_masks
+from imagefit.datasets.fractal.search import official_fill_rate
 from imagefit.errors import DataError
+
+from helpers.fractal_reference import reference_orbit, reference_render
 
 OFFICIAL_DIR = Path(__file__).parent / "data" / "fractaldb1k-official-params"  # the official CSVs
 # SHA-256 of the official 00000.csv .. 00009.csv: the files above must be the official ones.

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from imagefit.cli import app
 from imagefit.config import load_config
 from imagefit.data.folder import scan_folder
-from imagefit.data.fractal import read_params, write_ofdb
+from imagefit.datasets.fractal.dataset import read_params, write_ofdb
 from imagefit.errors import ConfigError, DataError, Interrupted
 from imagefit.models.registry import create_model
 from imagefit.pipeline import load_pipeline, run_pipeline
@@ -120,7 +120,7 @@ def test_fractaldb_command_counts_and_shipped_weights(tmp_path: Path) -> None:
         "--workers",
         "1",
     )
-    from imagefit.data.fractal import read_weights
+    from imagefit.datasets.fractal.dataset import read_weights
 
     rows = len(read_weights("0.1"))
     assert rows == 25  # the official files: 25 parameter variants
@@ -288,7 +288,7 @@ def test_an_interrupted_generation_step_is_redone(
         (Path(args[1]) / "00000").mkdir(parents=True)  # a half-written render
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("imagefit.data.fractal.write_ofdb", broken)
+    monkeypatch.setattr("imagefit.datasets.fractal.dataset.write_ofdb", broken)
     with pytest.raises(KeyboardInterrupt):
         pipeline_module.generate_fractals(spec.file.fractal, tmp_path / "gen")
     assert (tmp_path / "gen" / "params").is_dir() and not (tmp_path / "gen" / "images").exists()

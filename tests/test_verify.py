@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from imagefit.cli import app
 from imagefit.data import images
-from imagefit.data.verify import verify_dataset
+from imagefit.datasets.verify import verify_dataset
 from imagefit.errors import DataError
 from imagefit.train.fit import fit
 

@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from imagefit.config import Config, config_from_dict, read_yaml
-from imagefit.data.digits import write_digits
+from imagefit.datasets.digits import write_digits
 from imagefit.errors import ConfigError
 from imagefit.train.fit import RunResult, fit
 

@@ -144,7 +144,7 @@ def _build_once(target: Path, build: Callable[[Path], Any], what: str) -> None:
 
 def generate_fractals(step: FractalStep, out: Path) -> Path:
     """Search ``step.categories`` categories and render 2D-OFDB; return the image folder."""
-    from imagefit.data.fractal import (
+    from imagefit.datasets.fractal.dataset import (
         OFDB_OFFICIAL_WEIGHT_ROW,
         search_categories,
         write_ofdb,

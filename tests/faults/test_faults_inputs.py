@@ -31,7 +31,7 @@ from imagefit.config import config_from_dict
 from imagefit.data import images
 from imagefit.data.cache import decode_cached
 from imagefit.data.images import load_rgb
-from imagefit.data.verify import verify_dataset
+from imagefit.datasets.verify import verify_dataset
 from imagefit.errors import CheckpointError, DataError, ImageError
 from imagefit.evaluate.evaluator import evaluate_checkpoint
 from imagefit.train.checkpoint import load_checkpoint
@@ -252,7 +252,7 @@ def _tar(path: Path, members: list[tuple[str, bytes | str]]) -> Path:
     ],
 )
 def test_tarball_escaping_its_folder_is_refused(tmp_path: Path, members: list, reason: str) -> None:
-    archive = pytest.importorskip("imagefit.data.archive")  # written alongside this suite
+    archive = pytest.importorskip("imagefit.datasets.archive")  # written alongside this suite
     tarball = _tar(tmp_path / "evil.tar.gz", members)
     dest = tmp_path / "a" / "b" / "dest"
     with pytest.raises(DataError, match=f"refusing unsafe member .*{reason}"):

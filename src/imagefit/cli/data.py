@@ -35,7 +35,7 @@ def split(
 @app.command("digits")
 def digits(out: Annotated[Path, typer.Argument(help="Output folder.")]) -> None:
     """Write scikit-learn's digits as an ImageFolder of PNG files."""
-    from imagefit.data.digits import write_digits
+    from imagefit.datasets.digits import write_digits
 
     console.print(f"wrote {write_digits(out)}")
 
@@ -57,7 +57,7 @@ def verify(
     Writes OUT/verify.json and OUT/bad_files.txt (for --set data.skip_list=...); exits 1 when
     it finds errors.
     """
-    from imagefit.data.verify import verify_dataset
+    from imagefit.datasets.verify import verify_dataset
     from imagefit.errors import DataError
 
     out = out or Path(f"verify-{root.resolve().name}")
@@ -123,7 +123,7 @@ def cifar10(
     ] = None,
 ) -> None:
     """Find, verify and extract CIFAR-10 (downloading with --download); convert to PNG folders."""
-    from imagefit.data.cifar import cifar10_to_folder, ensure_cifar10
+    from imagefit.datasets.cifar import cifar10_to_folder, ensure_cifar10
 
     batches = ensure_cifar10(root, fmt, download_missing=download)
     console.print(f"CIFAR-10 batches: {batches}")

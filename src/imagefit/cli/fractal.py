@@ -66,7 +66,7 @@ def fractal_search(
     ] = None,
 ) -> None:
     """Search IFS categories (one category = one fractal class) and write them as CSV files."""
-    from imagefit.data.fractal import search_categories, write_params
+    from imagefit.datasets.fractal.dataset import search_categories, write_params
 
     _refuse_filled(out, "*.csv")
     found = search_categories(categories, fill_rate, seed, compat, workers=workers)
@@ -93,7 +93,7 @@ def ofdb(
     workers: Workers = None,
 ) -> None:
     """2D-OFDB: one image per category, OUT/NNNNN/NNNNN_00_count_0_flip0.png (or .ppm)."""
-    from imagefit.data.fractal import OFDB_OFFICIAL_WEIGHT_ROW, write_ofdb
+    from imagefit.datasets.fractal.dataset import OFDB_OFFICIAL_WEIGHT_ROW, write_ofdb
     from imagefit.errors import DataError
 
     rows = {"official": OFDB_OFFICIAL_WEIGHT_ROW, "ones": None}
@@ -139,7 +139,7 @@ def fractaldb(
     workers: Workers = None,
 ) -> None:
     """FractalDB: per category, weight rows x instances x flips images (official: 25 x 10 x 4)."""
-    from imagefit.data.fractal import write_fractaldb
+    from imagefit.datasets.fractal.dataset import write_fractaldb
 
     _refuse_filled(out, f"*/*.{fmt}")
     count = write_fractaldb(

@@ -1,0 +1,1 @@
+"""The input pipeline: scan, split, decode, cache, load, augment."""

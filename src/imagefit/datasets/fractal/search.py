@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-from imagefit.data.fractal_render import chaos_game, official_rescale, select_map
+from imagefit.datasets.fractal.render import chaos_game, official_rescale, select_map
 from imagefit.errors import DataError
 
 logger = logging.getLogger(__name__)

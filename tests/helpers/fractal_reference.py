@@ -3,7 +3,7 @@
 This mirrors ``fractal_renderer/ifs_function.py`` of the official FractalDB / 2D-OFDB code
 (MIT licence, Kataoka et al.; see imagefit/resources/fractal_weights/LICENSE): Python floats in dicts,
 one list append per point, one PIL ``paste`` per patch. It exists to check the fast renderer
-(``fractal_render``) pixel for pixel and to time the speed-up; never use it to build datasets
+(``imagefit.datasets.fractal.render``) pixel for pixel and to time the speed-up; never use it to build datasets
 (about 4 s per 362-px image). Differences from the original, none of which changes a pixel:
 the global NumPy generator is replaced by an equal ``RandomState(100)``, Python's ``random``
 mask draws by an explicit ``masks`` stream, and the image is returned instead of saved.

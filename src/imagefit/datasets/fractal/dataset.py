@@ -1,9 +1,9 @@
 """Formula-driven pretraining data: FractalDB and 2D-OFDB, as files or rendered on the fly.
 
-The pieces live in ``fractal_search`` (category search, parameter CSVs), ``fractal_render``
-(the fast renderer) and ``fractal_reference`` (the slow literal official renderer, for tests);
+The pieces live in ``search`` (category search, parameter CSVs) and ``render`` (the fast
+renderer; the tests hold a slow literal port of the official renderer to check it against);
 this module writes whole datasets in the official layout and provides ``FractalDataset``.
-The official quirks are options, official by default: see ``fractal_render``.
+The official quirks are options, official by default: see ``render``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from imagefit.data import fractal_render
-from imagefit.data.fractal_render import (
+from imagefit.datasets.fractal import render as fractal_render
+from imagefit.datasets.fractal.render import (
     DRAW_MODES,
     IMAGE_FORMATS,
     OFDB_OFFICIAL_WEIGHT_ROW,
@@ -36,7 +36,7 @@ from imagefit.data.fractal_render import (
     render,
     write_category_job,
 )
-from imagefit.data.fractal_search import (
+from imagefit.datasets.fractal.search import (
     list_param_files,
     read_param_file,
     read_params,

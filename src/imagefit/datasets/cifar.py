@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from imagefit.data.archive import download, md5sum, safe_extract
+from imagefit.datasets.archive import download, md5sum, safe_extract
 from imagefit.errors import DataError
 
 log = logging.getLogger(__name__)

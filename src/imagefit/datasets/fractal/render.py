@@ -1,8 +1,8 @@
 """Fast FractalDB / 2D-OFDB renderer: the official chaos game, rescale and 3x3-patch stamping.
 
 Every step reproduces the official implementation (Kataoka et al., ACCV 2020; Nakamura et al.,
-ICCV 2023) bit for bit unless an option says otherwise; ``fractal_reference`` holds the slow,
-literal per-point port that the tests compare this module against. The official quirks are
+ICCV 2023) bit for bit unless an option says otherwise; ``tests/helpers/fractal_reference.py``
+holds the slow, literal per-point port that the tests compare this module against. The official quirks are
 options whose defaults give the official behaviour:
 
 - ``point_seed=100``: the point sequence comes from ``RandomState(100)``, so every instance of a

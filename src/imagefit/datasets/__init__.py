@@ -1,0 +1,1 @@
+"""Getting, making and checking datasets: downloads, archives, CIFAR-10, digits, fractals, verify."""

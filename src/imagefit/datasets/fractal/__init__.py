@@ -1,0 +1,1 @@
+"""Formula-driven datasets: FractalDB / 2D-OFDB category search, rendering and datasets."""
