@@ -39,6 +39,9 @@ class DataConfig(Section):
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
+    # links in the dataset: inside: follow those that stay inside data.root; follow: also those
+    # that leave it; skip: none. A file is counted once whatever the links (imagefit.data.folder)
+    links: Literal["inside", "follow", "skip"] = "inside"
     # auto: decode once into the image cache file; held in RAM when it fits memory_budget_mb,
     # else read from the memory-mapped file per batch, so RAM stays flat (files stream only if
     # the cache folder cannot be written); always: as auto, but an unwritable cache folder
