@@ -53,7 +53,8 @@ def print_result(result: Any) -> None:
         ("train images/s", s["train_images_per_s"]),
         ("wall time s", s["wall_time_s"]),
     ]
-    console.print(metric_table(f"run {result.run_dir.name}", rows))
+    shown = [(name, value) for name, value in rows if value is not None]  # e.g. no val split
+    console.print(metric_table(f"run {result.run_dir.name}", shown))
     console.print(f"run folder: {result.run_dir}")
 
 

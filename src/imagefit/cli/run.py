@@ -17,7 +17,7 @@ from imagefit.cli.common import (
     print_result,
     with_limit,
 )
-from imagefit.errors import ImagefitError
+from imagefit.errors import ConfigError, ImagefitError
 
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 
@@ -96,13 +96,27 @@ def config_show(
     typer.echo(dump_config(load_config(config, overrides)), nl=False)
 
 
-def models() -> None:
-    """List imagefit's own models (any timm architecture name works too)."""
+def models(
+    pattern: Annotated[
+        str, typer.Argument(help="Shell-style filter, e.g. 'resnet*' or '*efficientnet_b[0-3]'.")
+    ] = "*",
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Only timm models with hub weights (name.tag).")
+    ] = False,
+) -> None:
+    """List the model names model.name takes: imagefit's own, then timm's."""
+    import fnmatch
+
+    import timm
+
     from imagefit.models.registry import list_models
 
-    for name in list_models():
+    ours = [] if pretrained else [n for n in list_models() if fnmatch.fnmatch(n, pattern)]
+    names = ours + timm.list_models(pattern, pretrained=pretrained)
+    if not names:
+        raise ConfigError(f"no model name matches {pattern!r} (try a wider pattern, e.g. '*net*')")
+    for name in names:
         typer.echo(name)
-    typer.echo("... and every timm architecture (timm.list_models())")
 
 
 def register(app: typer.Typer) -> None:
