@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +18,7 @@ from imagefit.models import weights
 from imagefit.models.registry import create_model
 
 pytestmark = pytest.mark.faults
+LEGACY = Path(__file__).parents[1] / "data" / "legacy_run"
 runner = CliRunner()
 
 
@@ -39,3 +45,19 @@ def test_models_lists_imagefit_and_timm_names_with_a_filter() -> None:
     missing = runner.invoke(app, ["models", "zzz*"])
     assert isinstance(missing.exception, ConfigError)  # main() prints it and exits with 2
     assert "no model name matches 'zzz*'" in str(missing.exception)
+
+
+def test_piped_tables_keep_whole_file_names(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY / "runs" / "legacy", run)
+    image = tmp_path / ("a_rather_long_folder_name_" * 4) / ("photo_of_a_rose_" * 5 + ".png")
+    image.parent.mkdir()
+    shutil.copy(sorted((LEGACY / "data" / "roses").iterdir())[0], image)
+    out = subprocess.run(
+        [sys.executable, "-m", "imagefit", "predict", str(run), str(image)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert str(image) in out.stdout  # one piece, not cut or wrapped

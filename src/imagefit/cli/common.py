@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+
+def _console() -> Console:
+    """The terminal's width on a terminal; piped or redirected, no width at all.
+
+    Rich assumes 80 columns when output is not a terminal and then cuts words and file names
+    in tables; a file or a pipe has room for every character, so tables keep their content.
+    """
+    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
+
+
+console = _console()
 
 SetOption = Annotated[
     list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")
