@@ -15,6 +15,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -295,6 +296,21 @@ def unknown_key_message(key: str, section: str, choices: list[str]) -> str:
     return f"unknown key '{key}' ({hint}{section or 'the top level'} has: {', '.join(choices)})"
 
 
+def _declared_path(model: Any, path: list[str | int]) -> list[str | int]:
+    """``path`` without pydantic's union-member tags (``params.optim.lr.float`` names the
+    member of ``float | int | categorical`` it tried), so the key reads as the file has it."""
+    if model is None:
+        return path
+    kept: list[str | int] = []
+    for part in path:
+        node = _strip(annotation_at(model, kept))
+        members = get_args(node) if get_origin(node) in (Union, UnionType) else ()
+        if isinstance(part, str) and members and all(_fields(m) is not None for m in members):
+            continue
+        kept.append(part)
+    return kept
+
+
 def describe_errors(error: ValidationError, source: str, model: Any = None) -> str:
     """One line per problem: ``SOURCE: dotted.key: what is wrong (got VALUE)``.
 
@@ -302,7 +318,7 @@ def describe_errors(error: ValidationError, source: str, model: Any = None) -> s
     """
     lines = []
     for item in error.errors():
-        path = [p for p in item["loc"] if p != "[key]"]  # a mapping key's own error
+        path = _declared_path(model, [p for p in item["loc"] if p != "[key]"])
         key = render_key(path)
         if item["type"] == "extra_forbidden":
             fields = _fields(annotation_at(model, path[:-1])) if model is not None else None
@@ -320,7 +336,8 @@ def describe_errors(error: ValidationError, source: str, model: Any = None) -> s
         message = str(error_) if item["type"] == "value_error" and error_ else item["msg"]
         value = item.get("input")
         named = repr(value) in message or (len(str(value)) > 3 and str(value) in message)
-        shown = "" if named else f" (got {_shown(value)})"
+        # a whole section's check speaks for itself: repeating the section would bury it
+        shown = "" if named or isinstance(value, dict) else f" (got {_shown(value)})"
         lines.append(f"{source}: {key + ': ' if key else ''}{message}{shown}")
     return "\n".join(lines)
 
@@ -368,6 +385,23 @@ def _config_key(key: str) -> str:
 
 # A dotted key naming one value of the run config (``optim.lr``), checked where it is read.
 ConfigKey = Annotated[str, AfterValidator(_config_key)]
+
+
+def _assignment_list(value: Any) -> Any:
+    """A list of ``key=value`` strings (the ``--set`` form) as a mapping, typed alike."""
+    if value is None:
+        return {}
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        try:
+            return dict(parse_override(item) for item in value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+# Config overrides in a file (a sweep's or pipeline's ``set:``): dotted key -> value, or a list
+# of ``key=value`` strings read as ``--set`` reads them.
+ConfigOverrides = Annotated[dict[ConfigKey, Any], BeforeValidator(_assignment_list)]
 
 _YAML_NULLS = ("", "~", "null", "Null", "NULL")
 

@@ -111,6 +111,10 @@ def check_hub_init(init: str, model_name: str | None) -> str:
         tags = sorted(p for p in catalog[1] if p.startswith(f"{arch}."))
         shown = ", ".join(tags[:8]) + (" ..." if len(tags) > 8 else "")
         _raise(f"timm has no pretrained weights '{name}' (known for {arch}: {shown or 'none'})")
+    if model_name in BASELINES:
+        return init  # a classical baseline trains no network and ignores model.init
+    if model_name in own_models():
+        _raise(f"model '{model_name}' has no hub weights; use scratch or a weights file")
     if model_name is not None and arch != model_name.split(".", 1)[0]:
         _raise(f"'{init}' is not a '{model_name}' architecture (set model.name: {arch})")
     return init
