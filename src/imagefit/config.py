@@ -335,7 +335,7 @@ def describe_errors(error: ValidationError, source: str, model: Any = None) -> s
         error_ = (item.get("ctx") or {}).get("error")
         message = str(error_) if item["type"] == "value_error" and error_ else item["msg"]
         value = item.get("input")
-        named = repr(value) in message or (len(str(value)) > 3 and str(value) in message)
+        named = repr(value) in message
         # a whole section's check speaks for itself: repeating the section would bury it
         shown = "" if named or isinstance(value, dict) else f" (got {_shown(value)})"
         lines.append(f"{source}: {key + ': ' if key else ''}{message}{shown}")
@@ -430,6 +430,12 @@ def parse_value(text: str, annotation: Any = None) -> Any:
         value = text
     if annotation is not None and _takes_text(annotation) and not isinstance(value, str):
         return None if value is None and text.strip() in _YAML_NULLS else text.strip()
+    number = _strip(annotation)
+    if isinstance(value, str) and number in (int, float):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as text; a number field means the number
+            return number(value)
+        except ValueError:
+            return value  # validation names the key and the value
     return value
 
 
