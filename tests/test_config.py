@@ -125,6 +125,7 @@ SRC = Path(imagefit.__file__).resolve().parents[1]
 
 def test_closed_sets_equal_their_registries() -> None:
     """The Literals config.py declares (it must not import torch) are the registries' keys."""
+    from imagefit.data.decode import DECODERS
     from imagefit.datasets.fractal.render import DRAW_ALIASES, DRAW_MODES
     from imagefit.models.registry import list_models
     from imagefit.pipeline import DrawMode
@@ -138,6 +139,9 @@ def test_closed_sets_equal_their_registries() -> None:
     assert set(get_args(PrunerName)) == set(PRUNERS)
     assert set(get_args(DrawMode)) == set(DRAW_MODES) | set(DRAW_ALIASES)
     assert set(model_names.OWN_MODELS) == set(list_models())
+    assert set(
+        get_args(Config.model_fields["data"].annotation.model_fields["decoder"].annotation)
+    ) == set(DECODERS)
 
 
 def test_monitor_choices_are_the_history_columns(pattern_root: Path, tmp_path: Path) -> None:
