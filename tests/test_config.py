@@ -228,14 +228,12 @@ def test_timm_names_are_cached_per_timm_version(
     assert json.loads((tmp_path / f"timm-models-{version}.json").read_text())["timm"] == version
 
 
-def test_a_model_registered_at_run_time_is_accepted() -> None:
+def test_a_model_registered_at_run_time_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     from imagefit.models import registry
 
-    registry.MODELS["tiny_test_net"] = registry.MODELS["simple_cnn"]
-    try:
-        assert load_config(None, ["model.name=tiny_test_net"]).model.name == "tiny_test_net"
-    finally:
-        del registry.MODELS["tiny_test_net"]
+    names = {**dict.fromkeys(registry.MODELS), "tiny_test_net": None}
+    monkeypatch.setattr(registry, "MODELS", names)  # as a program's own registration would
+    assert load_config(None, ["model.name=tiny_test_net"]).model.name == "tiny_test_net"
 
 
 # ------------------------------------------------------------------ one --set parser

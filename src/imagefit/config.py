@@ -7,6 +7,7 @@ dotted key name, because a typo in an experiment config silently ignored costs a
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
@@ -254,7 +255,7 @@ def _fields(annotation: Any) -> dict[str, Any] | None:
     return None
 
 
-def annotation_at(model: Any, path: list[str | int] | tuple[str | int, ...]) -> Any:
+def annotation_at(model: Any, path: Sequence[str | int]) -> Any:
     """The declared type at ``path`` (field names, list positions, mapping keys) in ``model``;
     None where the path leaves the declared tree."""
     node = model
@@ -275,7 +276,7 @@ def annotation_at(model: Any, path: list[str | int] | tuple[str | int, ...]) -> 
     return node
 
 
-def render_key(path: list[str | int] | tuple[str | int, ...]) -> str:
+def render_key(path: Sequence[str | int]) -> str:
     """``("variants", 0, "set")`` -> ``variants[0].set``."""
     text = ""
     for part in path:
