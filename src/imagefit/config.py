@@ -421,7 +421,7 @@ def _takes_text(annotation: Any) -> bool:
 def parse_value(text: str, annotation: Any = None) -> Any:
     """An override's value, typed by the field it sets (``annotation``).
 
-    Text fields keep the text as written (``data.root=2024`` is "2024", ``train.amp=off`` is
+    Text fields keep a scalar as written (``data.root=2024`` is "2024", ``train.amp=off`` is
     "off"; quotes are removed, ``null`` is None); other fields read it as YAML would
     (``1e-3``, ``true``, ``[1, 2]``). Without an annotation, YAML decides.
     """
@@ -429,7 +429,10 @@ def parse_value(text: str, annotation: Any = None) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
-    if annotation is not None and _takes_text(annotation) and not isinstance(value, str):
+    # A scalar YAML reads as a number, boolean or date is the text as written; a list or a
+    # mapping stays one, so that validation refuses it for a text field.
+    scalar = not isinstance(value, str | list | dict)
+    if scalar and annotation is not None and _takes_text(annotation):
         return None if value is None and text.strip() in _YAML_NULLS else text.strip()
     number = _strip(annotation)
     if isinstance(value, str) and number in (int, float):
