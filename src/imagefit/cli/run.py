@@ -45,18 +45,17 @@ def train(
 ) -> None:
     """Train from CONFIG into a new run folder, or --resume RUN_DIR."""
     from imagefit.config import load_config
+
+    if resume is not None and (config is not None or overrides):
+        raise ImagefitError("--resume continues a run with its own config; drop CONFIG and --set")
+    if resume is None and config is None:
+        raise ImagefitError("give a CONFIG file (or --resume RUN_DIR)")
+    # The config is checked before torch is imported and before a run folder exists, so a
+    # typo fails in a moment and the fixed rerun gets the folder's name, not NAME-2.
+    cfg = None if config is None else load_config(config, with_limit(overrides, limit_batches))
     from imagefit.train.fit import fit
 
-    if resume is not None:
-        if config is not None or overrides:
-            raise ImagefitError(
-                "--resume continues a run with its own config; drop CONFIG and --set"
-            )
-        result = fit(resume=resume)
-    else:
-        if config is None:
-            raise ImagefitError("give a CONFIG file (or --resume RUN_DIR)")
-        result = fit(load_config(config, with_limit(overrides, limit_batches)))
+    result = fit(resume=resume) if cfg is None else fit(cfg)
     if main_process():
         print_result(result)
 

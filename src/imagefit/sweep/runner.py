@@ -29,11 +29,13 @@ from typing import Any
 
 import yaml
 
+from imagefit import dotted
 from imagefit.config import Config, TrackConfig, apply_override
 from imagefit.errors import ConfigError, ImagefitError, Interrupted
+from imagefit.model_names import BASELINES
 from imagefit.sweep import table
 from imagefit.sweep.baseline import run_hog_svm_baseline
-from imagefit.sweep.spec import BASELINES, SweepSpec, Trial, set_dotted
+from imagefit.sweep.spec import SweepSpec, Trial
 from imagefit.track.mlflow_sink import log_parent_artifacts, mlflow_parent
 from imagefit.train import rundir
 from imagefit.train.fit import EpochHook, fit
@@ -62,25 +64,15 @@ def trial_state(run_dir: Path) -> str:
     return "resume" if (run_dir / "last.pt").is_file() else "new"
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def changed_keys(run_dir: Path, cfg: Config) -> list[str]:
     """Config keys where ``run_dir/config.yaml`` differs from ``cfg`` (output.* aside)."""
     try:
-        saved = _flatten(
+        saved = dotted.flatten(
             yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
         )
     except (OSError, yaml.YAMLError):
         return []
-    planned = _flatten(cfg.to_dict())
+    planned = dotted.flatten(cfg.to_dict())
     keys = set(saved) | set(planned)
     return sorted(k for k in keys if not k.startswith("output.") and saved.get(k) != planned.get(k))
 
@@ -225,7 +217,7 @@ def sweep_track(spec: SweepSpec) -> TrackConfig:
     (a trial's own overrides aside: the parent run is the sweep's, not a trial's)."""
     tree = copy.deepcopy(spec.base_tree)
     for key, value in spec.common.items():
-        set_dotted(tree, key, value)
+        dotted.set_key(tree, key, value)
     for assignment in spec.cli:
         apply_override(tree, assignment)
     return TrackConfig.model_validate(tree.get("track") or {})
