@@ -73,7 +73,9 @@ def export_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     pre = result.get("with_preprocessing")
     if pre:
         rows.append(("ONNX file with preprocessing", pre["onnx"]))
-        rows.append(("  max |graph - evaluation| logits", f"{pre['verification']['max_abs_diff']:.3g}"))
+        rows.append(
+            ("  max |graph - evaluation| logits", f"{pre['verification']['max_abs_diff']:.3g}")
+        )
         rows.append(("  top-1 agreement", f"{pre['verification']['top1_agreement']:.2%}"))
     return rows + (_int8_rows(result["int8"]) if result.get("int8") else [])
 

@@ -245,7 +245,9 @@ def verify_preprocessing(
     for image in images:
         raw = np.asarray(image, dtype=np.uint8)
         got = full.run(None, {PIXELS: raw})[0]
-        x = normalise(np.array(reference_pixels(image, params))[None], params["mean"], params["std"])
+        x = normalise(
+            np.array(reference_pixels(image, params))[None], params["mean"], params["std"]
+        )
         ref = plain.run(None, {plain_input: x})[0]
         diffs.append(float(np.abs(got.astype(np.float64) - ref).max()))
         agree += int(got.argmax() == ref.argmax())
