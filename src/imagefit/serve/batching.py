@@ -39,6 +39,7 @@ class Batcher:
         self.on_batch = on_batch  # (batch size, seconds of inference), for metrics
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._busy = False  # a batch taken off the queue is not answered yet
         # One thread: ONNX Runtime parallelises inside a call; two calls would compete for cores.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagefit-infer")
 
@@ -47,7 +48,7 @@ class Batcher:
 
     async def stop(self) -> None:
         """Stop after the inputs already queued are answered."""
-        while not self._queue.empty():
+        while not self._queue.empty() or self._busy:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -82,22 +83,29 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
-            live = [(x, f) for x, f in batch if not f.cancelled()]  # client gone: skip its input
-            if not live:
-                continue
-            started = time.perf_counter()
+            self._busy = True
             try:
-                logits = await loop.run_in_executor(
-                    self._pool, self.infer, np.stack([x for x, _ in live])
-                )
-            except Exception as exc:  # every waiting request must get an answer
-                log.exception("inference failed for a batch of %d", len(live))
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(live), time.perf_counter() - started)
-            for (_, future), row in zip(live, logits, strict=True):
+                await self._answer(loop, batch)
+            finally:
+                self._busy = False
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, batch: list[Item]) -> None:
+        live = [(x, f) for x, f in batch if not f.cancelled()]  # client gone: skip its input
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            logits = await loop.run_in_executor(
+                self._pool, self.infer, np.stack([x for x, _ in live])
+            )
+        except Exception as exc:  # every waiting request must get an answer
+            log.exception("inference failed for a batch of %d", len(live))
+            for _, future in live:
                 if not future.done():
-                    future.set_result(row)
+                    future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(live), time.perf_counter() - started)
+        for (_, future), row in zip(live, logits, strict=True):
+            if not future.done():
+                future.set_result(row)
