@@ -204,6 +204,9 @@ def _serve_exit(target: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_model_that_does_not_load_stops_startup(run_dir: Path, tmp_path: Path):
+    from imagefit.errors import ImagefitError
+    from imagefit.serve.model import load_served_model
+
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     cases = {
@@ -213,11 +216,14 @@ def test_a_model_that_does_not_load_stops_startup(run_dir: Path, tmp_path: Path)
         run_dir / "model.preprocess.onnx": "serve the plain model.onnx",
     }
     for target, message in cases.items():
-        result = _serve_exit(target)
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert message in lines[-1] and lines[-1].startswith("error: "), result.stderr
-        assert "Traceback" not in result.stderr
+        with pytest.raises(ImagefitError, match=message):
+            load_served_model(target)
+    # and through the command: one line, exit code 2, before listening
+    result = _serve_exit(broken)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {broken}: ONNX Runtime cannot load it"), result.stderr
+    assert "Traceback" not in result.stderr and "Uvicorn running" not in result.stderr
 
 
 @pytest.mark.slow
@@ -233,3 +239,17 @@ def test_two_worker_processes_answer(run_dir: Path, photos: list[Path], tmp_path
         assert len(labels) == 1
     finally:
         assert served.stop() in (0, -signal.SIGTERM)
+
+
+def test_server_normalisation_is_bit_identical_to_the_loaders() -> None:
+    from imagefit.export.preprocess import normalise
+    from imagefit.serve.model import normalise_hwc
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for mean, std in (
+        ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ([0.1, 0.7, 0.3], [0.01, 0.9, 0.1]),
+    ):
+        assert np.array_equal(
+            normalise_hwc(pixels, mean, std), normalise(pixels[None], mean, std)[0]
+        )

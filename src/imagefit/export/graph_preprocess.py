@@ -107,8 +107,10 @@ def preprocessing_graph(params: dict[str, Any], output: str) -> Any:
     def const(name: str, value: Any, dtype: Any) -> Any:
         return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
-    mean255 = np.float32(params["mean"]) * np.float32(255)  # as normalise() computes them
-    std255 = np.float32(params["std"]) * np.float32(255)
+    mean255 = np.asarray(params["mean"], dtype=np.float32) * np.float32(
+        255
+    )  # as normalise() computes them
+    std255 = np.asarray(params["std"], dtype=np.float32) * np.float32(255)
     inits = [
         const("pp_zero", [0], np.int64),
         const("pp_hw", [0, 1], np.int64),

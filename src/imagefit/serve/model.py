@@ -148,7 +148,7 @@ def normalise_hwc(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float
     The arithmetic is the same IEEE float32 (255 * mean and 255 * std in float32, one
     subtraction and one division per value), so the numbers are identical.
     """
-    mean255 = np.float32(mean) * np.float32(255)
-    std255 = np.float32(std) * np.float32(255)
+    mean255 = np.asarray(mean, dtype=np.float32) * np.float32(255)
+    std255 = np.asarray(std, dtype=np.float32) * np.float32(255)
     x = pixels.astype(np.float32).transpose(2, 0, 1)
     return np.ascontiguousarray((x - mean255[:, None, None]) / std255[:, None, None])

@@ -18,6 +18,9 @@ from imagefit.serve.app import PROCESS_DRAIN, SETTINGS_ENV, Settings, create_app
 
 log = logging.getLogger(__name__)
 
+# A stop waits this long for the requests in flight, then cancels them.
+GRACE_S = 60
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server that also raises the drain flag when asked to stop."""
@@ -38,15 +41,21 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
     if workers < 1:
         raise ServeError(f"--workers must be at least 1, got {workers}")
     app = create_app(settings)  # fails fast, in this process, on a model that does not load
-    common = {"host": host, "port": port, "log_level": "info", "timeout_graceful_shutdown": 60}
     if workers == 1:
-        DrainingServer(uvicorn.Config(app, **common)).run()
+        DrainingServer(
+            uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=GRACE_S)
+        ).run()
         return
     # Worker processes import the app by name and read the settings from the environment.
     del app
     os.environ[SETTINGS_ENV] = settings.to_env()
     config = uvicorn.Config(
-        "imagefit.serve.app:app_from_env", factory=True, workers=workers, **common
+        "imagefit.serve.app:app_from_env",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=GRACE_S,
     )
     # uvicorn's workers run its plain Server: a stop closes their listener, so requests after
     # SIGTERM are refused rather than answered 503; those in flight still finish.
