@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.serving import Served  # noqa: E402 - after the path is set
 
-IMAGES = Path("/work/shared/data/imagenette-val-224")
+IMAGES = ROOT.parent / "shared" / "data" / "imagenette-val-224"  # beside the repository
 MODES = {
     "batching": ["--max-batch", "32", "--max-wait-ms", "5"],
     "one-per-call": ["--max-batch", "1", "--max-wait-ms", "0"],
@@ -52,8 +52,10 @@ def make_model(folder: Path, arch: str, size: int) -> Path:
     return path
 
 
-def photos(count: int = 16) -> list[bytes]:
-    files = sorted(IMAGES.rglob("*.JPEG")) or sorted(IMAGES.rglob("*.jpg"))
+def photos(folder: Path, count: int = 16) -> list[bytes]:
+    files = sorted(folder.rglob("*.JPEG")) or sorted(folder.rglob("*.jpg"))
+    if not files:
+        raise SystemExit(f"no JPEGs under {folder} (--images)")
     step = max(1, len(files) // count)
     return [f.read_bytes() for f in files[::step][:count]]
 
@@ -102,9 +104,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="per mode and level")
     parser.add_argument("--time-limit", type=float, default=60, help="seconds per mode and level")
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--images", type=Path, default=IMAGES, help="JPEGs to post")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
-    bodies = photos()
+    bodies = photos(args.images)
     print(f"{os.cpu_count()} CPUs; {args.arch} at {args.size} px; {len(bodies)} real JPEGs")
     results: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
