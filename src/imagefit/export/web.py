@@ -22,6 +22,7 @@ from typing import Any
 
 from imagefit.export import ExportError
 from imagefit.export.onnx import ort_session, read_metadata
+from imagefit.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def export_web(model: str | Path, out: str | Path, top_k: int = 5) -> Path:
         "preprocessing": custom.get("imagefit.preprocessing", ""),
     }
     page = out / "index.html"
-    page.write_text(render_page(config), encoding="utf-8")
+    atomic_write(page, render_page(config), what="the web page")
     log.info("wrote %s (%d classes, %s)", page, len(meta["classes"]), model.name)
     return page
 
