@@ -28,14 +28,32 @@ def export(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Compare with PyTorch on real images.")
     ] = True,
+    with_preprocessing: Annotated[
+        bool,
+        typer.Option(
+            "--with-preprocessing",
+            help="Also write <out>.preprocess.onnx: input one uint8 RGB image (H, W, 3), any size.",
+        ),
+    ] = False,
+    web: Annotated[
+        Path | None,
+        typer.Option("--web", help="Write a static page that runs the model in a browser here."),
+    ] = None,
 ) -> None:
     """Export a trained model; checks it and writes RUN/export.json."""
     from imagefit.export.onnx import export_onnx
 
-    if not onnx:
-        raise ImagefitError("choose an export format: --onnx")
-    result = export_onnx(target, out, opset=opset, int8=int8, verify=verify)
+    if not onnx and web is None:
+        raise ImagefitError("choose an export format: --onnx and/or --web OUT")
+    # The page feeds raw pixels: it needs the model with the preprocessing in its graph.
+    pre = with_preprocessing or web is not None
+    result = export_onnx(target, out, opset=opset, int8=int8, verify=verify, with_preprocessing=pre)
     console.print(metric_table(f"export of {result['checkpoint']}", export_rows(result)))
+    if web is not None:
+        from imagefit.export.web import export_web
+
+        page = export_web(result["with_preprocessing"]["onnx"], web)
+        console.print(f"web page: {page} (serve with: cd {web} && python -m http.server)")
 
 
 def export_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -52,6 +70,13 @@ def export_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
             rows.append((f"batch {batch}: max |onnx - torch|", f"{r['max_abs_diff']:.3g}"))
             rows.append((f"batch {batch}: top-1 agreement", f"{r['top1_agreement']:.2%}"))
         rows.append(("verification", "passed" if check["passed"] else "FAILED"))
+    pre = result.get("with_preprocessing")
+    if pre:
+        rows.append(("ONNX file with preprocessing", pre["onnx"]))
+        rows.append(
+            ("  max |graph - evaluation| logits", f"{pre['verification']['max_abs_diff']:.3g}")
+        )
+        rows.append(("  top-1 agreement", f"{pre['verification']['top1_agreement']:.2%}"))
     return rows + (_int8_rows(result["int8"]) if result.get("int8") else [])
 
 

@@ -8,6 +8,7 @@ evaluation and inference see identical pixels.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -74,14 +75,20 @@ def _refuse_bomb(path: Path, image: Image.Image) -> None:
         )
 
 
-def load_rgb(path: str | Path, min_size: int = 1) -> Image.Image:
+def load_rgb(path: str | Path | IO[bytes], min_size: int = 1, name: str = "") -> Image.Image:
     """Open, verify, EXIF-rotate and convert one image; raise ImageError naming the file.
 
-    ``ImageError.kind`` says why a file was refused (see :class:`imagefit.errors.ImageError`).
+    ``path`` may also be an open binary stream (an upload), named ``name`` in messages, so that
+    a server decodes with exactly this policy. ``ImageError.kind`` says why a file was refused
+    (see :class:`imagefit.errors.ImageError`).
     """
-    path = Path(path)
+    source: Path | IO[bytes]
+    if isinstance(path, (str, Path)):
+        source = path = Path(path)
+    else:
+        source, path = path, Path(name or "<stream>")
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             _refuse_bomb(path, opened)
             opened.load()
             image = ImageOps.exif_transpose(opened)

@@ -49,13 +49,16 @@ def export_onnx(
     int8: bool = False,
     verify: bool = True,
     batch_sizes: Sequence[int] = (1, 8),
+    with_preprocessing: bool = False,
 ) -> dict[str, Any]:
     """Export a run folder or checkpoint to ONNX; return (and write to RUN/export.json) a report.
 
     ``out`` defaults to ``RUN/model.onnx`` (RUN = the checkpoint's folder); ``int8`` adds
     ``<out stem>.int8.onnx``. Raises ExportError when the file fails the ONNX checker or its
     outputs differ from PyTorch beyond rtol 1e-3 / atol 1e-5 (then export.json is written and
-    the file is renamed ``*.rejected.onnx``).
+    the file is renamed ``*.rejected.onnx``). ``with_preprocessing`` adds
+    ``<out stem>.preprocess.onnx`` whose input is one uint8 RGB image of any size
+    (:mod:`imagefit.export.graph_preprocess`).
     """
     checkpoint = resolve_checkpoint(target)
     run_dir = checkpoint.parent
@@ -83,7 +86,13 @@ def export_onnx(
         from imagefit.export.quantize import quantize_int8
 
         result["int8"] = quantize_int8(path, meta, run_dir)
+    if with_preprocessing:
+        from imagefit.export.graph_preprocess import export_preprocessing, raise_if_rejected
+
+        result["with_preprocessing"] = export_preprocessing(path, meta, run_dir)
     write_json(run_dir / "export.json", result)
+    if with_preprocessing:
+        raise_if_rejected(result["with_preprocessing"], run_dir / "export.json")
     log.info(
         "exported %s (%s, opset %d, %.1f MiB)", path, exporter, opset, result["size_bytes"] / 2**20
     )
