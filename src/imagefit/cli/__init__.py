@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from imagefit.cli import data, export, fractal, pipeline, run, sweep, tune
+from imagefit.cli import data, export, fractal, pipeline, run, sweep, trust, tune
 from imagefit.cli.common import main_process
 from imagefit.errors import ImagefitError, Interrupted
 
@@ -49,6 +49,7 @@ sweep.register(app)  # sweep, report, baseline
 export.register(app)  # export, predict
 tune.register(app)  # tune-batch
 pipeline.register(app)  # pipeline
+trust.register(app, data.app)  # calibrate, explain, diff, data audit
 
 
 def main() -> None:
