@@ -18,8 +18,8 @@ from imagefit.evaluate.calibration import (
     negative_log_likelihood,
     softmax,
 )
-from imagefit.export.preprocess import normalise
 from imagefit.export.predict import predict
+from imagefit.export.preprocess import normalise
 from imagefit.models.trained import load_trained
 from imagefit.train.fit import fit
 
