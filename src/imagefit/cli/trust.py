@@ -33,5 +33,44 @@ def calibrate(
     console.print(f"reliability diagram: {run / 'plots' / 'reliability.png'}")
 
 
+def diff(
+    run_a: Annotated[Path, typer.Argument(help="First run folder (A).")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder (B).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write an HTML page here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """Compare two runs on the same test split: intervals, McNemar's test, flipped images."""
+    import json
+
+    from imagefit.evaluate.compare import compare_runs, write_diff_page
+
+    result = compare_runs(run_a, run_b)
+    if out is not None:
+        write_diff_page(result, out)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    m = result["mcnemar"]
+
+    def interval(pair: list[float]) -> str:
+        return f"[{pair[0]:.4f}, {pair[1]:.4f}]"
+
+    rows = [
+        ("test images", result["images"]),
+        ("accuracy A", f"{result['accuracy_a']:.4f} {interval(result['accuracy_a_interval'])}"),
+        ("accuracy B", f"{result['accuracy_b']:.4f} {interval(result['accuracy_b_interval'])}"),
+        ("B - A", f"{result['difference']:+.4f} {interval(result['difference_interval'])}"),
+        ("only A right / only B right", f"{m['only_a_right']} / {m['only_b_right']}"),
+        (f"McNemar p ({m['method']})", f"{m['p_value']:.4g}"),
+    ]
+    console.print(metric_table(f"{run_a} (A) vs {run_b} (B), 95% bootstrap intervals", rows))
+    for c in result["per_class"]:
+        if c["delta"]:
+            console.print(f"  {c['class']}: {c['accuracy_a']:.3f} -> {c['accuracy_b']:.3f}")
+    if out is not None:
+        console.print(f"page: {out}")
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     app.command()(calibrate)
+    app.command()(diff)
