@@ -71,6 +71,46 @@ def diff(
         console.print(f"page: {out}")
 
 
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run folder or checkpoint.")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Image files or folders (searched recursively).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the overlays [RUN/explain].")
+    ] = None,
+    mistakes: Annotated[
+        bool,
+        typer.Option("--mistakes", help="Also write the gallery of test mistakes [RUN/gallery]."),
+    ] = False,
+) -> None:
+    """Grad-CAM overlays: where the model looked for the class it predicted."""
+    from imagefit.errors import ImagefitError
+    from imagefit.evaluate.explain import explain_images, mistakes_gallery
+    from imagefit.models.trained import resolve_checkpoint
+
+    if not images and not mistakes:
+        raise ImagefitError("give IMAGES to explain, or --mistakes for the test split's gallery")
+    run_dir = resolve_checkpoint(run).parent
+    failed = 0
+    if images:
+        for r in explain_images(run, images, out or run_dir / "explain"):
+            if "error" in r:
+                failed += 1
+                console.print(f"[red]error[/red] {r['error']}")
+            else:
+                console.print(f"{r['file']}: {r['label']} {r['probability']:.3f} -> {r['overlay']}")
+    if mistakes:
+        gallery = mistakes_gallery(run, out / "gallery" if out and images else out)
+        console.print(
+            f"gallery of {len(gallery['mistakes'])} confident mistakes (of "
+            f"{gallery['mistakes_total']}) and {len(gallery['confused_pairs'])} confused pairs"
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     app.command()(calibrate)
     app.command()(diff)
+    app.command()(explain)
