@@ -15,6 +15,7 @@ thumbnail, its true and predicted class, the probability and the Grad-CAM overla
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -51,10 +52,8 @@ def target_layer(model: nn.Module, arch: str, image_size: int) -> tuple[str, nn.
     candidates: list[str] = []
     info = getattr(model, "feature_info", None)
     if info is not None:
-        try:
+        with contextlib.suppress(IndexError, KeyError, TypeError):  # no usable stage entry
             candidates.append(info[-1]["module"])
-        except (IndexError, KeyError, TypeError):
-            pass
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     candidates.extend(reversed(convs))
     shapes: dict[str, tuple[int, ...]] = {}
