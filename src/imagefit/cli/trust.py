@@ -110,7 +110,48 @@ def explain(
         raise typer.Exit(1)
 
 
+def audit(
+    root: Annotated[Path, typer.Argument(help="root/<class>/ or root/{train,val,test}/<class>/.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder [./audit-ROOT].")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds.")] = 5,
+    model: Annotated[str, typer.Option("--model", help="Model name (registry or timm).")] = (
+        "simple_cnn"
+    ),
+    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Pixels.")] = 32,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs per fold.")] = 30,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Rank images whose label is probably wrong (cross-validated model + cleanlab).
+
+    Writes OUT/suspects.csv, OUT/suspects.png, OUT/label_issues.txt (for --set
+    data.skip_list=..., after a look) and OUT/audit.json.
+    """
+    from imagefit.datasets.audit import audit_labels, write_audit
+    from imagefit.errors import DataError
+
+    out = out or Path(f"audit-{root.resolve().name}")
+    if out.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"--out {out} is inside the dataset {root}: it would read as a class")
+    result = audit_labels(
+        root, folds=folds, model=model, image_size=image_size, epochs=epochs, seed=seed
+    )
+    files = write_audit(result, out)
+    rows = [
+        ("images", len(result.labels)),
+        ("out-of-fold accuracy", result.out_of_fold_accuracy()),
+        ("flagged label issues", int(result.flagged.sum())),
+    ]
+    console.print(metric_table(f"label audit of {root}", rows))
+    for i in result.order[:10]:
+        if result.flagged[i]:
+            given, better = result.classes[result.labels[i]], result.classes[result.suggested[i]]
+            console.print(f"[yellow]suspect[/yellow] {result.paths[i]}: {given} -> {better}?")
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     app.command()(calibrate)
     app.command()(diff)
     app.command()(explain)
+    data_app.command("audit")(audit)
