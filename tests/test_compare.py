@@ -125,3 +125,30 @@ def test_diff_cli_writes_the_page(two_runs, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["diff", str(a), str(b), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "McNemar" in result.output and out.is_file()
+
+
+def test_sweep_table_gains_the_baseline_comparison(tmp_path: Path) -> None:
+    from imagefit.sweep.runner import run_sweep
+    from imagefit.sweep.spec import load_sweep
+
+    from conftest import write_pattern_folder
+
+    root = write_pattern_folder(tmp_path / "patterns", per_class=16)
+    base = tmp_path / "base.yaml"
+    from imagefit.config import dump_config
+
+    base.write_text(dump_config(tiny_config(root, tmp_path / "unused", train={"epochs": 1})))
+    (tmp_path / "s.yaml").write_text(
+        "base: base.yaml\nout: out\nseeds: [0, 1]\n"
+        "variants:\n  - {name: a, set: {optim.lr: 0.003}}\n  - {name: b, set: {optim.lr: 0.01}}\n"
+    )
+    spec = load_sweep(tmp_path / "s.yaml")
+    run_sweep(spec)
+    result = CliRunner().invoke(app, ["diff", str(spec.out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((spec.out / "vs_baseline.json").read_text())
+    assert [r["name"] for r in rows] == ["a", "b"] and rows[1]["seeds"] == 2
+    low, high = rows[1]["interval"]
+    assert low <= rows[1]["difference"] <= high
+    run_sweep(spec)  # finished trials are skipped; the table now has the predictions it needs
+    assert "Difference to the first variant" in (spec.out / "results.md").read_text()

@@ -34,16 +34,29 @@ def calibrate(
 
 
 def diff(
-    run_a: Annotated[Path, typer.Argument(help="First run folder (A).")],
-    run_b: Annotated[Path, typer.Argument(help="Second run folder (B).")],
+    run_a: Annotated[Path, typer.Argument(help="First run folder (A), or a sweep folder.")],
+    run_b: Annotated[Path | None, typer.Argument(help="Second run folder (B).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write an HTML page here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Sweep: the variant to compare with.")
+    ] = None,
 ) -> None:
-    """Compare two runs on the same test split: intervals, McNemar's test, flipped images."""
+    """Compare two runs on the same test split: intervals, McNemar's test, flipped images.
+
+    Given a sweep folder alone: each variant against the baseline (default the first), a
+    paired bootstrap over seeds and test images, written to SWEEP/vs_baseline.{json,md}.
+    """
     import json
 
+    from imagefit.errors import ImagefitError
     from imagefit.evaluate.compare import compare_runs, write_diff_page
 
+    if run_b is None:
+        if not (run_a / "all_results.json").is_file():
+            raise ImagefitError(f"{run_a}: give two run folders, or one sweep folder")
+        _diff_sweep(run_a, baseline, as_json)
+        return
     result = compare_runs(run_a, run_b)
     if out is not None:
         write_diff_page(result, out)
@@ -69,6 +82,22 @@ def diff(
             console.print(f"  {c['class']}: {c['accuracy_a']:.3f} -> {c['accuracy_b']:.3f}")
     if out is not None:
         console.print(f"page: {out}")
+
+
+def _diff_sweep(sweep: Path, baseline: str | None, as_json: bool) -> None:
+    import json
+
+    from imagefit.evaluate.compare import sweep_vs_baseline, vs_baseline_markdown
+    from imagefit.fileio import atomic_write, write_json
+
+    rows = sweep_vs_baseline(sweep, baseline)
+    write_json(sweep / "vs_baseline.json", rows)
+    atomic_write(sweep / "vs_baseline.md", vs_baseline_markdown(rows))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    console.print(vs_baseline_markdown(rows), markup=False)
+    console.print(f"written: {sweep / 'vs_baseline.md'}")
 
 
 def explain(

@@ -266,17 +266,24 @@ def variants_vs_baseline(
     return rows
 
 
-def sweep_vs_baseline(sweep_dir: str | Path, baseline: str | None = None) -> list[dict[str, Any]]:
-    """:func:`variants_vs_baseline` over a sweep folder's finished trials (``all_results.json``),
-    grouping seeds by trial group; test predictions are read or computed per run."""
+def sweep_vs_baseline(
+    sweep_dir: str | Path,
+    baseline: str | None = None,
+    records: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`variants_vs_baseline` over a sweep folder's finished trials (``records``, default
+    those of ``all_results.json``), seeds grouped by trial group; each run's test predictions
+    are read, or computed and saved."""
     sweep_dir = Path(sweep_dir)
-    try:
-        doc = json.loads((sweep_dir / "all_results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{sweep_dir}: no readable all_results.json ({exc})") from None
+    if records is None:
+        try:
+            doc = json.loads((sweep_dir / "all_results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{sweep_dir}: no readable all_results.json ({exc})") from None
+        records = doc.get("trials", [])
     correct: dict[str, list[np.ndarray]] = {}
     order: list[str] | None = None
-    for record in doc.get("trials", []):
+    for record in records:
         if record.get("status") != "finished":
             continue
         preds = run_test_predictions(sweep_dir / record["run_dir"])
@@ -286,6 +293,40 @@ def sweep_vs_baseline(sweep_dir: str | Path, baseline: str | None = None) -> lis
             raise DataError(f"{record['run_dir']}: tested on other images than the first trial")
         correct.setdefault(record["group"], []).append(np.array([keyed[p] for p in order]))
     return variants_vs_baseline(correct, baseline)
+
+
+def vs_baseline_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table of :func:`variants_vs_baseline`'s rows."""
+    if not rows:
+        return ""
+    base = rows[0]["baseline"]
+    lines = [
+        f"| variant | seeds | test accuracy | difference to {base} | 95% interval | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "interval" not in r:
+            cells = ["-", "-", "baseline"]
+        else:
+            low, high = r["interval"]
+            verdict = (
+                "better"
+                if r["beats_baseline"]
+                else "worse"
+                if r["worse_than_baseline"]
+                else "no clear difference"
+            )
+            cells = [
+                f"{100 * r['difference']:+.2f}%",
+                f"[{100 * low:+.2f}%, {100 * high:+.2f}%]",
+                verdict,
+            ]
+        lines.append(
+            f"| {r['name']} | {r['seeds']} | {100 * r['accuracy']:.2f}% | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- the diff page
