@@ -113,3 +113,18 @@ def test_calibration_refuses_a_run_without_validation(pattern_root: Path, tmp_pa
     ).run_dir
     with pytest.raises(DataError, match="validation split"):
         calibrate_run(run)
+
+
+def test_trust_steps_after_training(pattern_root: Path, tmp_path: Path) -> None:
+    from imagefit.evaluate.post_run import trust_steps
+
+    run = fit(tiny_config(pattern_root, tmp_path, data={"image_size": 32})).run_dir
+    results = trust_steps(run)
+    assert results["test_predictions"] and results["calibration"] > 0
+    assert results["gallery"] is not None
+    assert (run / "test_predictions.npz").is_file() and (run / "gallery" / "gallery.json").is_file()
+    # calibration re-saved best.pt; the predictions still belong to it (not recomputed)
+    from imagefit.evaluate.predictions import SplitPredictions, run_test_predictions
+
+    stored = SplitPredictions.load(run / "test_predictions.npz")
+    assert run_test_predictions(run).checkpoint_sha256 == stored.checkpoint_sha256
