@@ -65,14 +65,17 @@ def split_digests(
     return out
 
 
-def record_split(run_dir: str | Path, manifest: SplitManifest) -> None:
-    """Write the split's file hashes into the ledger, once: a resumed run keeps the first ones."""
+def record_split(
+    run_dir: str | Path, manifest: SplitManifest, splits: Iterable[str] | None = None
+) -> None:
+    """Write the file hashes of ``splits`` (default all) into the ledger, once: a resumed run
+    keeps the first ones."""
     run_dir = Path(run_dir)
     ledger = read_ledger(run_dir)
     if ledger.get("split_sha256"):
         return
     started = time.perf_counter()
-    ledger["split_sha256"] = split_digests(manifest)
+    ledger["split_sha256"] = split_digests(manifest, splits)
     ledger.setdefault("test_evaluations", [])
     write_json(run_dir / LEDGER, ledger)
     log.debug("%s: hashed the split's files in %.2f s", run_dir, time.perf_counter() - started)

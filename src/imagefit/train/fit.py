@@ -376,7 +376,9 @@ def _write_records(run: Run) -> None:
         run.run_dir / "environment.json", {**environment, "world_size": run.dist.world_size}
     )
     run.data.manifest.save(run.run_dir / "split.json")
-    record_split(run.run_dir, run.data.manifest)  # the files' sha256, for eval to compare
+    # The files' sha256, for eval to compare later. Train files only when the image cache
+    # hashed them already: streaming a large dataset must not cost an extra read of it.
+    record_split(run.run_dir, run.data.manifest, None if run.data.cached else ("val", "test"))
     if run.data.skipped:
         rundir.write_json(run.run_dir / "skipped.json", run.data.skipped)
     if run.history:  # a kill between last.pt and history.json left the files one epoch behind
