@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 DEFAULT_THRESHOLD = 8  # Hamming distance (of 64 bits) on both hashes
-BLOCK = 2048  # rows compared at a time: BLOCK x N uint64 distances in memory
+CELLS = 1 << 23  # distances computed at a time (rows x N), about 64 MB per uint64 array
 
 
 def perceptual_hashes(image: Image.Image) -> tuple[int, int]:
@@ -56,8 +56,9 @@ def near_pairs(
     p = np.asarray(phashes, dtype=np.uint64)
     d = np.asarray(dhashes, dtype=np.uint64)
     pairs: list[NearPair] = []
-    for start in range(0, len(p), BLOCK):
-        rows = slice(start, start + BLOCK)
+    block = max(1, CELLS // max(1, len(p)))
+    for start in range(0, len(p), block):
+        rows = slice(start, start + block)
         # Only columns after each row's own index: every pair once, no self-pairs.
         dp = np.bitwise_count(p[rows, None] ^ p[None, :])
         dd = np.bitwise_count(d[rows, None] ^ d[None, :])

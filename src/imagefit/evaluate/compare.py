@@ -336,11 +336,11 @@ def _thumbnail(path: str) -> str:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMB, THUMB))
-            buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=80)
+        with Image.open(path) as opened:
+            thumb = opened.convert("RGB")
+        thumb.thumbnail((THUMB, THUMB))
+        buffer = io.BytesIO()
+        thumb.save(buffer, "JPEG", quality=80)
     except OSError:
         return "<span>(unreadable)</span>"
     data = base64.b64encode(buffer.getvalue()).decode("ascii")

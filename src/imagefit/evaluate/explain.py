@@ -207,7 +207,7 @@ def mistakes_gallery(
     confusion = Counter(zip(labels[wrong].tolist(), predicted[wrong].tolist(), strict=True))
     top_pairs = [pair for pair, _ in confusion.most_common(pairs)]
     examples = {
-        pair: [i for i in wrong if (labels[i], predicted[i]) == pair][:4] for pair in top_pairs
+        pair: [int(i) for i in wrong if (labels[i], predicted[i]) == pair][:4] for pair in top_pairs
     }
     chosen = list(dict.fromkeys([*confident.tolist(), *(i for v in examples.values() for i in v)]))
     entries: dict[int, dict[str, Any]] = {}
