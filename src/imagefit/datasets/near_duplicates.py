@@ -11,7 +11,7 @@ of distinct photos fewer than 15 fall within 8 on both hashes (most of those bei
 duplicates in the source set).
 
 Pairs are found by comparing all hashes in blocks (numpy popcount): ``N^2 / 2`` comparisons,
-about a second per 10,000 images.
+20,000 images in about 4 s on a CPU.
 """
 
 from __future__ import annotations
