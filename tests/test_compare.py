@@ -139,7 +139,7 @@ def test_sweep_table_gains_the_baseline_comparison(tmp_path: Path) -> None:
 
     base.write_text(dump_config(tiny_config(root, tmp_path / "unused", train={"epochs": 1})))
     (tmp_path / "s.yaml").write_text(
-        "base: base.yaml\nout: out\nseeds: [0, 1]\n"
+        f"base: base.yaml\nout: {tmp_path / 'out'}\nseeds: [0, 1]\n"
         "variants:\n  - {name: a, set: {optim.lr: 0.003}}\n  - {name: b, set: {optim.lr: 0.01}}\n"
     )
     spec = load_sweep(tmp_path / "s.yaml")
