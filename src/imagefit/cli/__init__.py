@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from imagefit.cli import data, export, fractal, pipeline, run, serve, sweep, tune
+from imagefit.cli import data, export, fractal, pipeline, run, serve, sweep, trust, tune
 from imagefit.cli.common import main_process
 from imagefit.errors import ImagefitError, Interrupted
 
@@ -50,6 +50,7 @@ export.register(app)  # export, predict
 tune.register(app)  # tune-batch
 pipeline.register(app)  # pipeline
 serve.register(app)  # serve
+trust.register(app, data.app)  # calibrate, explain, diff, data audit
 
 
 def main() -> None:

@@ -51,8 +51,17 @@ def verify(
     min_size: MinSize = 1,
     out: ReportDir = None,
     workers: Workers = None,
+    near_dup_threshold: Annotated[
+        int,
+        typer.Option(
+            "--near-dup-threshold",
+            min=-1,
+            max=64,
+            help="Hamming distance of perceptual hashes for near-duplicates (-1: off).",
+        ),
+    ] = 8,
 ) -> None:
-    """Find bad images, duplicates across classes and splits, and class imbalance.
+    """Find bad images, duplicates and near-duplicates across classes and splits, imbalance.
 
     Writes OUT/verify.json and OUT/bad_files.txt (for --set data.skip_list=...); exits 1 when
     it finds errors.
@@ -63,7 +72,8 @@ def verify(
     out = out or Path(f"verify-{root.resolve().name}")
     if out.resolve().is_relative_to(root.resolve()):
         raise DataError(f"--out {out} is inside the dataset {root}: it would read as a class")
-    report = verify_dataset(root, min_size=min_size, workers=workers)
+    threshold = None if near_dup_threshold < 0 else near_dup_threshold
+    report = verify_dataset(root, min_size=min_size, workers=workers, near_dup_threshold=threshold)
     _print_report(report)
     json_path, skip_path = (path.resolve() for path in report.write(out))
     console.print(f"report: {json_path}")
@@ -90,6 +100,8 @@ def _print_report(report) -> None:
     rows = [("images scanned", report.scanned), ("imbalance (max/min)", report.imbalance_ratio)]
     rows += [(f"bad: {kind}", n) for kind, n in report.bad_by_kind().items()]
     rows += [(f"duplicates: {kind}", n) for kind, n in report.duplicates_by_kind().items() if n]
+    near = report.near_duplicates_by_kind().items()
+    rows += [(f"near-duplicate pairs: {kind}", n) for kind, n in near if n]
     rows += [("structural problems", len(report.problems)), ("errors", report.errors)]
     console.print(metric_table("verify", rows))
     for line in report.problems:
@@ -99,6 +111,12 @@ def _print_report(report) -> None:
     for group in [g for g in report.duplicates if g.is_error][:SHOWN]:
         files = ", ".join(f"{f.split}/{f.label}/{f.path.name}" for f in group.files)
         console.print(f"[red]duplicate ({', '.join(group.kinds)})[/red] {files}")
+    for pair in [n for n in report.near_duplicates if n.kinds != ["same_class"]][:SHOWN]:
+        files = ", ".join(f"{f.split}/{f.label}/{f.path.name}" for f in (pair.first, pair.second))
+        console.print(
+            f"[yellow]near-duplicate ({', '.join(pair.kinds)}; distance "
+            f"{pair.phash_distance}/{pair.dhash_distance})[/yellow] {files}"
+        )
     hidden = len(report.bad) + len(report.duplicates) - 2 * SHOWN
     if hidden > 0:
         console.print("... and more in verify.json")

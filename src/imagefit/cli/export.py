@@ -106,15 +106,29 @@ def predict(
     ],
     top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per image.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    abstain_below: Annotated[
+        float | None,
+        typer.Option(
+            "--abstain-below",
+            min=0.0,
+            max=1.0,
+            help="Mark predictions whose (calibrated) probability is under P.",
+        ),
+    ] = None,
 ) -> None:
     """Predict the class of images; exits 1 if any image could not be read."""
     from imagefit.export.predict import predict as run_predict
 
-    results = run_predict(model, images, top_k=top_k)
+    results = run_predict(model, images, top_k=top_k, abstain_below=abstain_below)
     if as_json:
         typer.echo(json.dumps(results, indent=1))
     else:
         console.print(prediction_table(results, top_k))
+        abstained = sum(bool(r.get("abstain")) for r in results)
+        if abstain_below is not None:
+            console.print(
+                f"{abstained} of {len(results)} predictions under {abstain_below}: abstain"
+            )
     failed = [r for r in results if "error" in r]
     if failed:
         typer.echo(f"{len(failed)} of {len(results)} images failed", err=True)
@@ -130,7 +144,8 @@ def prediction_table(results: list[dict[str, Any]], top_k: int) -> Table:
             table.add_row(r["file"], "[red]error[/red]", "-", r["error"])
         else:
             others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
-            table.add_row(r["file"], r["label"], f"{r['probability']:.4f}", others)
+            label = f"{r['label']} [yellow](abstain)[/yellow]" if r.get("abstain") else r["label"]
+            table.add_row(r["file"], label, f"{r['probability']:.4f}", others)
     return table
 
 

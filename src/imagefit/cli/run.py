@@ -71,9 +71,19 @@ def eval_(
     from imagefit.evaluate.evaluator import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(target, split, data, limit_batches=limit_batches)
-    if as_json:
+    if as_json:  # the JSON holds changed_files and test_evaluations
         typer.echo(json.dumps(metrics, indent=1))
         return
+    changed = metrics.get("changed_files")
+    if changed:
+        typer.echo(
+            f"warning: {len(changed)} files of the {split} split changed since the run "
+            f"trained (e.g. {changed[0]}): these metrics are not the run's own",
+            err=True,
+        )
+    uses = metrics.get("test_evaluations")
+    if uses and uses > 1:
+        typer.echo(f"note: this run's test split has now been evaluated {uses} times", err=True)
     rows = [
         (key, metrics[key])
         for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "loss")

@@ -9,6 +9,10 @@ The report lists:
 - exact duplicates (same bytes): across classes (the label is ambiguous), across the
   train/val/test folders (test leakage), and within a class (a stratified split can put the
   copies on both sides);
+- near-duplicates (:mod:`imagefit.datasets.near_duplicates`: resized, re-encoded or slightly
+  cropped copies, by perceptual hashes within ``near_dup_threshold``) across classes and
+  across splits, listed as warnings: a perceptual hash can pair two distinct photos, so they
+  are for a person to look at, not left out automatically;
 - structural problems (an empty class folder, a val class that train lacks), ignored files
   without an image extension, class counts per split and the imbalance ratio.
 
@@ -41,6 +45,7 @@ from imagefit.data.splits import (  # the layout rules training uses
     _split_dirs,
     resolve_splits,
 )
+from imagefit.datasets.near_duplicates import DEFAULT_THRESHOLD, near_pairs, perceptual_hashes
 from imagefit.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -99,6 +104,25 @@ class DuplicateGroup:
 
 
 @dataclass
+class NearDuplicate:
+    """Two files with different bytes and (nearly) the same picture."""
+
+    first: FileRef
+    second: FileRef
+    phash_distance: int
+    dhash_distance: int
+
+    @property
+    def kinds(self) -> list[str]:
+        kinds = []
+        if self.first.label != self.second.label:
+            kinds.append("cross_class")
+        if self.first.split != self.second.split:
+            kinds.append("cross_split")
+        return kinds or ["same_class"]
+
+
+@dataclass
 class VerifyReport:
     """What :func:`verify_dataset` found; ``ok`` when nothing would break or leak."""
 
@@ -113,6 +137,8 @@ class VerifyReport:
     ignored: list[Path] = field(default_factory=list)  # no image extension: training ignores
     left_out: dict[str, list[str]] = field(default_factory=dict)  # hidden entries, links
     problems: list[str] = field(default_factory=list)  # structural errors
+    near_duplicates: list[NearDuplicate] = field(default_factory=list)
+    near_dup_threshold: int | None = DEFAULT_THRESHOLD  # None: not searched
 
     @property
     def imbalance_ratio(self) -> float:
@@ -153,7 +179,19 @@ class VerifyReport:
         for reason, paths in self.left_out.items():
             if paths:
                 out.append(f"{len(paths)} {LEFT_OUT[reason]} are left out")
+        near = self.near_duplicates_by_kind()
+        if near["cross_split"] or near["cross_class"]:
+            out.append(
+                f"near-duplicate pairs (perceptual hash distance <= {self.near_dup_threshold}): "
+                f"{near['cross_split']} across splits (test leakage), {near['cross_class']} "
+                "across classes (ambiguous labels); see near_duplicates in verify.json"
+            )
         return out
+
+    def near_duplicates_by_kind(self) -> dict[str, int]:
+        return {
+            kind: sum(kind in n.kinds for n in self.near_duplicates) for kind in DUPLICATE_KINDS
+        }
 
     def bad_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
@@ -203,6 +241,17 @@ class VerifyReport:
             ],
             "ignored": [str(p) for p in self.ignored],
             "left_out": self.left_out,
+            "near_dup_threshold": self.near_dup_threshold,
+            "near_duplicates_by_kind": self.near_duplicates_by_kind(),
+            "near_duplicates": [
+                {
+                    "kinds": n.kinds,
+                    "phash_distance": n.phash_distance,
+                    "dhash_distance": n.dhash_distance,
+                    "files": [ref(n.first), ref(n.second)],
+                }
+                for n in self.near_duplicates
+            ],
         }
 
     def write(self, out: str | Path) -> tuple[Path, Path]:
@@ -261,19 +310,23 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check(file: FileRef, min_size: int) -> tuple[str | None, BadFile | None]:
-    """(content hash or None, the reason the file is bad or None)."""
+Checked = tuple[str | None, BadFile | None, tuple[int, int] | None]
+
+
+def _check(file: FileRef, min_size: int, perceptual: bool) -> Checked:
+    """(content hash or None, the reason the file is bad or None, perceptual hashes or None)."""
     try:
         digest = _digest(file.path)
     except OSError as exc:
-        return None, BadFile(file, "unreadable", f"{file.path}: cannot read ({exc.strerror})")
+        bad = BadFile(file, "unreadable", f"{file.path}: cannot read ({exc.strerror})")
+        return None, bad, None
     try:
-        load_rgb(file.path, min_size)
+        image = load_rgb(file.path, min_size)
     except ImageError as exc:
-        return digest, BadFile(file, exc.kind, str(exc))
+        return digest, BadFile(file, exc.kind, str(exc)), None
     except DataError as exc:
-        return digest, BadFile(file, "unreadable", str(exc))
-    return digest, None
+        return digest, BadFile(file, "unreadable", str(exc)), None
+    return digest, None, perceptual_hashes(image) if perceptual else None
 
 
 def _groups(hashes: Iterable[tuple[FileRef, str]]) -> list[DuplicateGroup]:
@@ -283,18 +336,33 @@ def _groups(hashes: Iterable[tuple[FileRef, str]]) -> list[DuplicateGroup]:
     return [DuplicateGroup(d, files) for d, files in sorted(by_digest.items()) if len(files) > 1]
 
 
+def _near_duplicates(
+    found: list[tuple[FileRef, str, tuple[int, int]]], threshold: int
+) -> list[NearDuplicate]:
+    """Near pairs with different bytes (byte copies are already duplicate groups)."""
+    pairs = near_pairs([h[0] for _, _, h in found], [h[1] for _, _, h in found], threshold)
+    return [
+        NearDuplicate(found[p.first][0], found[p.second][0], p.phash_distance, p.dhash_distance)
+        for p in pairs
+        if found[p.first][1] != found[p.second][1]
+    ]
+
+
 def verify_dataset(
     root: str | Path,
     min_size: int = 1,
     workers: int | None = None,
     progress: bool = True,
     data: DataConfig | None = None,
+    near_dup_threshold: int | None = DEFAULT_THRESHOLD,
 ) -> VerifyReport:
     """Check every image under ``root`` (single-folder or train/val/test layout).
 
     ``data``: the data settings training will use (split fractions and seed, link policy;
     defaults as in a new config). Every check training makes on the dataset's structure runs
     here too, so a dataset that verifies is one that training accepts.
+    ``near_dup_threshold``: the Hamming distance (0-64) within which two pictures count as
+    near-duplicates; None skips the search.
 
     Raises DataError only when ``root`` is not a dataset at all (missing, no class folders,
     split folders without train); everything else is reported.
@@ -330,11 +398,14 @@ def verify_dataset(
             for reason in LEFT_OUT
         },
         problems=problems,
+        near_dup_threshold=near_dup_threshold,
     )
+    perceptual = near_dup_threshold is not None
     workers = workers or min(8, os.cpu_count() or 1)
     hashes: list[tuple[FileRef, str]] = []
+    pictures: list[tuple[FileRef, str, tuple[int, int]]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda f: _check(f, min_size), files)
+        results = pool.map(lambda f: _check(f, min_size, perceptual), files)
         bar = tqdm(
             zip(files, results, strict=True),
             total=len(files),
@@ -342,18 +413,23 @@ def verify_dataset(
             unit="img",
             disable=None if progress else True,
         )
-        for file, (digest, bad) in bar:
+        for file, (digest, bad, picture) in bar:
             if bad is not None:
                 report.bad.append(bad)
             elif digest is not None:  # bad files are listed once, not also as duplicates
                 hashes.append((file, digest))
+                if picture is not None:
+                    pictures.append((file, digest, picture))
     report.duplicates = _groups(hashes)
+    if near_dup_threshold is not None:
+        report.near_duplicates = _near_duplicates(pictures, near_dup_threshold)
     log.info(
-        "verified %s: %d images, %d bad, %d duplicate groups, %d problems",
+        "verified %s: %d images, %d bad, %d duplicate groups, %d near-duplicate pairs, %d problems",
         root,
         len(files),
         len(report.bad),
         len(report.duplicates),
+        len(report.near_duplicates),
         len(problems),
     )
     return report

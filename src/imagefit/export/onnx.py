@@ -229,6 +229,8 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
         "output": OUTPUT,
         "preprocessing": PREPROCESSING,
     }
+    if meta.get("temperature") is not None:  # fitted by calibration: probabilities = softmax(z/T)
+        values["temperature"] = float(meta["temperature"])
     return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
@@ -247,6 +249,8 @@ def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
         ) from None
     meta["arch"] = custom.get(META_PREFIX + "arch", "?")
     meta["input"] = custom.get(META_PREFIX + "input", INPUT)
+    if META_PREFIX + "temperature" in custom:
+        meta["temperature"] = float(custom[META_PREFIX + "temperature"])
     return meta
 
 

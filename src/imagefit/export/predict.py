@@ -3,6 +3,9 @@
 The preprocessing (size, mean, std, class names) comes with the model: a checkpoint's ``meta``
 or an exported file's ``imagefit.*`` metadata, so nothing has to be repeated on the command
 line. A file that cannot be read gets an ``error`` entry; the other files are still predicted.
+A model calibrated by :func:`imagefit.evaluate.calibration.calibrate_run` carries a
+``temperature``; its probabilities are ``softmax(logits / temperature)`` (``calibrated: true``),
+and ``abstain_below`` marks predictions whose probability falls under it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class Predictor:
     """A loaded model and the preprocessing that goes with it."""
 
     source: str
-    meta: dict[str, Any]  # classes, image_size, mean, std
+    meta: dict[str, Any]  # classes, image_size, mean, std (, temperature)
     logits: Callable[[np.ndarray], np.ndarray]  # (N, 3, S, S) float32 -> (N, classes)
 
 
@@ -84,18 +87,32 @@ def predict(
     images: Sequence[str | Path],
     top_k: int = 5,
     batch_size: int = BATCH_SIZE,
+    abstain_below: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per image, in order: ``{"file", "label", "index", "probability", "top_k": [...]}``,
-    or ``{"file", "error", "kind"}`` for an image that could not be read."""
+    """One dict per image, in order: ``{"file", "label", "index", "probability", "top_k": [...],
+    "calibrated"}`` (plus ``"abstain"`` with ``abstain_below``), or ``{"file", "error", "kind"}``
+    for an image that could not be read."""
     if top_k < 1:
         raise DataError(f"top_k must be at least 1, got {top_k}")
+    if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
+        raise DataError(f"abstain_below must be a probability in [0, 1], got {abstain_below}")
     predictor = load_predictor(model_path)
+    if abstain_below is not None and predictor.meta.get("temperature") is None:
+        log.warning(
+            "%s is not calibrated (no temperature): abstaining on uncalibrated probabilities; "
+            "run `imagefit calibrate RUN` first",
+            predictor.source,
+        )
     items = expand_images(images)
     if not items:
         raise DataError("no images given")
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
         results.extend(_predict_batch(predictor, items[start : start + batch_size], top_k))
+    if abstain_below is not None:
+        for r in results:
+            if "error" not in r:
+                r["abstain"] = r["probability"] < abstain_below
     failed = sum("error" in r for r in results)
     log.info(
         "predicted %d images with %s (%d failed)", len(results) - failed, predictor.source, failed
@@ -123,9 +140,11 @@ def _predict_batch(
             )
     if good:
         x = normalise(np.stack([pixels for _, pixels in good]), meta["mean"], meta["std"])
-        probs = softmax(predictor.logits(x))
+        temperature = meta.get("temperature")
+        probs = softmax(predictor.logits(x) / (temperature or 1.0))
         for (position, _), row in zip(good, probs, strict=True):
             results[position].update(_top(row, meta["classes"], top_k))
+            results[position]["calibrated"] = temperature is not None
     return results
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -16,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from imagefit.errors import ImagefitError
 from imagefit.sweep.spec import SweepSpec, Trial
 from imagefit.train import rundir
+
+log = logging.getLogger(__name__)
 
 TEST_KEYS = (
     "accuracy",
@@ -255,6 +259,28 @@ def write_sweep_file(spec: SweepSpec) -> Path:
     return path
 
 
+def _vs_baseline(out: Path, records: list[dict[str, Any]]) -> str:
+    """The paired-bootstrap section, when every finished run has its test predictions saved
+    (computing them is an evaluation per run: ``imagefit diff SWEEP_DIR`` does it on request)."""
+    from imagefit.evaluate.compare import sweep_vs_baseline, vs_baseline_markdown
+    from imagefit.evaluate.predictions import TEST_PREDICTIONS
+
+    done = [r for r in records if r["status"] == "finished"]
+    if len({r["group"] for r in done}) < 2 or not all(
+        (out / r["run_dir"] / TEST_PREDICTIONS).is_file() for r in done
+    ):
+        return ""
+    try:
+        rows = sweep_vs_baseline(out, records=done)
+    except ImagefitError as exc:  # a table must not fail over a comparison it cannot make
+        log.warning("%s: no comparison to the baseline (%s)", out, exc)
+        return ""
+    return (
+        "\n## Difference to the first variant (paired bootstrap over seeds and test images)\n\n"
+        + vs_baseline_markdown(rows)
+    )
+
+
 def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
     """Write all_results.json, results.md and results.csv into ``spec.out``."""
     groups = group_records(records) if spec.seeds else []
@@ -284,6 +310,7 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
     text += _markdown(*runs_table(records))
     if groups:
         text += "\n## Mean ± std over seeds\n\n" + _markdown(*groups_table(groups))
+    text += _vs_baseline(spec.out, records)
     files["results_md"].write_text(text, encoding="utf-8")
     with open(files["results_csv"], "w", newline="", encoding="utf-8") as handle:
         header, rows = _csv_rows(records)

@@ -22,6 +22,7 @@ from torch import nn
 from imagefit.config import Config, config_from_dict
 from imagefit.data.loaders import DataBundle, build_data, derive_seed
 from imagefit.errors import CheckpointError, ConfigError, Interrupted
+from imagefit.evaluate.ledger import note_test_use, record_split
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.export.onnx import export_after_training
 from imagefit.models.registry import create_model
@@ -327,6 +328,7 @@ def _finish(run: Run, tracker: Sink) -> RunResult:
         metrics = {"split": "test", **compute_metrics(targets, logits, run.data.classes, loss)}
     if metrics is not None and run.dist.is_main:
         rundir.write_json(run.run_dir / "metrics.json", metrics)
+        note_test_use(run.run_dir, "fit")
     total, trainable = count_parameters(run.model)
     summary = {
         "name": run.run_dir.name,
@@ -374,6 +376,9 @@ def _write_records(run: Run) -> None:
         run.run_dir / "environment.json", {**environment, "world_size": run.dist.world_size}
     )
     run.data.manifest.save(run.run_dir / "split.json")
+    # The files' sha256, for eval to compare later. Train files only when the image cache
+    # hashed them already: streaming a large dataset must not cost an extra read of it.
+    record_split(run.run_dir, run.data.manifest, None if run.data.cached else ("val", "test"))
     if run.data.skipped:
         rundir.write_json(run.run_dir / "skipped.json", run.data.skipped)
     if run.history:  # a kill between last.pt and history.json left the files one epoch behind

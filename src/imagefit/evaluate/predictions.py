@@ -1,0 +1,173 @@
+"""Per-image predictions of a trained run on one split: which file, its label, the logits.
+
+Metrics summarise; comparing two runs image by image (McNemar, flipped predictions),
+calibrating, and showing mistakes need the predictions themselves. :func:`split_predictions`
+computes them from a checkpoint and the run's ``split.json`` through the one evaluation path
+(the loaders and :func:`imagefit.train.loop.evaluate`), so they work for any finished run;
+:func:`save_test_predictions` is the post-run step that stores the test split's as
+``RUN/test_predictions.npz`` (plain arrays, loaded without pickle).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagefit.config import Config, config_from_dict
+from imagefit.data.cache import file_digest
+from imagefit.data.loaders import Loader, make_source
+from imagefit.data.splits import SplitManifest, resolve_splits
+from imagefit.errors import DataError
+from imagefit.fileio import atomic_open
+from imagefit.models.trained import load_trained, resolve_checkpoint
+from imagefit.train.loop import Precision, evaluate
+from imagefit.train.runtime import select_device
+
+log = logging.getLogger(__name__)
+
+TEST_PREDICTIONS = "test_predictions.npz"
+
+
+@dataclass
+class SplitPredictions:
+    """Logits of a model on the files of one split, in the split's order (bad files left out)."""
+
+    split: str
+    root: str  # the dataset root the paths are relative to
+    classes: list[str]
+    paths: list[str]  # (N,) posix paths relative to ``root``
+    labels: np.ndarray  # (N,) int64
+    logits: np.ndarray  # (N, C) float32
+    checkpoint_sha256: str = ""
+    loss: float | None = None
+    skipped: int = 0  # files of the split that could not be decoded
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.labels
+
+    def probabilities(self, temperature: float = 1.0) -> np.ndarray:
+        """Softmax of ``logits / temperature`` in float64, (N, C)."""
+        z = self.logits.astype(np.float64) / temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def file(self, i: int) -> Path:
+        return Path(self.root) / self.paths[i]
+
+    def save(self, path: str | Path) -> Path:
+        with atomic_open(path, "wb", what="the predictions") as handle:
+            np.savez(
+                handle,
+                split=np.array(self.split),
+                root=np.array(self.root),
+                classes=np.array(self.classes),
+                paths=np.array(self.paths),
+                labels=self.labels,
+                logits=self.logits,
+                checkpoint_sha256=np.array(self.checkpoint_sha256),
+            )
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitPredictions:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(
+                    split=str(data["split"]),
+                    root=str(data["root"]),
+                    classes=[str(c) for c in data["classes"]],
+                    paths=[str(p) for p in data["paths"]],
+                    labels=data["labels"].astype(np.int64),
+                    logits=data["logits"].astype(np.float32),
+                    checkpoint_sha256=str(data["checkpoint_sha256"]),
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{path}: not a predictions file ({exc})") from None
+
+
+def run_manifest(checkpoint: Path, cfg: Config, data_root: str | None) -> SplitManifest:
+    """The run's own split when it is known (so 'test' means the held-out files), else a
+    fresh split of ``data_root`` with the run's split settings."""
+    saved = checkpoint.parent / "split.json"
+    if saved.is_file():
+        return SplitManifest.load(saved, data_root)
+    root = data_root or cfg.data.root
+    if not root:
+        raise DataError(f"{checkpoint}: no split.json beside it and no data root: pass --data ROOT")
+    return resolve_splits(root, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+
+
+def split_predictions(
+    target: str | Path,
+    split: str = "test",
+    data_root: str | None = None,
+    device: str = "auto",
+    limit_batches: int | None = None,
+    batch_size: int = 256,
+) -> tuple[SplitPredictions, dict[str, Any], SplitManifest]:
+    """(predictions on ``split``, the checkpoint's meta, the manifest) of a run or checkpoint."""
+    checkpoint = resolve_checkpoint(target)
+    dev = select_device(device)
+    model, meta, config = load_trained(checkpoint, dev)
+    cfg = config_from_dict(config, source=str(checkpoint))
+    manifest = run_manifest(checkpoint, cfg, data_root)
+    if manifest.classes != meta["classes"]:
+        raise DataError(
+            f"the data's classes {manifest.classes} differ from the model's {meta['classes']}"
+        )
+    samples = manifest.splits.get(split) or []
+    if not samples:
+        raise DataError(f"{manifest.root}: split '{split}' is empty or absent")
+    skipped: dict[str, str] = {}
+    source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped)
+    loader = Loader(
+        source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
+    )
+    precision = Precision(dev, channels_last=cfg.train.channels_last)
+    targets, logits, loss = evaluate(model, loader, precision, desc=split)
+    kept = kept[: len(targets)]  # --limit-batches evaluates a prefix
+    if len(kept) != len(targets):
+        raise DataError(f"{checkpoint}: {len(targets)} predictions for {len(kept)} files")
+    predictions = SplitPredictions(
+        split=split,
+        root=str(manifest.root),
+        classes=list(meta["classes"]),
+        paths=[path.relative_to(manifest.root).as_posix() for path, _ in kept],
+        labels=targets.astype(np.int64),
+        logits=logits.astype(np.float32),
+        checkpoint_sha256=file_digest(checkpoint).hex(),
+        loss=loss,
+        skipped=len(skipped),
+    )
+    return predictions, meta, manifest
+
+
+def run_test_predictions(run_dir: str | Path, data_root: str | None = None) -> SplitPredictions:
+    """The run's test predictions: ``RUN/test_predictions.npz`` when it belongs to the current
+    ``best.pt``, else computed from ``best.pt`` and ``split.json`` (and saved)."""
+    checkpoint = resolve_checkpoint(run_dir)
+    saved = checkpoint.parent / TEST_PREDICTIONS
+    if saved.is_file() and data_root is None:
+        stored = SplitPredictions.load(saved)
+        if stored.checkpoint_sha256 == file_digest(checkpoint).hex():
+            return stored
+        log.info("%s: made by another checkpoint; computing them again", saved)
+    predictions, _, _ = split_predictions(checkpoint, "test", data_root)
+    predictions.save(saved)
+    return predictions
+
+
+def save_test_predictions(run_dir: str | Path) -> Path:
+    """Post-run step: write ``RUN/test_predictions.npz`` (path, label, logits per test image)."""
+    run_test_predictions(run_dir)
+    return resolve_checkpoint(run_dir).parent / TEST_PREDICTIONS
