@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from imagefit.evaluate import plots
+from imagefit.runs.reader import load_run
 from imagefit.evaluate.metrics import compute_metrics
 
 RUN_PLOTS = {
@@ -184,7 +185,7 @@ def test_history_csv_is_read_when_json_is_missing(tmp_path: Path) -> None:
         "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr\n"
         "1,1.5,0.4,1.6,0.35,0.01\n2,1.0,0.6,1.2,0.5,0.005\n"
     )
-    record = plots.load_run(run)
+    record = load_run(run)
     assert record.history[1]["val_accuracy"] == 0.5
     assert "history.json" not in record.missing
 
@@ -204,6 +205,6 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
 
     fig = plots.top_confused_pairs_figure([[1, 2], [3, 4]], ["a", "b"])
     assert isinstance(fig, Figure)
-    plots.run_figures(plots.load_run(write_run(tmp_path / "run", num_classes=3)))
+    plots.run_figures(load_run(write_run(tmp_path / "run", num_classes=3)))
     plots.figure_png(fig)
     assert not Gcf.get_all_fig_managers()  # nothing registered with pyplot: nothing leaks

@@ -23,7 +23,7 @@ from imagefit.export import ExportError
 from imagefit.export.onnx import export_onnx
 from imagefit.export.predict import predict
 from imagefit.models.trained import load_trained
-from imagefit.train.loop import Precision, evaluate
+from imagefit.evaluate.inference import Precision, evaluate
 
 from test_export import train_digits_run
 

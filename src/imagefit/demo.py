@@ -8,7 +8,8 @@ from pathlib import Path
 from imagefit.config import Config, config_from_dict, read_yaml
 from imagefit.datasets.digits import write_digits
 from imagefit.errors import ConfigError
-from imagefit.train.fit import RunResult, fit
+from imagefit.runs.records import RunResult
+from imagefit.workflow import train
 
 
 def demo_config(workdir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -33,4 +34,4 @@ def run_demo(
     if cfg.data.root is None:  # demo_config sets it; only an override can clear it
         raise ConfigError("the demo needs data.root (where it writes the digit images)")
     write_digits(cfg.data.root)
-    return fit(cfg)
+    return train(cfg)

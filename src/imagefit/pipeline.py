@@ -33,8 +33,9 @@ from pydantic import Field, ValidationError
 
 from imagefit.config import Section, apply_override, read_yaml
 from imagefit.errors import ConfigError, Interrupted, TrainingStopped
+from imagefit.fileio import write_json
+from imagefit.runs.layout import RunLayout
 from imagefit.sweep import SweepResult, load_sweep, run_sweep
-from imagefit.train import rundir
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
         spec.common,
     )
     pretrained = run_sweep(pre)
-    checkpoint = pre.out / "runs" / PRETRAIN_TRIAL / "best.pt"
+    checkpoint = RunLayout(pre.out / "runs" / PRETRAIN_TRIAL).best
     if pretrained.records[0]["status"] != "finished" or not checkpoint.is_file():
         raise TrainingStopped(
             f"pretraining did not finish ({pretrained.records[0].get('error')}); "
@@ -272,5 +273,5 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
         "finetune_results": str(finetuned.files.get("all_results", fine.out)),
         **compare(finetuned),
     }
-    rundir.write_json(out / "pipeline.json", comparison)
+    write_json(out / "pipeline.json", comparison)
     return PipelineResult(out, pretrained, finetuned, comparison)

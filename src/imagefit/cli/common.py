@@ -43,15 +43,15 @@ def print_result(result: Any) -> None:
     """The short table every training command ends with."""
     s, m = result.summary, result.metrics or {}
     rows = [
-        ("best epoch", s["best_epoch"]),
-        ("best val accuracy", s["best_val_accuracy"]),
+        ("best epoch", s.best_epoch),
+        ("best val accuracy", s.best_val_accuracy),
         ("test accuracy", m.get("accuracy")),
         ("test top-5 accuracy", m.get("top5_accuracy")),
         ("test F1 macro", m.get("f1_macro")),
         ("test loss", m.get("loss")),
-        ("parameters (trainable)", f"{s['params_total']:,} ({s['params_trainable']:,})"),
-        ("train images/s", s["train_images_per_s"]),
-        ("wall time s", s["wall_time_s"]),
+        ("parameters (trainable)", f"{s.params_total:,} ({s.params_trainable:,})"),
+        ("train images/s", s.train_images_per_s),
+        ("wall time s", s.wall_time_s),
     ]
     console.print(metric_table(f"run {result.run_dir.name}", rows))
     console.print(f"run folder: {result.run_dir}")

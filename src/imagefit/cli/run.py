@@ -45,18 +45,18 @@ def train(
 ) -> None:
     """Train from CONFIG into a new run folder, or --resume RUN_DIR."""
     from imagefit.config import load_config
-    from imagefit.train.fit import fit
+    from imagefit.workflow import train as run_training
 
     if resume is not None:
         if config is not None or overrides:
             raise ImagefitError(
                 "--resume continues a run with its own config; drop CONFIG and --set"
             )
-        result = fit(resume=resume)
+        result = run_training(resume=resume)
     else:
         if config is None:
             raise ImagefitError("give a CONFIG file (or --resume RUN_DIR)")
-        result = fit(load_config(config, with_limit(overrides, limit_batches)))
+        result = run_training(load_config(config, with_limit(overrides, limit_batches)))
     if main_process():
         print_result(result)
 

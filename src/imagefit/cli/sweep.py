@@ -80,7 +80,9 @@ def report(
         raise CheckpointError(f"run folder not found: {', '.join(missing)}")
     if len(run_dirs) == 1:
         plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
-    target = out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    from imagefit.runs.layout import REPORT, RunLayout
+
+    target = out or (RunLayout(run_dirs[0]).report if len(run_dirs) == 1 else Path(REPORT))
     console.print(f"report: {write_report(run_dirs, target, title)}")
 
 

@@ -10,10 +10,10 @@ from imagefit.config import Config, config_from_dict
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest, resolve_splits
 from imagefit.errors import DataError
+from imagefit.evaluate.inference import Precision, evaluate, select_device
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.models.trained import load_trained, resolve_checkpoint
-from imagefit.train.loop import Precision, evaluate
-from imagefit.train.runtime import select_device
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +21,14 @@ log = logging.getLogger(__name__)
 def _manifest(cfg: Config, checkpoint: Path, data_root: str | None) -> SplitManifest:
     """The run's own split when it is known (so 'test' means the held-out files), else a
     fresh split of ``data_root`` with the run's split settings."""
-    saved = checkpoint.parent / "split.json"
+    saved = RunLayout(checkpoint.parent).split
     if saved.is_file():
         return SplitManifest.load(saved, data_root)
     root = data_root or cfg.data.root
     if not root:
-        raise DataError(f"{checkpoint}: no split.json beside it and no data root: pass --data ROOT")
+        raise DataError(
+            f"{checkpoint}: no {saved.name} beside it and no data root: pass --data ROOT"
+        )
     return resolve_splits(root, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
 
 

@@ -18,6 +18,7 @@ from imagefit.data.folder import Sample
 from imagefit.data.images import load_array
 from imagefit.data.splits import SplitManifest
 from imagefit.errors import DataError
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 
 def run_manifest(run_dir: Path) -> SplitManifest | None:
     """The run's ``split.json``, or None when the folder has none (a bare checkpoint)."""
-    path = run_dir / "split.json"
+    path = RunLayout(run_dir).split
     if not path.is_file():
         return None
     return SplitManifest.load(path)
