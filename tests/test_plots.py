@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from imagefit.evaluate import plots
-from imagefit.runs.reader import load_run
 from imagefit.evaluate.metrics import compute_metrics
+from imagefit.runs.reader import load_run
 
 RUN_PLOTS = {
     "training_curves.png",

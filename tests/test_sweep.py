@@ -11,13 +11,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from imagefit import workflow
 from imagefit.cli import app
 from imagefit.config import Config, load_config
 from imagefit.errors import ConfigError, Interrupted
 from imagefit.sweep import load_sweep, run_sweep
 from imagefit.sweep import runner as sweep_runner
 from imagefit.sweep.table import groups_table
-from imagefit import workflow
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -25,8 +25,8 @@ import torch
 
 from imagefit.config import config_from_dict
 from imagefit.errors import CheckpointError
-from imagefit.train import checkpoint as checkpoint_module
 from imagefit.runs.checkpoint import save_checkpoint
+from imagefit.train import checkpoint as checkpoint_module
 from imagefit.train.fit import fit
 
 from conftest import write_pattern_folder

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from matplotlib.figure import Figure
 
 from imagefit.evaluate import plots
+from imagefit.runs.layout import CONFIG
 from imagefit.runs.reader import RunRecord, load_run
 
 log = logging.getLogger(__name__)
@@ -210,11 +211,9 @@ def _metrics_section(records: Sequence[RunRecord], names: Sequence[str], out: Pa
 def _config_section(records: Sequence[RunRecord], names: Sequence[str]) -> str:
     with_config = [(r, n) for r, n in zip(records, names, strict=True) if r.config]
     if not with_config:
-        return '<h2>Configuration</h2><p class="note">No config.yaml found.</p>'
+        return f'<h2>Configuration</h2><p class="note">No {CONFIG} found.</p>'
     lacking = [n for r, n in zip(records, names, strict=True) if not r.config]
-    note = (
-        f'<p class="note warn">No config.yaml in: {_e(", ".join(lacking))}</p>' if lacking else ""
-    )
+    note = f'<p class="note warn">No {CONFIG} in: {_e(", ".join(lacking))}</p>' if lacking else ""
     diff = config_differences([r.config for r, _ in with_config])
     single = len(with_config) == 1
     heading = "Configuration" if single else "Configuration differences"
