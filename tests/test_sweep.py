@@ -311,7 +311,7 @@ def test_interrupted_search_trial_resumes(
         tmp_path, search_sweep(pattern_root, {"type": "none"}, 2), base_tree(pattern_root, epochs=2)
     )
     monkeypatch.setattr(
-        sweep_runner, "fit", CountingFit(interrupt="trial-001", error=KeyboardInterrupt)
+        sweep_runner, "train", CountingFit(interrupt="trial-001", error=KeyboardInterrupt)
     )
     with pytest.raises(Interrupted):
         run_sweep(load_sweep(path))

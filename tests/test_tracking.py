@@ -384,7 +384,7 @@ def test_sweep_trials_are_nested_under_one_parent_run(
     client = MlflowClient(uri)
     parent_id = json.loads((out / "mlflow_parent.json").read_text())["run_id"]
     assert client.get_run(parent_id).info.status == "KILLED"
-    monkeypatch.setattr(sweep_runner, "fit", real_fit)
+    monkeypatch.setattr(sweep_runner, "train", real_fit)
 
     result = run_sweep(load_sweep(path))  # resumes: the same parent, the missing trial added
     assert [r["status"] for r in result.records] == ["finished", "finished"]
