@@ -178,18 +178,6 @@ def test_missing_files_plot_what_exists_and_warn(
     assert plots.plot_run(tmp_path / "empty_dir_that_is_missing") == []
 
 
-def test_history_csv_is_read_when_json_is_missing(tmp_path: Path) -> None:
-    run = tmp_path / "csv"
-    run.mkdir()
-    (run / "history.csv").write_text(
-        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr\n"
-        "1,1.5,0.4,1.6,0.35,0.01\n2,1.0,0.6,1.2,0.5,0.005\n"
-    )
-    record = load_run(run)
-    assert record.history[1]["val_accuracy"] == 0.5
-    assert "history.json" not in record.missing
-
-
 def test_plot_comparison(tmp_path: Path) -> None:
     runs = [write_run(tmp_path / name, seed=i) for i, name in enumerate(("a", "b", "c"))]
     paths = plots.plot_comparison(runs, tmp_path / "compare")
