@@ -15,7 +15,7 @@ from typing import Any
 from imagefit.config import Config, dump_config
 from imagefit.fileio import atomic_open, atomic_write, write_json
 from imagefit.runs.layout import RunLayout
-from imagefit.runs.records import HISTORY_COLUMNS, Summary
+from imagefit.runs.records import HISTORY_COLUMNS, Metrics, Summary
 
 
 def create_run_dir(cfg: Config) -> Path:
@@ -51,7 +51,8 @@ def write_history(run_dir: Path, history: Sequence[Mapping[str, Any]]) -> None:
 
 
 def write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
-    write_json(RunLayout(run_dir).metrics, dict(metrics))
+    """``metrics.json``: one split's metrics, in :class:`Metrics`' key order."""
+    write_json(RunLayout(run_dir).metrics, Metrics.from_dict(metrics).to_dict())
 
 
 def write_summary(run_dir: Path, summary: Summary) -> None:
