@@ -9,7 +9,7 @@ from imagefit.runs.layout import RunLayout
 
 
 def test_paths_keep_the_names_older_run_folders_have(tmp_path: Path) -> None:
-    run = RunLayout(str(tmp_path))  # a str is taken as a path
+    run = RunLayout(str(tmp_path))  # type: ignore[arg-type]  # a str is taken as a path
     assert run.root == tmp_path
     expected = {
         run.config: "config.yaml",

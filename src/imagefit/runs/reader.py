@@ -111,7 +111,7 @@ def read_summary(run_dir: Path) -> Summary | None:
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read ``config.yaml``, ``history.json`` (else ``history.csv``), ``metrics.json`` and
     ``summary.json`` from ``run_dir``; whatever is missing is left empty and listed."""
-    layout = RunLayout(run_dir)
+    layout = RunLayout(Path(run_dir))
     record = RunRecord(path=layout.root)
     for name, reader, attribute in (
         (layout.config.name, read_config, "config"),
