@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagefit.config import FinetuneConfig, OptimConfig
-from imagefit.models.registry import create_model
 from imagefit.evaluate.inference import Precision
+from imagefit.models.registry import create_model
 from imagefit.train.loop import EpochProgress, train_one_epoch
 from imagefit.train.optim import create_optimizer, kernel_options
 
