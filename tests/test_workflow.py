@@ -35,7 +35,7 @@ def test_fit_alone_writes_records_but_no_post_run_files(pattern_root: Path, tmp_
     assert (run / "summary.json").is_file() and (run / "metrics.json").is_file()
     assert not (run / "plots").exists()
     assert observer.events == [("start", "run", True), ("epoch", 1), ("epoch", 2)]
-    assert result.config is not None and result.config.output.name == "run" and result.writer
+    assert result.config is not None and result.config.output.name == "run" and result.main_process
 
 
 def test_train_runs_the_post_run_steps_in_order(pattern_root: Path, tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def train(
     with graceful_stop():
         try:
             result = fitting.fit(cfg, resume=resume, on_epoch=on_epoch, observers=[tracker])
-            if result.writer and result.config is not None:
+            if result.main_process and result.config is not None:
                 done = Finished(result, result.config, tracker)
                 for step in steps:
                     step(done)

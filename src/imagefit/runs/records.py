@@ -147,4 +147,4 @@ class RunResult:
     metrics: dict[str, Any] | None  # test metrics of the best checkpoint (None: no test split)
     summary: Summary
     config: Config | None = None
-    writer: bool = True  # False on the processes of a distributed run that write no files
+    main_process: bool = True  # False on the ranks of a distributed run that write no files

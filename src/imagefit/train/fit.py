@@ -398,9 +398,8 @@ def fit(
         if dist.is_main:
             _write_records(run)
         if not dist.broadcast(run.layout.last.is_file()):
-            _save(
-                run, [run.layout.last]
-            )  # from here on, a kill at any moment leaves a resumable run
+            # From here on, a kill at any moment leaves a resumable run.
+            _save(run, [run.layout.last])
         if dist.is_main:
             for observer in observers:
                 observer.start(run.cfg, run.run_dir)
