@@ -38,6 +38,32 @@ def write_pattern_folder(
     return root
 
 
+FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers"
+
+
+def write_photo_folder(
+    root: Path, classes: tuple[str, ...] = ("daisy", "roses"), per_class: int = 12, size: int = 48
+) -> Path:
+    """Real flower photos, the first ``per_class`` of each class, shrunk to ``size`` px (longer
+    side, aspect kept) so tests decode them in milliseconds."""
+    if not FLOWERS.is_dir():
+        pytest.skip(f"the real photos are not here: {FLOWERS}")
+    for name in classes:
+        target = root / name
+        target.mkdir(parents=True, exist_ok=True)
+        for source in sorted((FLOWERS / name).iterdir())[:per_class]:
+            with Image.open(source) as image:
+                image = image.convert("RGB")
+                image.thumbnail((size, size))
+                image.save(target / f"{source.stem}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def photo_root(tmp_path: Path) -> Path:
+    return write_photo_folder(tmp_path / "photos")
+
+
 @pytest.fixture
 def pattern_root(tmp_path: Path) -> Path:
     return write_pattern_folder(tmp_path / "patterns")

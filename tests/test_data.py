@@ -17,7 +17,8 @@ from torchvision.datasets import ImageFolder
 
 from imagefit.config import AugmentConfig, config_from_dict
 from imagefit.data import cache as cache_module
-from imagefit.data.augment import AffineAugment, BatchAugment
+from imagefit.data.affine import AffineAugment
+from imagefit.data.augment import BatchAugment
 from imagefit.data.cache import decode_cached
 from imagefit.data.folder import scan_folder
 from imagefit.data.loaders import ArraySource, Loader, StreamSource, build_data

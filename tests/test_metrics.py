@@ -38,7 +38,7 @@ def test_three_classes_by_hand() -> None:
     assert set(m) == KEYS
     assert m["num_samples"] == 6 and m["loss"] == 0.25
     assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["top5_accuracy"] == 1.0  # k = min(5, 3) = 3: every class is in the top 3
+    assert m["top5_accuracy"] is None  # every one of 3 classes is in the top 5: says nothing
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     pc = m["per_class"]
     assert pc["precision"] == pytest.approx([1 / 2, 2 / 3, 1.0])
@@ -154,3 +154,13 @@ def test_non_finite_logits_are_scored_not_fatal() -> None:
 def test_bad_inputs_raise(targets: np.ndarray, logits: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compute_metrics(targets, logits, ["a", "b"])
+
+
+def test_top5_needs_more_than_five_classes() -> None:
+    targets = np.arange(7)
+    logits = np.tile(np.arange(7, dtype=float), (7, 1))  # class 6 first, then 5, 4, ...
+    m = compute_metrics(targets, logits, [str(i) for i in range(7)])
+    assert m["accuracy"] == pytest.approx(1 / 7)
+    assert m["top5_accuracy"] == pytest.approx(5 / 7)  # classes 2..6 are in the top 5
+    two = compute_metrics(np.array([0, 1]), np.eye(2), ["a", "b"])
+    assert two["top5_accuracy"] is None

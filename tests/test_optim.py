@@ -48,8 +48,10 @@ def test_no_weight_decay_on_biases_and_norms() -> None:
     optimizer = create_optimizer(
         model, OptimConfig(name="adamw", weight_decay=0.05), FinetuneConfig()
     )
-    decays = {p.ndim > 1: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
-    assert decays == {True: 0.05, False: 0.0}
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        expected = 0.05 if param.ndim > 1 else 0.0  # weights decay; biases and norms do not
+        assert decay_of[id(param)] == expected, name
     count = sum(len(g["params"]) for g in optimizer.param_groups)
     assert count == len(list(model.parameters()))  # frozen or not, every tensor is there
 

@@ -183,7 +183,8 @@ def test_variants_seeds_baseline_and_failure(
     variants = [
         {"name": "cnn", "set": {"optim.lr": 0.01}},
         {"name": "hog", "set": {"model.name": "hog_svm"}},
-        {"name": "broken", "set": {"model.name": "no_such_model"}},
+        # a valid config that fails when it runs (a typo would stop the sweep at load)
+        {"name": "broken", "set": {"data.root": str(tmp_path / "no_such_folder")}},
     ]
     path = write_sweep(tmp_path, {"variants": variants, "seeds": [0, 1]}, base_tree(pattern_root))
     result = run_sweep(load_sweep(path))
@@ -203,7 +204,7 @@ def test_variants_seeds_baseline_and_failure(
     assert hog["test"]["accuracy"] == read(out / "runs" / "hog-seed0" / "metrics.json")["accuracy"]
     assert hog["params_total"] > 0
     broken = by_name["broken-seed0"]
-    assert broken["status"] == "failed" and "no_such_model" in broken["error"]
+    assert broken["status"] == "failed" and "no_such_folder" in broken["error"]
     assert read(out / "runs" / "broken-seed0" / "trial.json")["status"] == "failed"
     groups = {g["name"]: g for g in result.groups}
     accs = [by_name[f"cnn-seed{s}"]["test"]["accuracy"] for s in (0, 1)]
@@ -394,28 +395,38 @@ def test_digits_twins_run_in_order(
         (
             {"grid": {"optim.lrr": [1, 2]}},
             True,
-            r"s\.sweep\.yaml: grid key 'optim\.lrr'.*unknown config key 'optim\.lrr'",
+            r"s\.sweep\.yaml: grid\.optim\.lrr: unknown config key 'optim\.lrr' "
+            r"\(did you mean lr\? optim has: name, lr, ",
         ),
-        ({"grid": {"optim": [1]}}, True, r"'optim' is a section"),
-        ({"grid": {"optim.lr": 0.1}}, True, r"grid key 'optim\.lr' must list one or more values"),
+        ({"grid": {"optim": [1]}}, True, r"grid\.optim: 'optim' is a section"),
+        ({"grid": {"optim.lr": 0.1}}, True, r"grid\.optim\.lr: Input should be a valid list"),
+        ({"grid": {"optim.lr": []}}, True, r"grid\.optim\.lr: List should have at least 1 item"),
         ({"grid": {"optim.lr": ["fast"]}}, True, r"(?s)trial 'lr-fast'.*optim\.lr"),
-        ({"grid": {"optim.lr": [0.1]}}, False, r"base config not found: .*base\.yaml"),
+        (
+            {"grid": {"optim.lr": [0.1]}},
+            False,
+            r"s\.sweep\.yaml: base: config file not found: .*base\.yaml",
+        ),
         (
             {"grid": {"optim.lr": [0.1]}, "variants": []},
             True,
             r"exactly one of grid, variants, search",
         ),
-        ({"grid": {"optim.lr": [0.1]}, "seed": [1]}, True, r"unknown sweep key\(s\) \['seed'\]"),
+        (
+            {"grid": {"optim.lr": [0.1]}, "seed": [1]},
+            True,
+            r"unknown key 'seed' \(did you mean seeds\? the top level has: name, ",
+        ),
         (
             {"variants": [{"name": "a", "set": {"model.nmae": "x"}}]},
             True,
-            r"variant 1 \('a'\) set key 'model\.nmae'",
+            r"variants\[0\]\.set\.model\.nmae: unknown config key 'model\.nmae'",
         ),
         ({"variants": [{"name": "a"}, {"name": "a"}]}, True, r"repeated: a"),
         (
             {"search": {"n_trials": 2, "params": {"optim.lr": {"type": "uniform"}}}},
             True,
-            r"search\.params 'optim\.lr' needs 'type'",
+            r"search\.params\.optim\.lr: .*'uniform'.*'float', 'int', 'categorical'",
         ),
         (
             {
@@ -426,7 +437,7 @@ def test_digits_twins_run_in_order(
                 }
             },
             True,
-            r"search\.metric 'test_accuracy'",
+            r"search\.metric: Input should be 'val_accuracy', .* \(got 'test_accuracy'\)",
         ),
     ],
 )

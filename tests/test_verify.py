@@ -165,7 +165,7 @@ def test_cli_report_exit_code_and_skip_list_that_trains(
 
 
 def test_cli_clean_dataset_and_bad_out(tmp_path: Path) -> None:
-    root = write_pattern_folder(tmp_path / "clean", classes=2, per_class=3)
+    root = write_pattern_folder(tmp_path / "clean", classes=2, per_class=10)
     result = runner.invoke(app, ["data", "verify", str(root), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0 and "no errors" in result.output
     assert (tmp_path / "report" / "verify.json").is_file()

@@ -6,18 +6,47 @@ dotted key name, because a typo in an experiment config silently ignored costs a
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from imagefit import dotted
 from imagefit.errors import ConfigError
+from imagefit.fileio import atomic_write
+from imagefit.model_names import HUB_PREFIX, check_hub_init, check_model_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SEED_LIMIT = 2**63  # numpy's SeedSequence takes no negative seed, torch none of 2**64 or more
+
+# Closed sets whose registries live in layers that import torch; tests prove each equals its
+# registry, so a typo fails when the file loads instead of after the data is decoded.
+OptimizerName = Literal["adam", "adamw", "sgd"]  # train.optim.OPTIMIZERS
+ScheduleName = Literal["none", "cosine", "step", "plateau"]  # train.optim.SHAPES
+# The per-epoch history columns (fit's history row) that best.pt, early stopping, plateau
+# schedules and searches can follow.
+HistoryMetric = Literal[
+    "val_accuracy",
+    "val_loss",
+    "val_top5_accuracy",
+    "val_f1_macro",
+    "train_accuracy",
+    "train_loss",
+]
 
 
 class Section(BaseModel):
@@ -39,6 +68,9 @@ class DataConfig(Section):
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
+    # links in the dataset: inside: follow those that stay inside data.root; follow: also those
+    # that leave it; skip: none. A file is counted once whatever the links (imagefit.data.folder)
+    links: Literal["inside", "follow", "skip"] = "inside"
     # auto: decode once into the image cache file; held in RAM when it fits memory_budget_mb,
     # else read from the memory-mapped file per batch, so RAM stays flat (files stream only if
     # the cache folder cannot be written); always: as auto, but an unwritable cache folder
@@ -75,9 +107,21 @@ class AugmentConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = "resnet18"
+    name: str = "resnet18"  # imagefit's own models, or any timm architecture
     init: str = "scratch"  # scratch | path to imagefit checkpoint or weights file | hub:<name>
     drop_rate: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return check_model_name(value)
+
+    @field_validator("init")
+    @classmethod
+    def _known_hub_model(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith(HUB_PREFIX):
+            return check_hub_init(value, info.data.get("name"))
+        return value  # a weights file may not exist yet (a pipeline's pretraining makes it)
 
 
 class FinetuneConfig(Section):
@@ -89,7 +133,7 @@ class FinetuneConfig(Section):
 
 
 class OptimConfig(Section):
-    name: str = "adamw"
+    name: OptimizerName = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -101,7 +145,7 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: str = "cosine"
+    name: ScheduleName = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of lr
@@ -125,7 +169,7 @@ class TrainConfig(Section):
     # balanced: weight the training loss by n / (classes * count[class]) of the train split
     class_weights: Literal["none", "balanced"] = "none"
     grad_clip: float | None = Field(None, gt=0)
-    monitor: str = "val_accuracy"  # selects best.pt, drives early stopping and plateau
+    monitor: HistoryMetric = "val_accuracy"  # selects best.pt, drives early stopping, plateau
     patience: int | None = Field(None, ge=1)  # early stopping; None turns it off
     min_delta: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)  # also keep epoch_NNN.pt every N epochs; 0 = never
@@ -133,17 +177,18 @@ class TrainConfig(Section):
     limit_batches: int | None = Field(None, ge=1)  # cap batches per epoch and per evaluation
     threads: int | None = Field(None, ge=1)
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
+            raise ValueError(f"'{value}' is not one of auto, cpu, cuda, cuda:N, mps")
+        return value
+
     @field_validator("amp", mode="before")
     @classmethod
     def _off_is_a_word(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads `amp: off` as False
-
-    @field_validator("monitor")
-    @classmethod
-    def _known_monitor(cls, value: str) -> str:
-        if not value.startswith(("val_", "train_")):
-            raise ValueError("must name a history column such as val_accuracy or val_loss")
-        return value
 
 
 class TrackConfig(Section):
@@ -185,66 +230,247 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"])
-        if item["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}'")
+# --------------------------------------------------------------------------- errors
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _strip(annotation: Any) -> Any:
+    """The type inside ``Annotated[X, ...]`` and ``X | None``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, UnionType):
+            args = [a for a in get_args(annotation) if a is not NoneType]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
         else:
-            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+            return annotation
+
+
+def _fields(annotation: Any) -> dict[str, Any] | None:
+    """The fields of a pydantic model type, else None."""
+    annotation = _strip(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation.model_fields
+    return None
+
+
+def annotation_at(model: Any, path: Sequence[str | int]) -> Any:
+    """The declared type at ``path`` (field names, list positions, mapping keys) in ``model``;
+    None where the path leaves the declared tree."""
+    node = model
+    for part in path:
+        fields = _fields(node)
+        inner = _strip(node)
+        if fields is not None:
+            if not isinstance(part, str) or part not in fields:
+                return None
+            node = fields[part].annotation
+        elif get_origin(inner) is dict:
+            node = get_args(inner)[1] if get_args(inner) else Any
+        elif get_origin(inner) in (list, tuple) and isinstance(part, int):
+            args = [a for a in get_args(inner) if a is not Ellipsis]
+            node = args[min(part, len(args) - 1)] if args else Any
+        else:
+            return None
+    return node
+
+
+def render_key(path: Sequence[str | int]) -> str:
+    """``("variants", 0, "set")`` -> ``variants[0].set``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{part}"
+    return text
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def unknown_key_message(key: str, section: str, choices: list[str]) -> str:
+    """``unknown key 'train.epoch' (did you mean epochs?; train has: ...)``."""
+    last = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(last, choices, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"unknown key '{key}' ({hint}{section or 'the top level'} has: {', '.join(choices)})"
+
+
+def _declared_path(model: Any, path: list[str | int]) -> list[str | int]:
+    """``path`` without pydantic's union-member tags (``params.optim.lr.float`` names the
+    member of ``float | int | categorical`` it tried), so the key reads as the file has it."""
+    if model is None:
+        return path
+    kept: list[str | int] = []
+    for part in path:
+        node = _strip(annotation_at(model, kept))
+        members = get_args(node) if get_origin(node) in (Union, UnionType) else ()
+        if isinstance(part, str) and members and all(_fields(m) is not None for m in members):
+            continue
+        kept.append(part)
+    return kept
+
+
+def describe_errors(error: ValidationError, source: str, model: Any = None) -> str:
+    """One line per problem: ``SOURCE: dotted.key: what is wrong (got VALUE)``.
+
+    ``model`` (the validated type) lets an unknown key list the keys its section has.
+    """
+    lines = []
+    for item in error.errors():
+        path = _declared_path(model, [p for p in item["loc"] if p != "[key]"])
+        key = render_key(path)
+        if item["type"] == "extra_forbidden":
+            fields = _fields(annotation_at(model, path[:-1])) if model is not None else None
+            if fields is not None:
+                lines.append(
+                    f"{source}: {unknown_key_message(key, render_key(path[:-1]), list(fields))}"
+                )
+            else:
+                lines.append(f"{source}: unknown key '{key}'")
+            continue
+        if item["type"] == "missing":
+            lines.append(f"{source}: {key}: required, not given")
+            continue
+        error_ = (item.get("ctx") or {}).get("error")
+        message = str(error_) if item["type"] == "value_error" and error_ else item["msg"]
+        value = item.get("input")
+        named = repr(value) in message
+        # a whole section's check speaks for itself: repeating the section would bury it
+        shown = "" if named or isinstance(value, dict) else f" (got {_shown(value)})"
+        lines.append(f"{source}: {key + ': ' if key else ''}{message}{shown}")
     return "\n".join(lines)
 
 
-def parse_value(text: str) -> Any:
-    """Parse an override value the way YAML would (``1e-3``, ``true``, ``[1, 2]``, ``null``)."""
+def validate(model: type[Model], tree: Any, source: str) -> Model:
+    """``model`` validated from ``tree``; problems become one ConfigError, a line each."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source, model)) from None
 
 
-def _is_text_field(parts: list[str]) -> bool:
-    """True when ``parts`` names a text field: ``str``, ``str | None`` or a Literal of words."""
-    model: Any = Config
-    for part in parts:
-        fields = getattr(model, "model_fields", None)
-        if not fields or part not in fields:
-            return False
-        model = fields[part].annotation
-    if get_origin(model) is Literal:
-        return all(isinstance(choice, str) for choice in get_args(model))
-    return model is str or (get_origin(model) in (Union, UnionType) and str in get_args(model))
+# --------------------------------------------------------------------------- keys and --set
 
 
-def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    """Apply ``key.sub=value`` to a nested dict in place.
+def key_problem(key: str, model: Any = None) -> str | None:
+    """Why ``key`` does not name a value (not a section) of ``model`` (the run config by
+    default), or None when it does."""
+    model = Config if model is None else model
+    parts = key.split(".")
+    node: Any = model
+    for depth, part in enumerate(parts):
+        fields = _fields(node)
+        if fields is None:
+            return (
+                f"'{key}' is not a config key ('{'.'.join(parts[:depth])}' is a value, "
+                "not a section)"
+            )
+        if part not in fields:
+            return unknown_key_message(key, ".".join(parts[:depth]), list(fields)).replace(
+                "unknown key", "unknown config key", 1
+            )
+        node = fields[part].annotation
+    if _fields(node) is not None:
+        return f"'{key}' is a section; name one of its keys ({key}.<key>)"
+    return None
 
-    A text field takes the text as written when YAML would read a number or a boolean:
-    ``output.name=2024`` names a run "2024" and ``train.amp=off`` is "off", not False
-    (``null`` still means None).
+
+def _config_key(key: str) -> str:
+    problem = key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return key
+
+
+# A dotted key naming one value of the run config (``optim.lr``), checked where it is read.
+ConfigKey = Annotated[str, AfterValidator(_config_key)]
+
+
+def _assignment_list(value: Any) -> Any:
+    """A list of ``key=value`` strings (the ``--set`` form) as a mapping, typed alike."""
+    if value is None:
+        return {}
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        try:
+            return dict(parse_override(item) for item in value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+# Config overrides in a file (a sweep's or pipeline's ``set:``): dotted key -> value, or a list
+# of ``key=value`` strings read as ``--set`` reads them.
+ConfigOverrides = Annotated[dict[ConfigKey, Any], BeforeValidator(_assignment_list)]
+
+_YAML_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _takes_text(annotation: Any) -> bool:
+    """True for ``str``, ``str | None``, a Literal of words, or a union holding one of these."""
+    annotation = _strip(annotation)
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(choice, str) for choice in get_args(annotation))
+    if origin in (Union, UnionType):
+        return any(_takes_text(a) for a in get_args(annotation) if a is not NoneType)
+    return annotation is str
+
+
+def parse_value(text: str, annotation: Any = None) -> Any:
+    """An override's value, typed by the field it sets (``annotation``).
+
+    Text fields keep a scalar as written (``data.root=2024`` is "2024", ``train.amp=off`` is
+    "off"; quotes are removed, ``null`` is None); other fields read it as YAML would
+    (``1e-3``, ``true``, ``[1, 2]``). Without an annotation, YAML decides.
     """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    # A scalar YAML reads as a number, boolean or date is the text as written; a list or a
+    # mapping stays one, so that validation refuses it for a text field.
+    scalar = not isinstance(value, str | list | dict)
+    if scalar and annotation is not None and _takes_text(annotation):
+        return None if value is None and text.strip() in _YAML_NULLS else text.strip()
+    number = _strip(annotation)
+    if isinstance(value, str) and number in (int, float):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as text; a number field means the number
+            return number(value)
+        except ValueError:
+            return value  # validation names the key and the value
+    return value
+
+
+def parse_override(assignment: str, model: Any = None) -> tuple[str, Any]:
+    """``"key.sub=value"`` -> ``("key.sub", typed value)``, the value typed by ``model``'s
+    field at ``key.sub`` (the run config by default). Used for every ``--set``."""
     key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
+    key = key.strip()
+    if not sep or not key:
         raise ConfigError(f"override '{assignment}' is not of the form key.sub=value")
-    parts = key.strip().split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{assignment}': '{part}' is not a section")
-        node = child
-    value = parse_value(raw)
-    if isinstance(value, bool | int | float) and _is_text_field(parts):
-        value = raw.strip()
-    node[parts[-1]] = value
+    annotation = annotation_at(Config if model is None else model, dotted.split(key))
+    return key, parse_value(raw, annotation)
+
+
+def apply_override(tree: dict[str, Any], assignment: str, model: Any = None) -> None:
+    """Apply ``key.sub=value`` to the nested dict ``tree`` in place (see parse_override)."""
+    key, value = parse_override(assignment, model)
+    try:
+        dotted.set_key(tree, key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"override '{assignment}': {exc}") from None
+
+
+# --------------------------------------------------------------------------- files
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "<dict>") -> Config:
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+    return validate(Config, tree, source)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -278,4 +504,4 @@ def dump_config(config: Config) -> str:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(dump_config(config), encoding="utf-8")
+    atomic_write(path, dump_config(config), what="the config")

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from imagefit.config import Config, config_from_dict, read_yaml
-from imagefit.datasets.digits import write_digits
+from imagefit.config import Config, apply_override, config_from_dict, read_yaml
 from imagefit.errors import ConfigError
-from imagefit.runs.records import RunResult
-from imagefit.workflow import train
+
+if TYPE_CHECKING:  # training imports torch: the config is checked first
+    from imagefit.runs.records import RunResult
 
 
 def demo_config(workdir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The packaged demo config with data and output placed under ``workdir``."""
-    from imagefit.config import apply_override
-
     workdir = Path(workdir)
     with resources.as_file(resources.files("imagefit.resources") / "demo.yaml") as path:
         tree = read_yaml(path)
@@ -33,5 +32,8 @@ def run_demo(
     cfg = demo_config(workdir, overrides)
     if cfg.data.root is None:  # demo_config sets it; only an override can clear it
         raise ConfigError("the demo needs data.root (where it writes the digit images)")
+    from imagefit.datasets.digits import write_digits
+    from imagefit.workflow import train
+
     write_digits(cfg.data.root)
     return train(cfg)

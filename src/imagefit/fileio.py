@@ -72,9 +72,7 @@ def atomic_open(
     except OSError as exc:
         raise write_error(path, exc, what) from None
     text = "b" not in mode
-    handle = (
-        os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb")
-    )
+    handle = os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb")
     try:
         with handle:
             yield handle

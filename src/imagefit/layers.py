@@ -10,7 +10,9 @@ from __future__ import annotations
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "layers", "resources"),  # the version string; this list; packaged files
     ("errors",),  # typed errors a user can cause
+    ("dotted", "registry"),  # dotted keys in nested dicts; named factories
     ("fileio",),  # atomic, durable file writes
+    ("model_names",),  # the model names a config may use, cached per timm version
     ("config",),  # the typed config tree
     ("runs",),  # the run folder: names, checkpoint format, records, reader, writers
     ("data",),  # the input pipeline: files, splits, decoding, caches, loaders

@@ -26,21 +26,38 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, model_validator
 
-from imagefit.config import Section, apply_override, read_yaml
+from imagefit import dotted
+from imagefit.config import (
+    SEED_LIMIT,
+    ConfigOverrides,
+    Section,
+    apply_override,
+    config_from_dict,
+    key_problem,
+    parse_override,
+    read_yaml,
+    validate,
+)
 from imagefit.errors import ConfigError, Interrupted, TrainingStopped
-from imagefit.fileio import write_json
+from imagefit.fileio import atomic_write, write_json
 from imagefit.runs.layout import RunLayout
-from imagefit.sweep import SweepResult, load_sweep, run_sweep
+
+if TYPE_CHECKING:  # the sweep runner imports torch: loading a pipeline file must not
+    from imagefit.sweep import SweepResult
 
 log = logging.getLogger(__name__)
 
 PRETRAIN_TRIAL = "pretrain"
 VARIANTS = ("scratch", "pretrained")  # the fine-tune sweep's two trials
+# datasets.fractal.render's DRAW_MODES and DRAW_ALIASES (it imports numba; a test proves it)
+DrawMode = Literal[
+    "patch_gray", "point_gray", "patch_color", "point_color", "color", "gray", "patch", "point"
+]
 
 
 class SearchStep(Section):
@@ -53,7 +70,7 @@ class RenderStep(Section):
     size: int = Field(362, ge=8)
     points: int = Field(200_000, ge=2)
     format: Literal["png", "ppm"] = "png"
-    draw: str = "patch_gray"
+    draw: DrawMode = "patch_gray"
     seed: int = Field(0, ge=0)
     weight_row: Literal["official", "ones"] = "official"  # official: a x 0.2 (the 2D-OFDB script)
     keep_aspect: bool = False
@@ -69,11 +86,17 @@ class FractalStep(Section):
 
 class TrainStep(Section):
     config: str  # a config file, relative to the pipeline file
-    set: dict[str, Any] = {}  # dotted key -> value, this step only
+    set: ConfigOverrides = {}  # dotted key -> value, this step only
 
 
 class FinetuneStep(TrainStep):
-    seeds: list[int] = [0]
+    seeds: list[Annotated[int, Field(strict=True, ge=0, lt=SEED_LIMIT)]] = Field([0], min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> FinetuneStep:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: repeats a seed: {self.seeds}")
+        return self
 
 
 class PipelineFile(Section):
@@ -101,34 +124,50 @@ class PipelineResult:
     comparison: dict[str, Any]
 
 
+STEPS = ("pretrain", "finetune")
+
+
 def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
     """Parse ``path``; ``overrides`` starting with ``fractal.``, ``pretrain.`` or ``finetune.``
     change that section (``pretrain.train.epochs=2`` sets the pretraining's epochs), the rest
-    apply to both training steps."""
+    apply to both training steps. Every value is typed by the field it sets, as in ``train``,
+    and both steps' configs are built once here, so a typo fails before any step runs."""
     path = Path(path)
     tree = read_yaml(path)
     common = []
     for assignment in overrides:
-        key, _, value = assignment.partition("=")
-        section, _, rest = key.strip().partition(".")
-        if section == "fractal":
-            apply_override(tree, assignment)
-        elif section in ("pretrain", "finetune") and rest not in ("config", "seeds"):
-            tree.setdefault(section, {}).setdefault("set", {})[rest] = yaml.safe_load(value)
-        elif section in ("pretrain", "finetune"):
-            apply_override(tree, assignment)
+        section, _, rest = assignment.strip().partition(".")
+        step_key = rest.partition("=")[0].strip()
+        if section in STEPS and step_key not in FinetuneStep.model_fields:
+            key, value = parse_override(rest)  # a config key of that step alone
+            step = tree.setdefault(section, {})
+            if isinstance(step, dict) and isinstance(step.setdefault("set", {}), dict):
+                step["set"][key] = value
+        elif section in PipelineFile.model_fields:
+            apply_override(tree, assignment, PipelineFile)
         else:
+            problem = key_problem(parse_override(assignment)[0])
+            if problem:
+                raise ConfigError(f"--set '{assignment}': {problem}")
             common.append(assignment)
-    try:
-        file = PipelineFile.model_validate(tree)
-    except ValidationError as exc:
-        problems = "; ".join(".".join(map(str, e["loc"])) + f": {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: invalid pipeline ({problems})") from None
-    for step in (file.pretrain, file.finetune):
-        if not (path.parent / step.config).is_file():
-            raise ConfigError(f"{path}: config file not found: {path.parent / step.config}")
+    file = validate(PipelineFile, tree, str(path))
+    for name in STEPS:
+        _check_step(path, name, getattr(file, name), common)
     name = file.name or path.name.split(".")[0]
     return PipelineSpec(path, name, Path(file.out or Path("pipelines") / name), file, common)
+
+
+def _check_step(path: Path, name: str, step: TrainStep, common: list[str]) -> None:
+    """Build the step's config (its file, ``set:``, the common ``--set``) to validate it."""
+    config = path.parent / step.config
+    if not config.is_file():
+        raise ConfigError(f"{path}: {name}.config: config file not found: {config}")
+    tree = read_yaml(config)
+    for key, value in step.set.items():
+        dotted.set_key(tree, key, value)
+    for assignment in common:
+        apply_override(tree, assignment)
+    config_from_dict(tree, source=f"{path}, {name} ({config})")
 
 
 def _build_once(target: Path, build: Callable[[Path], Any], what: str) -> None:
@@ -195,7 +234,7 @@ def _write_sweep(
         **({"seeds": seeds} if seeds else {}),
     }
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    atomic_write(target, yaml.safe_dump(sweep, sort_keys=False))
     return target
 
 
@@ -228,6 +267,8 @@ def run_pipeline(spec: PipelineSpec) -> PipelineResult:
 
 
 def _run_steps(spec: PipelineSpec) -> PipelineResult:
+    from imagefit.sweep import load_sweep, run_sweep
+
     f, out = spec.file, spec.out
     out.mkdir(parents=True, exist_ok=True)
     pretrain_set = dict(f.pretrain.set)

@@ -104,6 +104,16 @@ TEXT = st.text(
 )
 
 
+# Text fields checked against a closed set when the config loads: their valid values.
+CHECKED_TEXT = {
+    "model.name": st.sampled_from(
+        ["simple_cnn", "hog_svm", "resnet18", "efficientnet_b0", "resnet50.a1_in1k"]
+    ),
+    "model.init": st.one_of(st.just("scratch"), TEXT.filter(lambda s: not s.startswith("hub:"))),
+    "train.device": st.sampled_from(["auto", "cpu", "cuda", "cuda:1", "mps"]),
+}
+
+
 def valid_values(key: str, info: Any) -> st.SearchStrategy[Any]:
     annotation, optional = _base(info.annotation)
     b = _bounds(info)
@@ -119,10 +129,8 @@ def valid_values(key: str, info: Any) -> st.SearchStrategy[Any]:
         values = _floats(b)
     elif get_origin(annotation) is tuple:
         values = st.tuples(*(_floats({}) for _ in get_args(annotation)))
-    elif key == "train.monitor":
-        values = st.builds(
-            lambda prefix, rest: prefix + rest, st.sampled_from(["val_", "train_"]), TEXT
-        )
+    elif key in CHECKED_TEXT:
+        values = CHECKED_TEXT[key]
     elif annotation is str:
         values = TEXT
     else:  # pragma: no cover - a new field type: teach this test about it
@@ -238,6 +246,10 @@ def invalid_overrides() -> st.SearchStrategy[tuple[str, str]]:
             wrong.append(st.sampled_from(["maybe", "2", "[true]"]))
         elif get_origin(annotation) is tuple:
             wrong.append(st.sampled_from(["1", "[1, 2, 3, 4, 5]", "[a, b]"]))
+        elif key in ("model.name", "train.device"):  # no model or device ends in "qz9"
+            wrong.append(st.from_regex(r"[a-z]{1,10}qz9", fullmatch=True))
+        elif key == "model.init":
+            wrong.append(st.from_regex(r"hub:[a-z]{1,10}qz9", fullmatch=True))
         cases.append(st.one_of(wrong).map(lambda text, k=key: (k, f"{k}={text}")))
     return st.one_of(cases)
 
@@ -554,9 +566,10 @@ def test_seeds_numpy_or_torch_cannot_take_are_config_errors(override: str, key: 
 
 def test_text_fields_take_numbers_and_words_as_written() -> None:
     cfg = load_config(
-        None, ["output.name=2024", "model.name=yes", "model.init=1e3", "data.root=null"]
+        None,
+        ["output.name=2024", "track.mlflow_experiment=yes", "model.init=1e3", "data.root=null"],
     )
-    assert (cfg.output.name, cfg.model.name, cfg.model.init, cfg.data.root) == (
+    assert (cfg.output.name, cfg.track.mlflow_experiment, cfg.model.init, cfg.data.root) == (
         "2024",
         "yes",
         "1e3",

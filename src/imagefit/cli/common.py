@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+
+def _console() -> Console:
+    """The terminal's width on a terminal; piped or redirected, no width at all.
+
+    Rich assumes 80 columns when output is not a terminal and then cuts words and file names
+    in tables; a file or a pipe has room for every character, so tables keep their content.
+    """
+    return Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
+
+
+console = _console()
 
 SetOption = Annotated[
     list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")
@@ -53,7 +64,8 @@ def print_result(result: Any) -> None:
         ("train images/s", s.train_images_per_s),
         ("wall time s", s.wall_time_s),
     ]
-    console.print(metric_table(f"run {result.run_dir.name}", rows))
+    shown = [(name, value) for name, value in rows if value is not None]  # e.g. no val split
+    console.print(metric_table(f"run {result.run_dir.name}", shown))
     console.print(f"run folder: {result.run_dir}")
 
 

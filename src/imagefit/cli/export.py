@@ -44,7 +44,7 @@ def export_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("ONNX file", result["onnx"]),
         ("opset (exporter)", f"{result['opset']} ({result['exporter']})"),
-        ("size MB", result["size_bytes"] / 2**20),
+        ("size MiB", result["size_bytes"] / 2**20),
     ]
     check = result.get("verification")
     if check:
@@ -61,7 +61,7 @@ def _int8_rows(q: dict[str, Any]) -> list[tuple[str, Any]]:
     ms = q["latency_ms_batch1"]
     return [
         ("INT8 file", q["onnx"]),
-        ("INT8 / fp32 size MB", f"{q['size_bytes'] / mb:.2f} / {q['fp32_size_bytes'] / mb:.2f}"),
+        ("INT8 / fp32 size MiB", f"{q['size_bytes'] / mb:.2f} / {q['fp32_size_bytes'] / mb:.2f}"),
         (
             f"INT8 / fp32 accuracy ({q['eval_split']}, {q['eval_images']} images)",
             _pair(q["int8_accuracy"], q["fp32_accuracy"]),

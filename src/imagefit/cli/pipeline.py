@@ -25,9 +25,10 @@ def pipeline(
 ) -> None:
     """Pretrain on generated fractals, then fine-tune from scratch and from those weights."""
     from imagefit.pipeline import load_pipeline, run_pipeline
+
+    spec = load_pipeline(file, with_limit(overrides, limit_batches))  # checked before torch loads
     from imagefit.sweep.table import fmt
 
-    spec = load_pipeline(file, with_limit(overrides, limit_batches))
     console.print(f"pipeline {spec.name} into {spec.out}")
     result = run_pipeline(spec)
     table = Table(title=f"{spec.name}: fine-tuned test accuracy (mean ± std over seeds)")

@@ -17,7 +17,7 @@ from imagefit.cli.common import (
     print_result,
     with_limit,
 )
-from imagefit.errors import ImagefitError
+from imagefit.errors import ConfigError, ImagefitError
 
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 
@@ -45,18 +45,17 @@ def train(
 ) -> None:
     """Train from CONFIG into a new run folder, or --resume RUN_DIR."""
     from imagefit.config import load_config
+
+    if resume is not None and (config is not None or overrides):
+        raise ImagefitError("--resume continues a run with its own config; drop CONFIG and --set")
+    if resume is None and config is None:
+        raise ImagefitError("give a CONFIG file (or --resume RUN_DIR)")
+    # The config is checked before torch is imported and before a run folder exists, so a
+    # typo fails in a moment and the fixed rerun gets the folder's name, not NAME-2.
+    cfg = None if config is None else load_config(config, with_limit(overrides, limit_batches))
     from imagefit.workflow import train as run_training
 
-    if resume is not None:
-        if config is not None or overrides:
-            raise ImagefitError(
-                "--resume continues a run with its own config; drop CONFIG and --set"
-            )
-        result = run_training(resume=resume)
-    else:
-        if config is None:
-            raise ImagefitError("give a CONFIG file (or --resume RUN_DIR)")
-        result = run_training(load_config(config, with_limit(overrides, limit_batches)))
+    result = run_training(resume=resume) if cfg is None else run_training(cfg)
     if main_process():
         print_result(result)
 
@@ -96,13 +95,27 @@ def config_show(
     typer.echo(dump_config(load_config(config, overrides)), nl=False)
 
 
-def models() -> None:
-    """List imagefit's own models (any timm architecture name works too)."""
+def models(
+    pattern: Annotated[
+        str, typer.Argument(help="Shell-style filter, e.g. 'resnet*' or '*efficientnet_b[0-3]'.")
+    ] = "*",
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="Only timm models with hub weights (name.tag).")
+    ] = False,
+) -> None:
+    """List the model names model.name takes: imagefit's own, then timm's."""
+    import fnmatch
+
+    import timm
+
     from imagefit.models.registry import list_models
 
-    for name in list_models():
+    ours = [] if pretrained else [n for n in list_models() if fnmatch.fnmatch(n, pattern)]
+    names = ours + timm.list_models(pattern, pretrained=pretrained)
+    if not names:
+        raise ConfigError(f"no model name matches {pattern!r} (try a wider pattern, e.g. '*net*')")
+    for name in names:
         typer.echo(name)
-    typer.echo("... and every timm architecture (timm.list_models())")
 
 
 def register(app: typer.Typer) -> None:

@@ -48,10 +48,13 @@ def sweep(
     overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Run every trial of a sweep (finished ones are skipped) and compare them."""
-    from imagefit.sweep import load_sweep, run_sweep
+    from imagefit.sweep.spec import load_sweep
+
+    # Every trial's config is checked before torch is imported or a folder is made.
+    spec = load_sweep(file, with_limit(overrides, limit_batches), out)
+    from imagefit.sweep import run_sweep
     from imagefit.sweep.table import groups_table, runs_table
 
-    spec = load_sweep(file, with_limit(overrides, limit_batches), out)
     count = spec.search.n_trials if spec.search else len(spec.trials)
     console.print(f"sweep {spec.name} ({spec.mode}): {count} trial(s) into {spec.out}")
     result = run_sweep(spec)
@@ -92,9 +95,11 @@ def hog_svm(
 ) -> None:
     """HOG features + linear SVM on the config's split, written as a run folder."""
     from imagefit.config import load_config
+
+    cfg = load_config(config, overrides)
     from imagefit.sweep.baseline import run_hog_svm_baseline
 
-    print_result(run_hog_svm_baseline(load_config(config, overrides)))
+    print_result(run_hog_svm_baseline(cfg))
 
 
 def register(app: typer.Typer) -> None:

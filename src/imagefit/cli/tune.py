@@ -30,9 +30,10 @@ def tune_batch(
 ) -> None:
     """Find the largest training batch of CONFIG that fits the device memory (real steps)."""
     from imagefit.config import load_config
-    from imagefit.train.tune_batch import tune_batch as run_tune
 
     cfg = load_config(config, overrides)
+    from imagefit.train.tune_batch import tune_batch as run_tune
+
     result = run_tune(cfg, max_batch, headroom, num_classes)
     title = (
         f"{cfg.model.name} at {cfg.data.image_size} px, amp={cfg.train.amp}, "

@@ -1,124 +1,30 @@
 """Augmentation of whole batches with tensor ops on the training device.
 
-One batched affine warp does random-resized-crop, translation and flips for every image of a
-batch at once (``affine_grid`` + ``grid_sample``), instead of per-image PIL work in loader
-workers. Its randomness comes from a generator the loader seeds from (seed, epoch, batch), so a
-batch is the same whatever the device, the worker count, or where a resumed run restarts.
+``BatchAugment`` runs the configured batch ops in one fixed order: the affine warp
+(:mod:`imagefit.data.affine`), then RandAugment, random erasing and mixup/cutmix
+(:mod:`imagefit.data.batch_ops`). Every op draws from a generator the loader seeds from
+(seed, epoch, batch), so a batch is the same whatever the device, the worker count, or where a
+resumed run restarts.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from imagefit.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+from imagefit.data import batch_ops
+from imagefit.data.affine import AffineAugment, BatchOp
+from imagefit.registry import Registry
 
-# (images (B, C, S, S) float in [0, 1], targets (B,) int or (B, K) soft, generator) -> same
-BatchOp = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _uniform(low: float, high: float, count: int, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
-
-
-class AffineAugment:
-    """Random-resized-crop + translation + flips as one warp per batch."""
-
-    def __init__(self, cfg: AugmentConfig, size: int):
-        self.cfg, self.size = cfg, size
-        # Without a random-resized crop every warp is a whole-pixel shift plus flips: index
-        # gathers then do what bilinear sampling at pixel centres does, ~5x faster on a CPU.
-        self.whole_pixels = cfg.scale == (1.0, 1.0)
-
-    def is_identity(self) -> bool:
-        c = self.cfg
-        return c.scale == (1.0, 1.0) and c.translate == 0 and c.hflip == 0 and c.vflip == 0
-
-    def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, S, S) float in [0, 1] -> same shape; targets unchanged."""
-        c, batch = self.cfg, x.shape[0]
-        area = _uniform(c.scale[0], c.scale[1], batch, generator)
-        log_ratio = _uniform(math.log(c.ratio[0]), math.log(c.ratio[1]), batch, generator)
-        width = torch.sqrt(area * torch.exp(log_ratio))
-        height = torch.sqrt(area / torch.exp(log_ratio))
-        # Like torchvision's RandomResizedCrop, a crop that does not fit keeps the area square.
-        misfit = (width > 1) | (height > 1)
-        width = torch.where(misfit, torch.sqrt(area), width)
-        height = torch.where(misfit, torch.sqrt(area), height)
-        # Crop centre anywhere the crop stays inside the image (normalised coords in [-1, 1]).
-        cx = _uniform(-1, 1, batch, generator) * (1 - width)
-        cy = _uniform(-1, 1, batch, generator) * (1 - height)
-        # Translation in whole pixels, so an un-scaled shift copies pixels without blurring.
-        max_shift = round(c.translate * self.size)
-        shift = torch.randint(-max_shift, max_shift + 1, (2, batch), generator=generator)
-        cx = cx + shift[0] * 2.0 / self.size
-        cy = cy + shift[1] * 2.0 / self.size
-        flip_x = torch.where(torch.rand(batch, generator=generator) < c.hflip, -1.0, 1.0)
-        flip_y = torch.where(torch.rand(batch, generator=generator) < c.vflip, -1.0, 1.0)
-        if self.whole_pixels:
-            return shift_and_flip(x, shift, flip_x < 0, flip_y < 0), y
-        theta = torch.zeros(batch, 2, 3, dtype=torch.float64)
-        theta[:, 0, 0], theta[:, 0, 2] = width * flip_x, cx
-        theta[:, 1, 1], theta[:, 1, 2] = height * flip_y, cy
-        theta = theta.to(device=x.device, dtype=x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        warped = F.grid_sample(
-            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
-        )
-        return warped, y
-
-
-def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Indices off the image mirrored back in, edge pixel repeated: grid_sample's reflection
-    padding at align_corners=False (-1 -> 0, size -> size - 1). Shifts stay below ``size``."""
-    index = torch.where(index < 0, -index - 1, index)
-    return torch.where(index >= size, 2 * size - 1 - index, index)
-
-
-def shift_and_flip(
-    x: torch.Tensor, shift: torch.Tensor, flip_x: torch.Tensor, flip_y: torch.Tensor
-) -> torch.Tensor:
-    """(B, C, S, S) -> same: each image flipped (bool (B,)), then moved by ``shift`` (2, B)
-    whole pixels (x, y) with reflection padding: one row gather on the channels-last view."""
-    batch, channels, size, _ = x.shape
-    base = torch.arange(size)
-    cols = _reflect(torch.where(flip_x[:, None], size - 1 - base, base) + shift[0][:, None], size)
-    rows = _reflect(torch.where(flip_y[:, None], size - 1 - base, base) + shift[1][:, None], size)
-    image = torch.arange(batch)[:, None, None]
-    flat = ((image * size + rows[:, :, None]) * size + cols[:, None, :]).reshape(-1)  # (B*S*S,)
-    pixels = x.permute(0, 2, 3, 1).contiguous().reshape(-1, channels)  # no copy for loader batches
-    if x.device.type == "cpu":
-        # numpy's take copies rows of C values ~8x faster than torch's index_select on a CPU.
-        out = torch.from_numpy(np.take(pixels.numpy(), flat.numpy(), axis=0))
-    else:
-        out = pixels.index_select(0, flat.to(x.device))
-    return out.view(batch, size, size, channels).permute(0, 3, 1, 2)  # channels_last strides
-
-
-# Further batch ops (RandAugment, random erasing, mixup/cutmix: imagefit.data.batch_ops) register
-# here by config key. Each factory gets (config, image size, number of classes, data mean, data
-# std) and returns an op, or None when the config switches it off. The mean and std are those the
-# loader normalises with after the ops: ops that fill pixels (erasing noise, RandAugment's fill
-# colour) need them to work in [0, 1] space what timm does in normalised space.
+# Each factory gets (config, image size, number of classes, data mean, data std) and returns an
+# op, or None when the config switches it off. The mean and std are those the loader normalises
+# with after the ops: ops that fill pixels (erasing noise, RandAugment's fill colour) need them
+# to work in [0, 1] space what timm does in normalised space.
 OpFactory = Callable[[AugmentConfig, int, int, Sequence[float], Sequence[float]], BatchOp | None]
-BATCH_OPS: dict[str, OpFactory] = {}
 
 
-def register_batch_op(name: str) -> Callable[[OpFactory], OpFactory]:
-    def wrap(factory: OpFactory) -> OpFactory:
-        BATCH_OPS[name] = factory
-        return factory
-
-    return wrap
-
-
-@register_batch_op("affine")
 def _affine(
     cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> BatchOp | None:
@@ -126,8 +32,21 @@ def _affine(
     return None if op.is_identity() else op
 
 
+# The order is the augmentation: geometry first (crops and flips of the clean image), then the
+# photometric ops on what the model will see, then erasing, and label mixing last because it
+# blends whole augmented images and turns the targets soft.
+BATCH_OPS: Registry[OpFactory] = Registry("batch augmentation op")
+for _name, _factory in (
+    ("affine", _affine),
+    ("randaugment", batch_ops.randaugment_op),
+    ("random_erasing", batch_ops.random_erasing_op),
+    ("mixup", batch_ops.mixup_op),
+):
+    BATCH_OPS.add(_name, _factory)
+
+
 class BatchAugment:
-    """The configured batch ops, applied in registration order.
+    """The configured batch ops, applied in ``BATCH_OPS`` order.
 
     ``mean``/``std``: the per-channel normalisation the loader applies after the ops (defaults:
     ``DataConfig``'s, ImageNet's).
@@ -142,7 +61,7 @@ class BatchAugment:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
-        built = (factory(cfg, size, num_classes, mean, std) for factory in BATCH_OPS.values())
+        built = (factory(cfg, size, num_classes, mean, std) for _, factory in BATCH_OPS.items())
         self.ops: list[BatchOp] = [op for op in built if op is not None]
 
     def __call__(
@@ -151,9 +70,3 @@ class BatchAugment:
         for op in self.ops:
             x, y = op(x, y, generator)
         return x, y
-
-
-# Last, so that "affine" is registered first and batch_ops can import this module's names; any
-# import of augment (hence any BatchAugment) then has every op. Importing batch_ops first works
-# too: it imports this module, whose import of batch_ops then finds the one already loading.
-from imagefit.data import batch_ops  # noqa: E402, F401

@@ -1,7 +1,7 @@
-"""RandAugment, random erasing and mixup/cutmix as batch ops (see :mod:`imagefit.data.augment`).
+"""RandAugment, random erasing and mixup/cutmix as batch ops; :mod:`imagefit.data.augment` runs
+them after the affine warp, in that order.
 
-They run after the affine warp, in this order: RandAugment, random erasing, mixup/cutmix. The
-implementations are timm's and torchvision's wherever their randomness can be steered. Those
+The implementations are timm's and torchvision's wherever their randomness can be steered. Those
 draw from the global RNGs (Python's ``random``, NumPy's and torch's), so each op runs inside
 :func:`seeded_global_rngs`: seeded from one draw of the batch generator, restored afterwards.
 A batch's augmentation therefore stays a pure function of (seed, epoch, batch), which exact
@@ -24,7 +24,7 @@ from timm.data.auto_augment import rand_augment_transform
 from torchvision.transforms import v2
 
 from imagefit.config import AugmentConfig
-from imagefit.data.augment import BatchOp, register_batch_op
+from imagefit.data.affine import BatchOp
 from imagefit.errors import ConfigError
 
 
@@ -226,22 +226,19 @@ class MixupCutmix:
         return mixed, targets.float()
 
 
-@register_batch_op("randaugment")
-def _randaugment(
+def randaugment_op(
     cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> BatchOp | None:
     return None if cfg.randaugment is None else RandAugment(cfg.randaugment, size, mean)
 
 
-@register_batch_op("random_erasing")
-def _random_erasing(
+def random_erasing_op(
     cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> BatchOp | None:
     return RandomErasing(cfg.random_erasing, mean, std) if cfg.random_erasing > 0 else None
 
 
-@register_batch_op("mixup")
-def _mixup(
+def mixup_op(
     cfg: AugmentConfig, size: int, num_classes: int, mean: Sequence[float], std: Sequence[float]
 ) -> BatchOp | None:
     if cfg.mixup == 0 and cfg.cutmix == 0:

@@ -275,7 +275,7 @@ def load_manifest(cfg: Config) -> SplitManifest:
         return SplitManifest.load(d.split_manifest, d.root)
     if not d.root:
         raise DataError("data.root is not set: point it at an ImageFolder (--set data.root=DIR)")
-    return resolve_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed)
+    return resolve_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, links=d.links)
 
 
 def _apply_skip_list(manifest: SplitManifest, path: str, skipped: dict[str, str]) -> None:

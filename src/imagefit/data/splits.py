@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from imagefit.data.folder import Sample, find_classes, scan_folder
+from imagefit.data.folder import LinkPolicy, Sample, find_classes, scan_folder
 from imagefit.errors import DataError
 from imagefit.runs.layout import SPLIT
 
@@ -181,6 +181,22 @@ def _samples(name: str, items: object, base: Path, count: int) -> list[Sample]:
     return samples
 
 
+def _refuse_shared_files(root: Path, splits: dict[str, list[Sample]]) -> None:
+    """One file (the same inode: a link or a hard link) in two split folders is a leak."""
+    where: dict[tuple[int, int], tuple[str, Path]] = {}
+    for name, samples in splits.items():
+        for path, _ in samples:
+            stat = path.stat()
+            key = (stat.st_dev, stat.st_ino)
+            if key in where and where[key][0] != name:
+                other, first = where[key]
+                raise DataError(
+                    f"{root}: {path} ({name}) and {first} ({other}) are the same file; a file "
+                    "belongs to one split: remove the link"
+                )
+            where.setdefault(key, (name, path))
+
+
 def _split_dirs(root: Path) -> dict[str, Path]:
     present = {entry.name.lower(): entry for entry in root.iterdir() if entry.is_dir()}
     found: dict[str, Path] = {}
@@ -219,7 +235,11 @@ def stratified_split(
 
 
 def resolve_splits(
-    root: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42
+    root: str | Path,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 42,
+    links: LinkPolicy = "inside",
 ) -> SplitManifest:
     """Find or make train/val/test for ``root``.
 
@@ -232,7 +252,7 @@ def resolve_splits(
         raise DataError(f"dataset folder not found: {root}")
     dirs = _split_dirs(root)
     if not dirs:
-        index = scan_folder(root)
+        index = scan_folder(root, links=links)
         fractions = {
             "train": 1 - val_fraction - test_fraction,
             "val": val_fraction,
@@ -246,7 +266,11 @@ def resolve_splits(
         if "train" not in dirs:
             raise DataError(f"{root}: has {sorted(dirs)} split folders but no 'train'")
         classes = find_classes(dirs["train"])
-        splits = {name: scan_folder(path, classes).samples for name, path in dirs.items()}
+        splits = {
+            name: scan_folder(path, classes, links, within=root).samples
+            for name, path in dirs.items()
+        }
+        _refuse_shared_files(root, splits)
         fractions = None
         if "val" not in splits and val_fraction == 0:
             splits["val"] = []

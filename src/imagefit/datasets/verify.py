@@ -32,10 +32,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from imagefit.config import DataConfig
 from imagefit.data.balance import imbalance_ratio
-from imagefit.data.folder import FolderIndex, find_classes, scan_folder
+from imagefit.data.folder import FolderIndex, LinkPolicy, find_classes, scan_folder
 from imagefit.data.images import load_rgb
-from imagefit.data.splits import SPLITS, _split_dirs  # the layout rules training uses
+from imagefit.data.splits import (  # the layout rules training uses
+    SPLITS,
+    _split_dirs,
+    resolve_splits,
+)
 from imagefit.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,7 @@ class VerifyReport:
     bad: list[BadFile] = field(default_factory=list)
     duplicates: list[DuplicateGroup] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # no image extension: training ignores
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # hidden entries, links
     problems: list[str] = field(default_factory=list)  # structural errors
 
     @property
@@ -144,6 +150,9 @@ class VerifyReport:
                 out.append(f"split '{split}' has no images of {missing}")
         if self.ignored:
             out.append(f"{len(self.ignored)} files without an image extension are ignored")
+        for reason, paths in self.left_out.items():
+            if paths:
+                out.append(f"{len(paths)} {LEFT_OUT[reason]} are left out")
         return out
 
     def bad_by_kind(self) -> dict[str, int]:
@@ -193,6 +202,7 @@ class VerifyReport:
                 for g in self.duplicates
             ],
             "ignored": [str(p) for p in self.ignored],
+            "left_out": self.left_out,
         }
 
     def write(self, out: str | Path) -> tuple[Path, Path]:
@@ -220,19 +230,24 @@ class VerifyReport:
         return report, skip
 
 
-def _index(root: Path) -> tuple[str, list[str], dict[str, FolderIndex], list[str]]:
+LEFT_OUT = {"hidden": "hidden files and folders", "links": "links"}
+
+
+def _index(
+    root: Path, links: LinkPolicy
+) -> tuple[str, list[str], dict[str, FolderIndex], list[str]]:
     """(layout, classes, split -> FolderIndex, problems) via the loaders' own scanners."""
     dirs = _split_dirs(root)
     problems: list[str] = []
     if not dirs:
-        return "single", find_classes(root), {"all": scan_folder(root)}, problems
+        return "single", find_classes(root), {"all": scan_folder(root, links=links)}, problems
     if "train" not in dirs:
         raise DataError(f"{root}: has {sorted(dirs)} split folders but no 'train'")
     classes = find_classes(dirs["train"])
     indexes = {}
     for split, path in dirs.items():
         try:
-            indexes[split] = scan_folder(path, classes)
+            indexes[split] = scan_folder(path, classes, links, within=root)
         except DataError as exc:  # one broken split must not hide what the others hold
             problems.append(str(exc))
     return "folders", classes, indexes, problems
@@ -269,9 +284,17 @@ def _groups(hashes: Iterable[tuple[FileRef, str]]) -> list[DuplicateGroup]:
 
 
 def verify_dataset(
-    root: str | Path, min_size: int = 1, workers: int | None = None, progress: bool = True
+    root: str | Path,
+    min_size: int = 1,
+    workers: int | None = None,
+    progress: bool = True,
+    data: DataConfig | None = None,
 ) -> VerifyReport:
     """Check every image under ``root`` (single-folder or train/val/test layout).
+
+    ``data``: the data settings training will use (split fractions and seed, link policy;
+    defaults as in a new config). Every check training makes on the dataset's structure runs
+    here too, so a dataset that verifies is one that training accepts.
 
     Raises DataError only when ``root`` is not a dataset at all (missing, no class folders,
     split folders without train); everything else is reported.
@@ -279,7 +302,14 @@ def verify_dataset(
     root = Path(root).resolve()  # absolute, so bad_files.txt works from any directory
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    layout, classes, indexes, problems = _index(root)
+    data = data or DataConfig()
+    layout, classes, indexes, problems = _index(root, data.links)
+    try:  # the structural checks training makes (class count, empty splits, shared files)
+        resolve_splits(root, data.val_fraction, data.test_fraction, data.split_seed, data.links)
+    except DataError as exc:
+        message = str(exc)
+        if message not in problems:
+            problems.append(f"training refuses this dataset: {message}")
     files = [
         FileRef(path, split, classes[label])
         for split, index in indexes.items()
@@ -295,6 +325,10 @@ def verify_dataset(
         counts,
         scanned=len(files),
         ignored=[p for index in indexes.values() for p in index.ignored],
+        left_out={
+            reason: [p for index in indexes.values() for p in index.skipped()[reason]]
+            for reason in LEFT_OUT
+        },
         problems=problems,
     )
     workers = workers or min(8, os.cpu_count() or 1)

@@ -87,7 +87,8 @@ def compute_metrics(
     """Metrics of predictions ``logits`` (N, C scores or probabilities) against ``targets`` (N,).
 
     Returns a JSON-serialisable dict: ``num_samples``, ``loss``, ``accuracy``,
-    ``top5_accuracy`` (top-k with k = min(5, C)), ``f1_macro``, ``f1_weighted``,
+    ``top5_accuracy`` (None with 5 classes or fewer, where every class is in the top 5),
+    ``f1_macro``, ``f1_weighted``,
     ``precision_macro``, ``recall_macro``, ``per_class`` (lists over ``classes``: precision,
     recall, f1, accuracy (= recall), support), ``confusion_matrix`` (rows = true class,
     columns = predicted), ``classes`` and ``classification_report`` (scikit-learn's text).
@@ -119,7 +120,7 @@ def compute_metrics(
         "num_samples": len(y),
         "loss": None if loss is None else float(loss),
         "accuracy": float(accuracy_score(y, pred)),
-        "top5_accuracy": _top_k(y, scores, min(TOP_K, len(names))),
+        "top5_accuracy": _top_k(y, scores, TOP_K) if len(names) > TOP_K else None,
         "f1_macro": float(f1_score(y, pred, **macro)),
         "f1_weighted": float(
             f1_score(y, pred, labels=all_labels, average="weighted", zero_division=0)

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from matplotlib.figure import Figure
 
+from imagefit import dotted
 from imagefit.evaluate import plots
 from imagefit.runs.layout import CONFIG
 from imagefit.runs.reader import RunRecord, load_run
@@ -121,16 +122,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 # --------------------------------------------------------------------------- config
 
 
-def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(tree: Mapping[str, Any]) -> dict[str, Any]:
     """Nested config as ``{"model.name": ..., "optim.lr": ...}`` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+    return dotted.flatten(tree)
 
 
 def config_differences(configs: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:

@@ -86,7 +86,7 @@ def export_onnx(
         result["int8"] = quantize_int8(path, meta, run_dir)
     write_json(RunLayout(run_dir).export, result)
     log.info(
-        "exported %s (%s, opset %d, %.1f MB)", path, exporter, opset, result["size_bytes"] / 2**20
+        "exported %s (%s, opset %d, %.1f MiB)", path, exporter, opset, result["size_bytes"] / 2**20
     )
     return result
 

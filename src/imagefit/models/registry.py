@@ -14,29 +14,21 @@ from torch import nn
 
 from imagefit.errors import ConfigError
 from imagefit.models.simple_cnn import SimpleCNN
+from imagefit.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
-MODELS: dict[str, ModelFactory] = {}
+# factory(num_classes=..., drop_rate=...) by name
+MODELS: Registry[ModelFactory] = Registry("model")
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: make ``factory(num_classes=..., drop_rate=...)`` available as ``name``."""
-
-    def wrap(factory: ModelFactory) -> ModelFactory:
-        MODELS[name] = factory
-        return factory
-
-    return wrap
-
-
-@register_model("simple_cnn")
+@MODELS.register("simple_cnn")
 def _simple_cnn(num_classes: int, drop_rate: float = 0.0, **_: object) -> nn.Module:
     return SimpleCNN(num_classes=num_classes, drop_rate=drop_rate)
 
 
 def list_models() -> list[str]:
     """imagefit's own names; every name of ``timm.list_models()`` works too."""
-    return sorted(MODELS)
+    return sorted(MODELS.names())
 
 
 def build_architecture(

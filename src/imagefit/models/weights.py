@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -120,16 +123,54 @@ def initialise(name: str, num_classes: int, init: str, drop_rate: float = 0.0) -
     return model
 
 
+HUB_HOST = "huggingface.co"
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Can this machine open a connection to the hub? One short try, no retries."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Hub downloads read only the local cache: huggingface_hub otherwise retries an
+    unreachable host for about a minute before it gives up."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _from_hub(name: str, num_classes: int, hub_name: str, drop_rate: float) -> nn.Module:
     import timm
 
     if timm.models.split_model_name_tag(hub_name)[0] != timm.models.split_model_name_tag(name)[0]:
         raise ConfigError(f"model.init 'hub:{hub_name}' is not a '{name}' architecture")
+    offline = not hub_reachable()
+    if offline:
+        log.warning(
+            "%s is unreachable: looking for %s in the local hub cache only", HUB_HOST, hub_name
+        )
     try:
-        model = build_architecture(hub_name, num_classes, drop_rate, pretrained=True)
+        with _hub_offline() if offline else nullcontext():
+            model = build_architecture(hub_name, num_classes, drop_rate, pretrained=True)
     except (OSError, RuntimeError, ValueError) as exc:  # no network, unknown tag, hub error
+        where = (
+            f"{HUB_HOST} is unreachable and the local hub cache lacks them"
+            if offline
+            else (f"{type(exc).__name__}: {exc}")
+        )
         raise CheckpointError(
-            f"could not fetch hub weights '{hub_name}' ({type(exc).__name__}: {exc}). Offline? "
+            f"could not fetch hub weights '{hub_name}' ({where}). Offline? "
             f"Download the weights file on a connected machine and set "
             f"model.init=/path/to/{hub_name}.safetensors (or a .pth state dict) instead."
         ) from None

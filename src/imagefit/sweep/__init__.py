@@ -5,7 +5,17 @@
 ``plots/`` and ``report.html`` in ``spec.out``.
 """
 
-from imagefit.sweep.runner import SweepResult, run_sweep
+from typing import Any
+
 from imagefit.sweep.spec import SweepSpec, Trial, load_sweep
 
 __all__ = ["SweepResult", "SweepSpec", "Trial", "load_sweep", "run_sweep"]
+
+
+def __getattr__(name: str) -> Any:
+    # The runner imports torch; reading and checking a sweep file must not wait for it.
+    if name in ("SweepResult", "run_sweep"):
+        from imagefit.sweep import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'imagefit.sweep' has no attribute {name!r}")

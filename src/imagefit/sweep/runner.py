@@ -27,14 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagefit import dotted
 from imagefit.config import Config, TrackConfig, apply_override
 from imagefit.errors import ConfigError, ImagefitError, Interrupted
 from imagefit.fileio import write_json
+from imagefit.model_names import BASELINES
 from imagefit.runs.layout import PLOTS, REPORT, RunLayout
 from imagefit.runs.reader import read_config, read_json, read_summary
 from imagefit.sweep import table
 from imagefit.sweep.baseline import run_hog_svm_baseline
-from imagefit.sweep.spec import BASELINES, SweepSpec, Trial, set_dotted
+from imagefit.sweep.spec import SweepSpec, Trial
 from imagefit.track.mlflow_sink import log_parent_artifacts, mlflow_parent
 from imagefit.train.hooks import EpochHook
 from imagefit.workflow import train
@@ -63,23 +65,13 @@ def trial_state(run_dir: Path) -> str:
     return "resume" if run.last.is_file() else "new"
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def changed_keys(run_dir: Path, cfg: Config) -> list[str]:
     """Config keys where ``run_dir/config.yaml`` differs from ``cfg`` (output.* aside)."""
     saved_tree = read_config(run_dir)
     if saved_tree is None:
         return []
-    saved = _flatten(saved_tree)
-    planned = _flatten(cfg.to_dict())
+    saved = dotted.flatten(saved_tree)
+    planned = dotted.flatten(cfg.to_dict())
     keys = set(saved) | set(planned)
     return sorted(k for k in keys if not k.startswith("output.") and saved.get(k) != planned.get(k))
 
@@ -222,7 +214,7 @@ def sweep_track(spec: SweepSpec) -> TrackConfig:
     (a trial's own overrides aside: the parent run is the sweep's, not a trial's)."""
     tree = copy.deepcopy(spec.base_tree)
     for key, value in spec.common.items():
-        set_dotted(tree, key, value)
+        dotted.set_key(tree, key, value)
     for assignment in spec.cli:
         apply_override(tree, assignment)
     return TrackConfig.model_validate(tree.get("track") or {})

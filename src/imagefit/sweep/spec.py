@@ -22,29 +22,34 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from imagefit.config import Config, apply_override, config_from_dict, read_yaml
-from imagefit.errors import ConfigError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-SWEEP_KEYS = ("name", "description", "base", "out", "set", "seeds", "grid", "variants", "search")
-MODES = ("grid", "variants", "search")
-SEARCH_KEYS = ("params", "n_trials", "metric", "direction", "sampler", "pruner", "storage", "study")
-PARAM_TYPES = {
-    "float": ("low", "high", "log", "step"),
-    "int": ("low", "high", "log", "step"),
-    "categorical": ("choices",),
-}
-# The per-epoch history columns a search can optimise and prune on (fit's history row).
-HISTORY_METRICS = (
-    "val_accuracy",
-    "val_loss",
-    "val_top5_accuracy",
-    "val_f1_macro",
-    "train_accuracy",
-    "train_loss",
+from imagefit import dotted
+from imagefit.config import (
+    SEED_LIMIT,
+    Config,
+    ConfigKey,
+    ConfigOverrides,
+    HistoryMetric,
+    Section,
+    apply_override,
+    config_from_dict,
+    key_problem,
+    parse_override,
+    read_yaml,
+    validate,
 )
-BASELINES = ("hog_svm",)  # model.name values that run a classical baseline instead of fit()
+from imagefit.errors import ConfigError
+from imagefit.model_names import BASELINES
+
+__all__ = ["BASELINES", "SearchSpec", "SweepSpec", "Trial", "load_sweep"]
+
+MODES = ("grid", "variants", "search")
+# Optuna's samplers and pruners by the names a sweep file uses (sweep.search builds them).
+SamplerName = Literal["tpe", "random", "qmc"]
+PrunerName = Literal["median", "percentile", "threshold", "successive_halving", "hyperband", "none"]
 
 
 @dataclass(frozen=True)
@@ -91,76 +96,121 @@ class SweepSpec:
         """The trial's typed config: base <- ``set`` <- trial <- command line <- folder/seed."""
         tree = copy.deepcopy(self.base_tree)
         for key, value in {**self.common, **trial.overrides}.items():
-            set_dotted(tree, key, value)
+            dotted.set_key(tree, key, value)
         for assignment in self.cli:
             apply_override(tree, assignment)
-        set_dotted(tree, "output.dir", str(self.out / "runs"))
-        set_dotted(tree, "output.name", trial.name)
+        dotted.set_key(tree, "output.dir", str(self.out / "runs"))
+        dotted.set_key(tree, "output.name", trial.name)
         if trial.seed is not None:
-            set_dotted(tree, "train.seed", trial.seed)
+            dotted.set_key(tree, "train.seed", trial.seed)
         return config_from_dict(tree, source=f"{self.path}, trial '{trial.name}'")
 
 
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``tree[a][b] = value`` for ``key`` "a.b" (a typed value, unlike apply_override)."""
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"'{key}': '{part}' is not a section")
-    node[parts[-1]] = copy.deepcopy(value)
+# --------------------------------------------------------------------------- the file
 
 
-def check_key(key: Any, where: str) -> str:
-    """``key`` if it names a config value (not a section); else a ConfigError naming it."""
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"{where}: {key!r} is not a dotted config key such as optim.lr")
-    model: Any = Config
-    parts = key.split(".")
-    for depth, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if fields is None:
-            raise ConfigError(
-                f"{where}: '{key}' is not a config key "
-                f"('{'.'.join(parts[:depth])}' is a value, not a section)"
-            )
-        if part not in fields:
-            section = ".".join(parts[:depth]) or "the top level"
-            raise ConfigError(
-                f"{where}: unknown config key '{key}' ({section} has: {', '.join(fields)})"
-            )
-        model = fields[part].annotation
-    if getattr(model, "model_fields", None):
-        raise ConfigError(f"{where}: '{key}' is a section; name one of its keys ({key}.<key>)")
-    return key
+def _as_name(value: Any) -> Any:
+    return value if isinstance(value, str) or value is None else value_text(value)
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return _assignments(value, where)
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{where} must be a mapping of dotted key -> value, got {type(value).__name__}"
-        )
-    return {check_key(k, f"{where} key {k!r}"): v for k, v in value.items()}
+Name = Annotated[str, BeforeValidator(_as_name)]
+Seed = Annotated[int, Field(strict=True, ge=0, lt=SEED_LIMIT)]
 
 
-def _assignments(items: list[str], where: str) -> dict[str, Any]:
-    """``["a.b=1", ...]`` (the ``--set`` form) as a typed mapping."""
-    result: dict[str, Any] = {}
-    for item in items:
-        tree: dict[str, Any] = {}
-        apply_override(tree, item)
-        key = item.partition("=")[0].strip()
-        check_key(key, f"{where} '{item}'")
-        node: Any = tree
-        for part in key.split("."):
-            node = node[part]
-        result[key] = node
-    return result
+class Variant(Section):
+    name: Name | None = None  # default variant-N
+    set: ConfigOverrides = {}
+
+
+class _Range(Section):
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        low, high = getattr(self, "low"), getattr(self, "high")  # noqa: B009 - the subclasses'
+        if low > high:
+            raise ValueError(f"needs low <= high (got {low}, {high})")
+        return self
+
+
+class FloatSpace(_Range):
+    type: Literal["float"]
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+
+
+class IntSpace(_Range):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int | None = Field(None, gt=0)
+
+
+class CategoricalSpace(Section):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+ParamSpace = Annotated[FloatSpace | IntSpace | CategoricalSpace, Field(discriminator="type")]
+
+
+class OptunaChoice(BaseModel):
+    """``{type: NAME, ...}``: the other keys are options of that Optuna class (checked when
+    the search builds it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class SamplerChoice(OptunaChoice):
+    type: SamplerName = "tpe"
+
+
+class PrunerChoice(OptunaChoice):
+    type: PrunerName = "median"
+
+
+class SearchSection(Section):
+    params: dict[ConfigKey, ParamSpace] = Field(min_length=1)
+    n_trials: int = Field(ge=1)
+    metric: HistoryMetric | None = None  # default: the base config's train.monitor
+    direction: Literal["minimize", "maximize"] | None = None  # default: by the metric
+    sampler: SamplerChoice = SamplerChoice()
+    pruner: PrunerChoice = PrunerChoice()
+    storage: str | None = None  # a database URL; default SQLite in the sweep folder
+    study: str | None = None  # default: the sweep's name
+
+
+class SweepFile(Section):
+    name: Name | None = None  # default: the file's stem
+    description: str | None = None
+    base: str  # a config file, relative to the sweep file
+    out: str | None = None  # default: sweeps/<name>
+    set: ConfigOverrides = {}  # every trial
+    seeds: list[Seed] | None = Field(None, min_length=1)  # every trial once per seed
+    grid: dict[ConfigKey, Annotated[list[Any], Field(min_length=1)]] | None = Field(
+        None, min_length=1
+    )
+    variants: list[Variant] | None = Field(None, min_length=1)
+    search: SearchSection | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_mode(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            found = [m for m in MODES if m in raw]
+            if len(found) != 1:
+                raise ValueError(
+                    f"a sweep needs exactly one of {', '.join(MODES)} "
+                    f"(found {', '.join(found) or 'none'})"
+                )
+        return raw
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> SweepFile:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: repeats a seed: {self.seeds}")
+        return self
 
 
 def value_text(value: Any) -> str:
@@ -183,39 +233,6 @@ def grid_name(values: dict[str, Any]) -> str:
     return "_".join(parts)
 
 
-def expand_grid(grid: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """(name, overrides) for every combination of the grid's values, first key slowest."""
-    if not isinstance(grid, dict) or not grid:
-        raise ConfigError(f"{where}: 'grid' must map dotted config keys to lists of values")
-    for key, values in grid.items():
-        check_key(key, f"{where}: grid key {key!r}")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(
-                f"{where}: grid key '{key}' must list one or more values, got {values!r}"
-            )
-    combos = itertools.product(*grid.values())
-    return [
-        (grid_name(dict(zip(grid, c, strict=True))), dict(zip(grid, c, strict=True)))
-        for c in combos
-    ]
-
-
-def expand_variants(variants: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """(name, overrides) of each ``{name, set}`` entry."""
-    if not isinstance(variants, list) or not variants:
-        raise ConfigError(f"{where}: 'variants' must be a list of {{name, set}} entries")
-    result = []
-    for index, entry in enumerate(variants):
-        label = f"{where}: variant {index + 1}"
-        if not isinstance(entry, dict) or set(entry) - {"name", "set"}:
-            raise ConfigError(
-                f"{label} must be a mapping with keys 'name' and 'set', got {entry!r}"
-            )
-        name = value_text(entry.get("name", f"variant-{index + 1}"))
-        result.append((name, _mapping(entry.get("set"), f"{label} ('{name}') set")))
-    return result
-
-
 def plan_trials(
     named: list[tuple[str, dict[str, Any]]], seeds: list[int] | None, where: str
 ) -> list[Trial]:
@@ -233,86 +250,18 @@ def plan_trials(
     ]
 
 
-def _seeds(value: Any, where: str) -> list[int] | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(s, int) and s >= 0 for s in value)
-    ):
-        raise ConfigError(
-            f"{where}: 'seeds' must be a list of non-negative integers, got {value!r}"
-        )
-    if len(set(value)) != len(value):
-        raise ConfigError(f"{where}: 'seeds' repeats a seed: {value}")
-    return value
-
-
-def _check_param(key: str, space: Any, where: str) -> dict[str, Any]:
-    label = f"{where}: search.params '{key}'"
-    check_key(key, label)
-    if not isinstance(space, dict) or space.get("type") not in PARAM_TYPES:
-        raise ConfigError(f"{label} needs 'type': one of {', '.join(PARAM_TYPES)} (got {space!r})")
-    allowed = PARAM_TYPES[space["type"]]
-    unknown = set(space) - {"type", *allowed}
-    if unknown:
-        raise ConfigError(
-            f"{label}: unknown field(s) {sorted(unknown)}; {space['type']} takes {allowed}"
-        )
-    if space["type"] == "categorical":
-        if not isinstance(space.get("choices"), list) or not space["choices"]:
-            raise ConfigError(f"{label}: 'choices' must be a non-empty list")
-    elif (
-        not isinstance(space.get("low"), int | float)
-        or not isinstance(space.get("high"), int | float)
-        or space["low"] > space["high"]
-    ):
-        raise ConfigError(
-            f"{label}: needs numbers 'low' <= 'high' (got {space.get('low')!r}, {space.get('high')!r})"
-        )
-    return space
-
-
-def parse_search(raw: Any, default_metric: str, default_study: str, where: str) -> SearchSpec:
-    """The validated ``search:`` section."""
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{where}: 'search' must be a mapping with at least 'params' and 'n_trials'"
-        )
-    unknown = set(raw) - set(SEARCH_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown search key(s) {sorted(unknown)}; allowed: {', '.join(SEARCH_KEYS)}"
-        )
-    params = raw.get("params")
-    if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{where}: search.params must map dotted config keys to parameter spaces")
-    n_trials = raw.get("n_trials")
-    if not isinstance(n_trials, int) or n_trials < 1:
-        raise ConfigError(f"{where}: search.n_trials must be a positive integer, got {n_trials!r}")
-    metric = raw.get("metric", default_metric)
-    if metric not in HISTORY_METRICS:
-        raise ConfigError(
-            f"{where}: search.metric '{metric}' is not one of {', '.join(HISTORY_METRICS)}"
-        )
-    direction = raw.get("direction", "minimize" if metric.endswith("loss") else "maximize")
-    if direction not in ("minimize", "maximize"):
-        raise ConfigError(
-            f"{where}: search.direction must be minimize or maximize, got {direction!r}"
-        )
-    for name in ("sampler", "pruner"):
-        if not isinstance(raw.get(name, {}), dict):
-            raise ConfigError(f"{where}: search.{name} must be a mapping such as {{type: median}}")
+def _search_spec(section: SearchSection, default_metric: str, default_study: str) -> SearchSpec:
+    metric = section.metric or default_metric
+    direction = section.direction or ("minimize" if metric.endswith("loss") else "maximize")
     return SearchSpec(
-        {k: _check_param(k, v, where) for k, v in params.items()},
-        n_trials,
+        {key: space.model_dump(exclude_unset=True) for key, space in section.params.items()},
+        section.n_trials,
         metric,
         direction,
-        raw.get("sampler", {}),
-        raw.get("pruner", {}),
-        raw.get("storage"),
-        str(raw.get("study", default_study)),
+        section.sampler.model_dump(exclude_unset=True),
+        section.pruner.model_dump(exclude_unset=True),
+        section.storage,
+        section.study or default_study,
     )
 
 
@@ -338,56 +287,53 @@ def load_sweep(
     """Parse and validate the sweep file ``path``; ``overrides`` (``key=value``) apply to every
     trial, last; ``out`` replaces the file's ``out``. Every trial's config is built once here."""
     path = Path(path)
-    raw = read_yaml(path)
-    unknown = set(raw) - set(SWEEP_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown sweep key(s) {sorted(unknown)}; allowed: {', '.join(SWEEP_KEYS)}"
-        )
-    modes = [m for m in MODES if m in raw]
-    if len(modes) != 1:
-        raise ConfigError(
-            f"{path}: a sweep needs exactly one of {', '.join(MODES)} (found {modes or 'none'})"
-        )
-    if not isinstance(raw.get("base"), str):
-        raise ConfigError(
-            f"{path}: 'base' must name the base config file (relative to the sweep file)"
-        )
-    base = path.parent / raw["base"]
+    file = validate(SweepFile, read_yaml(path), str(path))
+    base = path.parent / file.base
     if not base.is_file():
-        raise ConfigError(f"{path}: base config not found: {base}")
-    name = value_text(raw.get("name", sweep_stem(path)))
+        raise ConfigError(f"{path}: base: config file not found: {base}")
+    for assignment in overrides:
+        problem = key_problem(parse_override(assignment)[0])
+        if problem:
+            raise ConfigError(f"--set '{assignment}': {problem}")
+    name = file.name or sweep_stem(path)
     spec = SweepSpec(
         path,
         name,
         base,
-        Path(out or raw.get("out") or Path("sweeps") / name),
-        _mapping(raw.get("set"), f"{path}: set"),
-        modes[0],
+        Path(out or file.out or Path("sweeps") / name),
+        file.set,
+        next(m for m in MODES if getattr(file, m) is not None),
         list(overrides),
-        _seeds(raw.get("seeds"), str(path)),
+        file.seeds,
         base_tree=read_yaml(base),
     )
-    for assignment in spec.cli:
-        check_key(assignment.partition("=")[0].strip(), f"--set '{assignment}'")
-    _plan(spec, raw)
+    _plan(spec, file)
     return spec
 
 
-def _plan(spec: SweepSpec, raw: dict[str, Any]) -> None:
+def _plan(spec: SweepSpec, file: SweepFile) -> None:
     """Fill ``spec.trials`` (or ``spec.search``) and build every config once to validate it."""
-    where = str(spec.path)
     base_cfg = spec.config(Trial("base", "base", {}))
-    if spec.mode == "search":
-        spec.search = parse_search(raw["search"], base_cfg.train.monitor, spec.name, where)
+    if file.search is not None:
+        spec.search = _search_spec(file.search, base_cfg.train.monitor, spec.name)
         probes = _search_probes(spec.search)
     else:
-        named = (
-            expand_grid(raw["grid"], where)
-            if spec.mode == "grid"
-            else expand_variants(raw["variants"], where)
-        )
-        spec.trials = plan_trials(named, spec.seeds, where)
+        if file.grid is not None:
+            named = expand_grid(file.grid)
+        else:
+            named = [
+                (value_text(v.name or f"variant-{i}"), v.set)
+                for i, v in enumerate(file.variants or [], 1)
+            ]
+        spec.trials = plan_trials(named, spec.seeds, str(spec.path))
         probes = spec.trials
     for trial in probes:
         spec.config(trial)
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, overrides) for every combination of the grid's values, first key slowest."""
+    return [
+        (grid_name(dict(zip(grid, c, strict=True))), dict(zip(grid, c, strict=True)))
+        for c in itertools.product(*grid.values())
+    ]

@@ -40,6 +40,8 @@ def register_sink(
     name: str, enabled: Callable[[Config], bool]
 ) -> Callable[[SinkFactory], SinkFactory]:
     def wrap(factory: SinkFactory) -> SinkFactory:
+        if name in SINKS:
+            raise ValueError(f"tracking sink {name!r} is registered twice")
         SINKS[name] = (enabled, factory)
         return factory
 

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from imagefit import dotted
 from imagefit.config import Config, TrackConfig
 from imagefit.errors import ImagefitError, Interrupted
 from imagefit.fileio import write_json
@@ -70,16 +71,9 @@ class TrackingError(ImagefitError):
     """The tracking server cannot be reached or refuses a call."""
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten(tree: dict[str, Any]) -> dict[str, str]:
     """Nested config dict -> ``{"section.key": "value"}`` (lists as ``[a, b]``; None as ``null``)."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = "null" if value is None else str(value)
-    return flat
+    return {k: "null" if v is None else str(v) for k, v in dotted.flatten(tree).items()}
 
 
 def _lower_http_defaults() -> None:
