@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagefit.config import FinetuneConfig, OptimConfig
+from imagefit.evaluate.inference import Precision
 from imagefit.models.registry import create_model
-from imagefit.train.loop import EpochProgress, Precision, train_one_epoch
+from imagefit.train.loop import EpochProgress, train_one_epoch
 from imagefit.train.optim import create_optimizer, kernel_options
 
 from _timing import interleaved, median, ratio_line

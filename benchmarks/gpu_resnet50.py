@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from imagefit.config import AugmentConfig, FinetuneConfig, OptimConfig
 from imagefit.data.augment import BatchAugment
 from imagefit.data.loaders import ArraySource, Loader
-from imagefit.train.loop import EpochProgress, Precision, train_one_epoch
+from imagefit.evaluate.inference import Precision
+from imagefit.train.loop import EpochProgress, train_one_epoch
 from imagefit.train.optim import create_optimizer
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOPS, from the vendors' data sheets.

@@ -36,9 +36,10 @@ import numpy as np
 import timm
 import torch
 
+from imagefit.data.inputs import normalise
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.export.onnx import export_onnx, ort_session, run_session, write_onnx
-from imagefit.export.preprocess import load_samples, normalise, real_inputs, split_samples
+from imagefit.export.preprocess import load_samples, real_inputs, split_samples
 from imagefit.export.quantize import quantize_file
 from imagefit.models.trained import load_trained, resolve_checkpoint
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from imagefit.cli import app
 from imagefit.data.images import load_array
+from imagefit.data.inputs import normalise
 from imagefit.evaluate.calibration import (
     calibrate_run,
     expected_calibration_error,
@@ -19,7 +20,6 @@ from imagefit.evaluate.calibration import (
     softmax,
 )
 from imagefit.export.predict import predict
-from imagefit.export.preprocess import normalise
 from imagefit.models.trained import load_trained
 from imagefit.train.fit import fit
 

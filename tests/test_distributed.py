@@ -107,8 +107,8 @@ def test_two_processes_write_one_run_and_train_like_one(
     summary = json.loads((run / "summary.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_samples"] == alone.metrics["num_samples"]  # gathered exactly, no padding
-    assert summary["best_val_accuracy"] > 0.85 and alone.summary["best_val_accuracy"] > 0.85
-    assert abs(summary["best_val_accuracy"] - alone.summary["best_val_accuracy"]) < 0.05
+    assert summary["best_val_accuracy"] > 0.85 and alone.summary.best_val_accuracy > 0.85
+    assert abs(summary["best_val_accuracy"] - alone.summary.best_val_accuracy) < 0.05
     assert abs(metrics["accuracy"] - alone.metrics["accuracy"]) < 0.05
 
 

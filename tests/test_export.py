@@ -22,7 +22,7 @@ from imagefit.export import ExportError
 from imagefit.export import onnx as onnx_export
 from imagefit.export.onnx import compare_logits, export_onnx, ort_session, verify_onnx
 from imagefit.models.trained import load_trained
-from imagefit.train.checkpoint import save_checkpoint
+from imagefit.runs.checkpoint import save_checkpoint
 from imagefit.train.fit import fit
 
 from conftest import tiny_config

@@ -146,7 +146,7 @@ def test_frozen_phase_changes_only_the_head(pattern_root: Path, tmp_path: Path) 
     cfg = tiny_config(pattern_root, tmp_path, train={"epochs": 1}, finetune={"strategy": "freeze"})
     result = fit(cfg)
     before = torch.load(result.run_dir / "last.pt", weights_only=True)
-    assert result.summary["params_trainable"] == 84 * 3 + 3
+    assert result.summary.params_trainable == 84 * 3 + 3
     again = fit(
         tiny_config(
             pattern_root,
@@ -172,8 +172,8 @@ def test_early_stopping(pattern_root: Path, tmp_path: Path) -> None:
         optim={"lr": 1e-12},
     )
     result = fit(cfg)
-    assert result.summary["early_stopped"] and len(result.history) < 30
-    best = result.summary["best_epoch"]
+    assert result.summary.early_stopped and len(result.history) < 30
+    best = result.summary.best_epoch
     assert len(result.history) == best + 2
 
 

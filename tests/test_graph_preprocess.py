@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from imagefit.cli import app
 from imagefit.data.images import load_rgb
+from imagefit.data.inputs import normalise
 from imagefit.export import ExportError
 from imagefit.export import graph_preprocess as gp
 from imagefit.export.onnx import export_onnx
 from imagefit.export.predict import predict
-from imagefit.export.preprocess import normalise
 
 from helpers.serving import FLOWERS, flowers_run
 

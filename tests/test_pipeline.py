@@ -161,7 +161,7 @@ def test_training_without_a_validation_split(tmp_path: Path) -> None:
     assert result.metrics is None and (result.run_dir / "best.pt").is_file()
     split = json.loads((result.run_dir / "split.json").read_text())
     assert split["counts"] == {"train": 4, "val": 0, "test": 0}
-    assert result.summary["best_epoch"] in (1, 2)
+    assert result.summary.best_epoch in (1, 2)
 
 
 # ------------------------------------------------------------------------------ pipeline

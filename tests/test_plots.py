@@ -15,6 +15,7 @@ from PIL import Image
 
 from imagefit.evaluate import plots
 from imagefit.evaluate.metrics import compute_metrics
+from imagefit.runs.reader import load_run
 
 RUN_PLOTS = {
     "training_curves.png",
@@ -177,18 +178,6 @@ def test_missing_files_plot_what_exists_and_warn(
     assert plots.plot_run(tmp_path / "empty_dir_that_is_missing") == []
 
 
-def test_history_csv_is_read_when_json_is_missing(tmp_path: Path) -> None:
-    run = tmp_path / "csv"
-    run.mkdir()
-    (run / "history.csv").write_text(
-        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr\n"
-        "1,1.5,0.4,1.6,0.35,0.01\n2,1.0,0.6,1.2,0.5,0.005\n"
-    )
-    record = plots.load_run(run)
-    assert record.history[1]["val_accuracy"] == 0.5
-    assert "history.json" not in record.missing
-
-
 def test_plot_comparison(tmp_path: Path) -> None:
     runs = [write_run(tmp_path / name, seed=i) for i, name in enumerate(("a", "b", "c"))]
     paths = plots.plot_comparison(runs, tmp_path / "compare")
@@ -204,6 +193,6 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
 
     fig = plots.top_confused_pairs_figure([[1, 2], [3, 4]], ["a", "b"])
     assert isinstance(fig, Figure)
-    plots.run_figures(plots.load_run(write_run(tmp_path / "run", num_classes=3)))
+    plots.run_figures(load_run(write_run(tmp_path / "run", num_classes=3)))
     plots.figure_png(fig)
     assert not Gcf.get_all_fig_managers()  # nothing registered with pyplot: nothing leaks

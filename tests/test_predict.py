@@ -19,11 +19,11 @@ from imagefit.config import config_from_dict
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest
 from imagefit.evaluate.evaluator import evaluate_checkpoint
+from imagefit.evaluate.inference import Precision, evaluate
 from imagefit.export import ExportError
 from imagefit.export.onnx import export_onnx
 from imagefit.export.predict import predict
 from imagefit.models.trained import load_trained
-from imagefit.train.loop import Precision, evaluate
 
 from test_export import train_digits_run
 

@@ -242,7 +242,7 @@ def test_two_worker_processes_answer(run_dir: Path, photos: list[Path], tmp_path
 
 
 def test_server_normalisation_is_bit_identical_to_the_loaders() -> None:
-    from imagefit.export.preprocess import normalise
+    from imagefit.data.inputs import normalise
     from imagefit.serve.model import normalise_hwc
 
     pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)

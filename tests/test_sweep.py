@@ -11,13 +11,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from imagefit import workflow
 from imagefit.cli import app
 from imagefit.config import Config, load_config
 from imagefit.errors import ConfigError, Interrupted
 from imagefit.sweep import load_sweep, run_sweep
 from imagefit.sweep import runner as sweep_runner
 from imagefit.sweep.table import groups_table
-from imagefit.train import fit as fit_module
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -71,7 +71,7 @@ def read(path: Path) -> Any:
 
 
 class CountingFit:
-    """Wraps fit(): counts fresh and resumed calls; can interrupt one trial after an epoch."""
+    """Wraps workflow.train(): counts fresh and resumed calls; can interrupt one trial after an epoch."""
 
     def __init__(self, interrupt: str | None = None, error: type[BaseException] = Interrupted):
         self.fresh: list[str] = []
@@ -83,14 +83,14 @@ class CountingFit:
     ) -> Any:
         if resume is not None:
             self.resumed.append(Path(resume).name)
-            return fit_module.fit(resume=resume, on_epoch=on_epoch)
+            return workflow.train(resume=resume, on_epoch=on_epoch)
         self.fresh.append(cfg.output.name)
         if cfg.output.name == self.interrupt:
 
             def on_epoch(row: dict[str, Any]) -> None:
                 raise self.error("stop requested")
 
-        return fit_module.fit(cfg, on_epoch=on_epoch)
+        return workflow.train(cfg, on_epoch=on_epoch)
 
 
 def test_grid_sweep_records_each_run(
@@ -150,7 +150,7 @@ def test_interrupted_sweep_resumes_without_rerunning(
         base_tree(pattern_root, epochs=2),
     )
     first = CountingFit(interrupt="lr-0.003", error=error)
-    monkeypatch.setattr(sweep_runner, "fit", first)
+    monkeypatch.setattr(sweep_runner, "train", first)
     with pytest.raises(Interrupted, match="again to continue"):
         run_sweep(load_sweep(path))
     runs = tmp_path / "out" / "runs"
@@ -169,7 +169,7 @@ def test_interrupted_sweep_resumes_without_rerunning(
     }
 
     second = CountingFit()
-    monkeypatch.setattr(sweep_runner, "fit", second)
+    monkeypatch.setattr(sweep_runner, "train", second)
     result = run_sweep(load_sweep(path))
     assert second.fresh == ["lr-0.004"] and second.resumed == ["lr-0.003"]
     assert all((runs / n / "summary.json").stat().st_mtime_ns == t for n, t in stamps.items())
@@ -224,7 +224,7 @@ def test_variants_seeds_baseline_and_failure(
     assert "| params | trainable |" in means and f"| {cnn['params_total']:,} |" in means
 
     again = CountingFit()  # finished trials are skipped; the failed one is tried again
-    monkeypatch.setattr(sweep_runner, "fit", again)
+    monkeypatch.setattr(sweep_runner, "train", again)
     run_sweep(load_sweep(path))
     assert again.fresh == ["broken-seed0", "broken-seed1"]
 
@@ -239,7 +239,7 @@ def test_rerun_with_another_config_warns(
     path = write_sweep(tmp_path, {"variants": [{"name": "a", "set": {}}]}, base_tree(pattern_root))
     run_sweep(load_sweep(path))
     counter = CountingFit()
-    monkeypatch.setattr(sweep_runner, "fit", counter)
+    monkeypatch.setattr(sweep_runner, "train", counter)
     with caplog.at_level(logging.WARNING):
         run_sweep(load_sweep(path, ["optim.lr=0.5"]))
     assert counter.fresh == [] and "trial a ran with other values of optim.lr" in caplog.text
@@ -284,7 +284,7 @@ def test_search_prunes_and_continues_its_study(
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
 
     counter = CountingFit()  # the study already holds its trials: a rerun runs nothing
-    monkeypatch.setattr(sweep_runner, "fit", counter)
+    monkeypatch.setattr(sweep_runner, "train", counter)
     again = run_sweep(load_sweep(path))
     assert counter.fresh == [] and [r["status"] for r in again.records] == ["pruned", "pruned"]
 
@@ -312,12 +312,12 @@ def test_interrupted_search_trial_resumes(
         tmp_path, search_sweep(pattern_root, {"type": "none"}, 2), base_tree(pattern_root, epochs=2)
     )
     monkeypatch.setattr(
-        sweep_runner, "fit", CountingFit(interrupt="trial-001", error=KeyboardInterrupt)
+        sweep_runner, "train", CountingFit(interrupt="trial-001", error=KeyboardInterrupt)
     )
     with pytest.raises(Interrupted):
         run_sweep(load_sweep(path))
     again = CountingFit()
-    monkeypatch.setattr(sweep_runner, "fit", again)
+    monkeypatch.setattr(sweep_runner, "train", again)
     result = run_sweep(load_sweep(path))
     assert again.resumed == ["trial-001"] and again.fresh == []  # the same Optuna trial goes on
     assert [r["name"] for r in result.records] == ["trial-000", "trial-001"]
@@ -523,8 +523,8 @@ def test_cli_sweep_and_baseline(
 
 def test_report_command_plots_one_run(tmp_path: Path, pattern_root: Path) -> None:
     tree = {**base_tree(pattern_root), "output": {"dir": str(tmp_path), "name": "r"}}
-    run = fit_module.fit(Config.model_validate(tree)).run_dir
-    assert (run / "plots" / "training_curves.png").is_file()  # fit() now plots its run
+    run = workflow.train(Config.model_validate(tree)).run_dir
+    assert (run / "plots" / "training_curves.png").is_file()  # training plots its run
     result = CliRunner().invoke(
         app, ["report", str(run), "--out", str(tmp_path / "r.html")], catch_exceptions=False
     )
@@ -544,6 +544,6 @@ def test_plotting_error_does_not_fail_a_run(
     monkeypatch.setattr("imagefit.evaluate.plots.plot_run", broken)
     tree = {**base_tree(pattern_root), "output": {"dir": str(tmp_path), "name": "r"}}
     with caplog.at_level(logging.WARNING):
-        result = fit_module.fit(Config.model_validate(tree))
-    assert result.summary["status"] == "finished"
+        result = workflow.train(Config.model_validate(tree))
+    assert result.summary.status == "finished"
     assert "could not write plots (RuntimeError: no display)" in caplog.text

@@ -30,7 +30,7 @@ from imagefit.models.trained import load_trained
 from imagefit.sweep import load_sweep, run_sweep
 from imagefit.sweep import runner as sweep_runner
 from imagefit.track.mlflow_sink import HTTP_DEFAULTS, MlflowSink, flatten, mlflow_parent
-from imagefit.train.fit import fit
+from imagefit.workflow import train
 
 from conftest import tiny_config, write_pattern_folder
 
@@ -151,7 +151,7 @@ def local_run(patterns: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         cfg = _config(patterns, project / "runs", tensorboard=True)
         cfg.export.onnx = True
-        run_dir = fit(cfg).run_dir
+        run_dir = train(cfg).run_dir
     return project, run_dir
 
 
@@ -264,7 +264,7 @@ def test_resumed_run_folder_continues_its_mlflow_run(local_run: tuple[Path, Path
 def test_server_nested_under_a_parent(server: str, patterns: Path, tmp_path: Path) -> None:
     track = TrackConfig(mlflow=True, mlflow_uri=server, mlflow_experiment=EXPERIMENT)
     with mlflow_parent("sweep", track) as parent:
-        run_dir = fit(_config(patterns, tmp_path, mlflow_uri=server)).run_dir
+        run_dir = train(_config(patterns, tmp_path, mlflow_uri=server)).run_dir
     assert "IMAGEFIT_MLFLOW_PARENT_RUN_ID" not in os.environ
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -286,7 +286,7 @@ def test_dead_server_warns_and_training_completes(
     started = time.monotonic()
     with caplog.at_level(logging.WARNING), mlflow_parent("sweep", track) as parent:
         assert parent is None and "IMAGEFIT_MLFLOW_PARENT_RUN_ID" not in os.environ
-        result = fit(_config(patterns, tmp_path, mlflow_uri=dead))
+        result = train(_config(patterns, tmp_path, mlflow_uri=dead))
     assert time.monotonic() - started < 60  # seconds of retries, not MLflow's default minutes
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "MLflow parent run 'sweep' not started" in warning
@@ -294,7 +294,7 @@ def test_dead_server_warns_and_training_completes(
     assert "cannot connect" in warning
     for name in ("summary.json", "metrics.json", "history.json", "best.pt"):
         assert (result.run_dir / name).is_file()
-    assert result.summary["status"] == "finished" and np.isfinite(result.metrics["accuracy"])
+    assert result.summary.status == "finished" and np.isfinite(result.metrics["accuracy"])
 
 
 def test_tracking_uri_from_the_environment_when_unset(
@@ -371,20 +371,20 @@ def test_sweep_trials_are_nested_under_one_parent_run(
     uri = f"sqlite:///{tmp_path / 'sweep.db'}"
     path = _tiny_sweep(tmp_path / "sweep", patterns, [0.001, 0.01], mlflow_uri=uri)
     out = tmp_path / "sweep" / "out"
-    real_fit = sweep_runner.fit
+    real_fit = sweep_runner.train
 
     def fit_until_second(cfg: Config | None = None, **kwargs: object) -> object:
         if cfg is not None and cfg.output.name == "lr-0.01":
             raise Interrupted("stop requested")
         return real_fit(cfg, **kwargs)
 
-    monkeypatch.setattr(sweep_runner, "fit", fit_until_second)
+    monkeypatch.setattr(sweep_runner, "train", fit_until_second)
     with pytest.raises(Interrupted):
         run_sweep(load_sweep(path))
     client = MlflowClient(uri)
     parent_id = json.loads((out / "mlflow_parent.json").read_text())["run_id"]
     assert client.get_run(parent_id).info.status == "KILLED"
-    monkeypatch.setattr(sweep_runner, "fit", real_fit)
+    monkeypatch.setattr(sweep_runner, "train", real_fit)
 
     result = run_sweep(load_sweep(path))  # resumes: the same parent, the missing trial added
     assert [r["status"] for r in result.records] == ["finished", "finished"]

@@ -157,7 +157,7 @@ def test_cli_report_exit_code_and_skip_list_that_trains(
         train={"epochs": 1},
     )
     result = fit(cfg)  # without the list this run fails on the first bad file
-    assert result.summary["skipped_files"] == 7  # 3 bad, 1 leak, 1 copy, 2 mislabeled
+    assert result.summary.skipped_files == 7  # 3 bad, 1 leak, 1 copy, 2 mislabeled
     split = json.loads((result.run_dir / "split.json").read_text())["splits"]
     assert "test/class_0/leak.png" not in [p for p, _ in split["test"]]  # no leakage left
     with pytest.raises(DataError, match="cut.png"):

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from imagefit.config import Config, apply_override, config_from_dict, read_yaml
 from imagefit.errors import ConfigError
 
-if TYPE_CHECKING:  # fit imports torch: the config is checked first
-    from imagefit.train.fit import RunResult
+if TYPE_CHECKING:  # training imports torch: the config is checked first
+    from imagefit.runs.records import RunResult
 
 
 def demo_config(workdir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -33,7 +33,7 @@ def run_demo(
     if cfg.data.root is None:  # demo_config sets it; only an override can clear it
         raise ConfigError("the demo needs data.root (where it writes the digit images)")
     from imagefit.datasets.digits import write_digits
-    from imagefit.train.fit import fit
+    from imagefit.workflow import train
 
     write_digits(cfg.data.root)
-    return fit(cfg)
+    return train(cfg)

@@ -45,6 +45,7 @@ from imagefit.config import (
 )
 from imagefit.errors import ConfigError, Interrupted, TrainingStopped
 from imagefit.fileio import atomic_write, write_json
+from imagefit.runs.layout import RunLayout
 
 if TYPE_CHECKING:  # the sweep runner imports torch: loading a pipeline file must not
     from imagefit.sweep import SweepResult
@@ -285,7 +286,7 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
         spec.common,
     )
     pretrained = run_sweep(pre)
-    checkpoint = pre.out / "runs" / PRETRAIN_TRIAL / "best.pt"
+    checkpoint = RunLayout(pre.out / "runs" / PRETRAIN_TRIAL).best
     if pretrained.records[0]["status"] != "finished" or not checkpoint.is_file():
         raise TrainingStopped(
             f"pretraining did not finish ({pretrained.records[0].get('error')}); "

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-PRELOAD = ["victim", "faultkit", "imagefit.cli", "imagefit.train.fit", "imagefit.data.loaders"]
+PRELOAD = ["victim", "faultkit", "imagefit.cli", "imagefit.workflow", "imagefit.data.loaders"]
 # One seed draws every kill point and delay; set IMAGEFIT_FAULT_SEED to explore others.
 FAULT_SEED = int(os.environ.get("IMAGEFIT_FAULT_SEED", "20240611"))
 PARALLEL = 4  # victims alive at once: two cores, and most of a victim's time is sleep

@@ -17,7 +17,6 @@ import os
 import resource
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,8 @@ import torch
 
 from imagefit.config import config_from_dict
 from imagefit.errors import CheckpointError
-from imagefit.train import checkpoint as checkpoint_module
-from imagefit.train.checkpoint import save_checkpoint
+from imagefit.runs import checkpoint as checkpoint_module
+from imagefit.runs.checkpoint import save_checkpoint
 from imagefit.train.fit import fit
 
 from conftest import write_pattern_folder
@@ -60,29 +59,25 @@ class _FailingFile:
     def __getattr__(self, name: str):
         return getattr(self._handle, name)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.close()
-
 
 def _fail_writes(
     monkeypatch: pytest.MonkeyPatch, name: str, nth: int, code: int = errno.ENOSPC
 ) -> None:
     """The ``nth`` write of checkpoint ``name`` fails halfway with ``code``."""
-    real = tempfile.NamedTemporaryFile
+    real = checkpoint_module.atomic_open
     calls = {"n": 0}
 
-    def factory(*args, **kwargs):
-        handle = real(*args, **kwargs)
-        if kwargs.get("prefix", "").startswith(f".{name}."):
-            calls["n"] += 1
-            if calls["n"] == nth:
-                return _FailingFile(handle, budget=60_000, code=code)  # ~ a third of last.pt
-        return handle
+    @contextlib.contextmanager
+    def failing(path, *args, **kwargs):
+        with real(path, *args, **kwargs) as handle:
+            if Path(path).name == name:
+                calls["n"] += 1
+                if calls["n"] == nth:
+                    yield _FailingFile(handle, budget=60_000, code=code)  # ~ a third of last.pt
+                    return
+            yield handle
 
-    monkeypatch.setattr(checkpoint_module.tempfile, "NamedTemporaryFile", factory)
+    monkeypatch.setattr(checkpoint_module, "atomic_open", failing)
 
 
 def test_write_failing_halfway_keeps_the_previous_file(

@@ -34,7 +34,7 @@ from imagefit.data.images import load_rgb
 from imagefit.datasets.verify import verify_dataset
 from imagefit.errors import CheckpointError, DataError, ImageError
 from imagefit.evaluate.evaluator import evaluate_checkpoint
-from imagefit.train.checkpoint import load_checkpoint
+from imagefit.runs.checkpoint import load_checkpoint
 from imagefit.train.fit import fit
 
 from conftest import write_pattern_folder

@@ -75,8 +75,7 @@ def _install(config: dict) -> None:
         buffer = io.BytesIO()
         save(obj, buffer, *args, **kwargs)
         data = buffer.getvalue()
-        name = Path(getattr(getattr(f, "handle", f), "name", "?")).name  # ".last.pt.x1y2z3"
-        name = name.lstrip(".").rsplit(".", 1)[0]
+        name = Path(getattr(f, "path", "?")).name  # the checkpoint being written: "last.pt"
         COUNTS[name] += 1
         step = -(-len(data) // 8)
         for i in range(0, len(data), step):

@@ -54,15 +54,15 @@ def print_result(result: Any) -> None:
     """The short table every training command ends with."""
     s, m = result.summary, result.metrics or {}
     rows = [
-        ("best epoch", s["best_epoch"]),
-        ("best val accuracy", s["best_val_accuracy"]),
+        ("best epoch", s.best_epoch),
+        ("best val accuracy", s.best_val_accuracy),
         ("test accuracy", m.get("accuracy")),
         ("test top-5 accuracy", m.get("top5_accuracy")),
         ("test F1 macro", m.get("f1_macro")),
         ("test loss", m.get("loss")),
-        ("parameters (trainable)", f"{s['params_total']:,} ({s['params_trainable']:,})"),
-        ("train images/s", s["train_images_per_s"]),
-        ("wall time s", s["wall_time_s"]),
+        ("parameters (trainable)", f"{s.params_total:,} ({s.params_trainable:,})"),
+        ("train images/s", s.train_images_per_s),
+        ("wall time s", s.wall_time_s),
     ]
     shown = [(name, value) for name, value in rows if value is not None]  # e.g. no val split
     console.print(metric_table(f"run {result.run_dir.name}", shown))

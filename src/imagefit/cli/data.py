@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from imagefit.cli.common import console, metric_table
+from imagefit.runs.layout import SPLIT
 
 app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
 
@@ -28,7 +29,7 @@ def split(
     write_split_folders(manifest, out)
     counts = {name: len(items) for name, items in manifest.splits.items()}
     console.print(
-        f"{out}: {counts} images in {len(manifest.classes)} classes; manifest {out / 'split.json'}"
+        f"{out}: {counts} images in {len(manifest.classes)} classes; manifest {out / SPLIT}"
     )
 
 

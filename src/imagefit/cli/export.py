@@ -11,6 +11,7 @@ from rich.table import Table
 
 from imagefit.cli.common import console, metric_table
 from imagefit.errors import ImagefitError
+from imagefit.runs.layout import ONNX
 
 
 def export(
@@ -23,7 +24,7 @@ def export(
         bool, typer.Option("--int8", help="Also write an INT8 (static, QDQ) model.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="ONNX file (default RUN/model.onnx).")
+        Path | None, typer.Option("--out", help=f"ONNX file (default RUN/{ONNX}).")
     ] = None,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Compare with PyTorch on real images.")

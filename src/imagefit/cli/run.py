@@ -53,9 +53,9 @@ def train(
     # The config is checked before torch is imported and before a run folder exists, so a
     # typo fails in a moment and the fixed rerun gets the folder's name, not NAME-2.
     cfg = None if config is None else load_config(config, with_limit(overrides, limit_batches))
-    from imagefit.train.fit import fit
+    from imagefit.workflow import train as run_training
 
-    result = fit(resume=resume) if cfg is None else fit(cfg)
+    result = run_training(resume=resume) if cfg is None else run_training(cfg)
     if main_process():
         print_result(result)
 

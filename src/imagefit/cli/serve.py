@@ -9,7 +9,9 @@ import typer
 
 
 def serve(
-    model: Annotated[Path, typer.Argument(help="Run folder (its model.onnx) or an .onnx file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Run folder (its exported model) or an .onnx file.")
+    ],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option("--workers", help="Server processes.")] = 1,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from imagefit.cli.common import LimitOption, SetOption, console, print_result, with_limit
 from imagefit.errors import CheckpointError
+from imagefit.runs.layout import REPORT, RunLayout
 
 # The terminal's columns (results.md and results.csv have all): accuracy, size, cost (issue 4).
 COMPACT = (
@@ -70,7 +71,7 @@ def report(
         list[Path], typer.Argument(help="Run folders (one, or several to compare).")
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="HTML file [RUN_DIR/report.html, or report.html].")
+        Path | None, typer.Option("--out", help=f"HTML file [RUN_DIR/{REPORT}, or {REPORT}].")
     ] = None,
     title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
 ) -> None:
@@ -83,7 +84,7 @@ def report(
         raise CheckpointError(f"run folder not found: {', '.join(missing)}")
     if len(run_dirs) == 1:
         plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
-    target = out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    target = out or (RunLayout(run_dirs[0]).report if len(run_dirs) == 1 else Path(REPORT))
     console.print(f"report: {write_report(run_dirs, target, title)}")
 
 

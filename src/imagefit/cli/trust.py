@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from imagefit.cli.common import console, metric_table
+from imagefit.runs.layout import GALLERY, RunLayout
 
 
 def calibrate(
@@ -19,7 +20,7 @@ def calibrate(
     ece_calibrated, nll_calibrated and temperature to metrics.json, and writes
     RUN/calibration.json and RUN/plots/reliability.png.
     """
-    from imagefit.evaluate.calibration import calibrate_run
+    from imagefit.evaluate.calibration import RELIABILITY_PNG, calibrate_run
 
     result = calibrate_run(run)
     split = "test" if "test" in result else "val"
@@ -30,7 +31,7 @@ def calibrate(
         (f"NLL ({split})", f"{shown['nll']:.4f} -> {shown['nll_calibrated']:.4f}"),
     ]
     console.print(metric_table(f"calibration of {run}", rows))
-    console.print(f"reliability diagram: {run / 'plots' / 'reliability.png'}")
+    console.print(f"reliability diagram: {RunLayout(run).plots / RELIABILITY_PNG}")
 
 
 def diff(
@@ -130,7 +131,7 @@ def explain(
             else:
                 console.print(f"{r['file']}: {r['label']} {r['probability']:.3f} -> {r['overlay']}")
     if mistakes:
-        gallery = mistakes_gallery(run, out / "gallery" if out and images else out)
+        gallery = mistakes_gallery(run, out / GALLERY if out and images else out)
         console.print(
             f"gallery of {len(gallery['mistakes'])} confident mistakes (of "
             f"{gallery['mistakes_total']}) and {len(gallery['confused_pairs'])} confused pairs"
@@ -155,8 +156,8 @@ def audit(
     Writes OUT/suspects.csv, OUT/suspects.png, OUT/label_issues.txt (for --set
     data.skip_list=..., after a look) and OUT/audit.json.
     """
-    from imagefit.datasets.audit import audit_labels, write_audit
     from imagefit.errors import DataError
+    from imagefit.evaluate.audit import audit_labels, write_audit
 
     out = out or Path(f"audit-{root.resolve().name}")
     if out.resolve().is_relative_to(root.resolve()):

@@ -17,6 +17,7 @@ import numpy as np
 
 from imagefit.data.folder import LinkPolicy, Sample, find_classes, scan_folder
 from imagefit.errors import DataError
+from imagefit.runs.layout import SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -325,5 +326,5 @@ def write_split_folders(manifest: SplitManifest, out: str | Path) -> Path:
     copy = SplitManifest(
         out, manifest.classes, relocated, "folders", manifest.seed, manifest.fractions
     )
-    copy.save(out / "split.json")
+    copy.save(out / SPLIT)
     return out

@@ -35,13 +35,15 @@ from imagefit.evaluate.predictions import (
 )
 from imagefit.fileio import atomic_open, write_json
 from imagefit.models.trained import resolve_checkpoint
-from imagefit.train.checkpoint import load_checkpoint, save_checkpoint
+from imagefit.runs import layout
+from imagefit.runs.checkpoint import load_checkpoint, save_checkpoint
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 BINS = 15  # Guo et al.'s choice; ECE depends on it, so it is fixed for comparability
 RELIABILITY_PNG = "reliability.png"
-CALIBRATION_JSON = "calibration.json"
+CALIBRATION_JSON = layout.CALIBRATION
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -181,7 +183,7 @@ def set_checkpoint_temperature(checkpoint: str | Path, temperature: float) -> No
 
 
 def _update_metrics(run_dir: Path, values: dict[str, float]) -> None:
-    path = run_dir / "metrics.json"
+    path = RunLayout(run_dir).metrics
     if not path.is_file():
         return
     metrics = json.loads(path.read_text(encoding="utf-8"))
@@ -225,7 +227,7 @@ def calibrate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
         test.checkpoint_sha256 = file_digest(checkpoint).hex()
         test.save(run_dir / TEST_PREDICTIONS)
     write_json(run_dir / CALIBRATION_JSON, result)
-    plots = run_dir / "plots"
+    plots = RunLayout(run_dir).plots
     plots.mkdir(exist_ok=True)
     split = "test" if test is not None else "val"
     figure = reliability_figure(shown, f"{run_dir.name}: reliability on {split}")

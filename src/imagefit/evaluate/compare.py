@@ -32,6 +32,8 @@ from imagefit.evaluate.ledger import note_test_use, read_ledger
 from imagefit.evaluate.predictions import SplitPredictions, run_test_predictions
 from imagefit.fileio import atomic_write
 from imagefit.models.trained import resolve_checkpoint
+from imagefit.runs import layout
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,9 @@ def same_test_split(run_a: Path, run_b: Path) -> None:
     """Raise DataError unless both runs were tested on the same files with the same labels."""
     manifests = []
     for run in (run_a, run_b):
-        path = run / "split.json"
+        path = RunLayout(run).split
         if not path.is_file():
-            raise DataError(f"{run}: no split.json; cannot tell which images it was tested on")
+            raise DataError(f"{run}: no {layout.SPLIT}; cannot tell which images it was tested on")
         manifests.append(SplitManifest.load(path))
     a, b = manifests
     if a.classes != b.classes:
@@ -112,7 +114,7 @@ def same_test_split(run_a: Path, run_b: Path) -> None:
 
     fa, fb = files(a), files(b)
     if not fa:
-        raise DataError(f"{run_a}: its split.json has no test split")
+        raise DataError(f"{run_a}: its {layout.SPLIT} has no test split")
     if fa != fb:
         raise DataError(
             f"{run_a} and {run_b} were tested on different test splits ({len(fa - fb)} files "

@@ -10,6 +10,7 @@ from imagefit.evaluate.ledger import note_test_use, split_changes
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.evaluate.predictions import split_predictions
 from imagefit.models.trained import resolve_checkpoint
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def evaluate_checkpoint(
     extra: dict[str, Any] = {
         "changed_files": changes.changed + changes.missing if changes.recorded else None
     }
-    if split == "test" and (run_dir / "split.json").is_file() and limit_batches is None:
+    if split == "test" and RunLayout(run_dir).split.is_file() and limit_batches is None:
         extra["test_evaluations"] = note_test_use(run_dir, "eval")
     return {
         "split": split,

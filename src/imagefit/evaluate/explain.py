@@ -30,17 +30,17 @@ from PIL import Image
 from torch import nn
 
 from imagefit.data.images import load_array
+from imagefit.data.inputs import Problem, expand_images, normalise
 from imagefit.errors import DataError, ImagefitError
 from imagefit.evaluate.predictions import run_test_predictions
-from imagefit.export.predict import Problem, expand_images
-from imagefit.export.preprocess import normalise
 from imagefit.fileio import atomic_open, write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
+from imagefit.runs import layout
 
 log = logging.getLogger(__name__)
 
 MIN_SHOWN = 224  # overlays of small inputs are enlarged to this many px to be readable
-GALLERY = "gallery"
+GALLERY = layout.GALLERY
 
 
 class ExplainError(ImagefitError):

@@ -24,10 +24,11 @@ from typing import Any
 from imagefit.data.cache import HASH_INDEX, FileHashes, default_cache_dir
 from imagefit.data.splits import SplitManifest
 from imagefit.fileio import write_json
+from imagefit.runs import layout
 
 log = logging.getLogger(__name__)
 
-LEDGER = "ledger.json"
+LEDGER = layout.LEDGER
 
 
 def read_ledger(run_dir: str | Path) -> dict[str, Any]:

@@ -6,23 +6,22 @@ is never imported, so no global figure state leaks between calls, threads or tes
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
+
+from imagefit.runs.layout import RunLayout
+from imagefit.runs.reader import RunRecord, load_run
 
 log = logging.getLogger(__name__)
 
@@ -32,76 +31,6 @@ ANNOTATE_MAX = 20  # above this many classes, per-cell numbers are unreadable
 TICKS_MAX = 60  # above this many classes, label only every n-th tick
 DPI = 100
 NO_SAMPLES = "#bbbbbb"
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-@dataclass
-class RunRecord:
-    """What a run folder holds; ``missing`` names the files that were absent or unreadable."""
-
-    path: Path
-    config: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.summary.get("name") or self.path.name)
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.metrics.get("classes", [])]
-
-
-def _read(path: Path, parse: Any) -> Any:
-    """Parsed content of ``path``, or None (with a warning) when it is there but unreadable."""
-    try:
-        return parse(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        log.warning("%s: unreadable (%s)", path, error)
-        return None
-
-
-def _history_csv(text: str) -> list[dict[str, Any]]:
-    """Rows of ``history.csv`` with numbers parsed (empty cells become None)."""
-
-    def value(cell: str) -> Any:
-        if cell == "":
-            return None
-        try:
-            return float(cell)
-        except ValueError:
-            return cell
-
-    return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
-
-
-def load_run(run_dir: Path) -> RunRecord:
-    """Read ``config.yaml``, ``history.json`` (else ``history.csv``), ``metrics.json`` and
-    ``summary.json`` from ``run_dir``; whatever is missing is left empty and listed."""
-    run_dir = Path(run_dir)
-    record = RunRecord(path=run_dir)
-    sources = {
-        "config": [("config.yaml", yaml.safe_load)],
-        "history": [("history.json", json.loads), ("history.csv", _history_csv)],
-        "metrics": [("metrics.json", json.loads)],
-        "summary": [("summary.json", json.loads)],
-    }
-    for attribute, candidates in sources.items():
-        expected = type(getattr(record, attribute))
-        for filename, parse in candidates:
-            path = run_dir / filename
-            data = _read(path, parse) if path.is_file() else None
-            if isinstance(data, expected):
-                setattr(record, attribute, data)
-                break
-        else:
-            record.missing.append(candidates[0][0])
-    return record
 
 
 # --------------------------------------------------------------------------- figure helpers
@@ -351,7 +280,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     if record.missing:
         log.warning("%s: missing %s; plotting what exists", run_dir, ", ".join(record.missing))
     figures = run_figures(record)
-    return [save_figure(fig, record.path / "plots" / name) for name, fig in figures.items()]
+    folder = RunLayout(record.path).plots
+    return [save_figure(fig, folder / name) for name, fig in figures.items()]
 
 
 # --------------------------------------------------------------------------- several runs

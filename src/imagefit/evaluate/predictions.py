@@ -22,14 +22,15 @@ from imagefit.data.cache import file_digest
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest, resolve_splits
 from imagefit.errors import DataError
+from imagefit.evaluate.inference import Precision, evaluate, select_device
 from imagefit.fileio import atomic_open
 from imagefit.models.trained import load_trained, resolve_checkpoint
-from imagefit.train.loop import Precision, evaluate
-from imagefit.train.runtime import select_device
+from imagefit.runs import layout
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
-TEST_PREDICTIONS = "test_predictions.npz"
+TEST_PREDICTIONS = layout.TEST_PREDICTIONS
 
 
 @dataclass
@@ -98,12 +99,14 @@ class SplitPredictions:
 def run_manifest(checkpoint: Path, cfg: Config, data_root: str | None) -> SplitManifest:
     """The run's own split when it is known (so 'test' means the held-out files), else a
     fresh split of ``data_root`` with the run's split settings."""
-    saved = checkpoint.parent / "split.json"
+    saved = RunLayout(checkpoint.parent).split
     if saved.is_file():
         return SplitManifest.load(saved, data_root)
     root = data_root or cfg.data.root
     if not root:
-        raise DataError(f"{checkpoint}: no split.json beside it and no data root: pass --data ROOT")
+        raise DataError(
+            f"{checkpoint}: no {layout.SPLIT} beside it and no data root: pass --data ROOT"
+        )
     return resolve_splits(root, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
 
 

@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 
 from imagefit import dotted
 from imagefit.evaluate import plots
-from imagefit.evaluate.plots import RunRecord
+from imagefit.runs.layout import CONFIG
+from imagefit.runs.reader import RunRecord, load_run
 
 log = logging.getLogger(__name__)
 
@@ -165,30 +166,30 @@ METRIC_HEADER = [
 def _metric_row(record: RunRecord, name: str, out: Path, best: bool) -> list[str]:
     """One run's cells under :data:`METRIC_HEADER`; ``best`` highlights its test accuracy."""
     m, s = record.metrics, record.summary
-    best_val = _pct(s.get("best_val_accuracy"))
-    if s.get("best_epoch") is not None:
-        best_val += f" ({_e(s['best_epoch'])})"
-    model = s.get("model") or flatten_config(record.config).get("model.name", "—")
+    best_val = _pct(s.best_val_accuracy)
+    if s.best_epoch is not None:
+        best_val += f" ({_e(s.best_epoch)})"
+    model = s.model or flatten_config(record.config).get("model.name", "—")
     number = '<td class="num">{}</td>'.format
     return [
         f'<td><a href="{_e(_link(record.path, out))}">{_e(name)}</a></td>',
         f"<td>{_e(model)}</td>",
-        f"<td>{_e(s.get('status', '—'))}</td>",
+        f"<td>{_e(s.status or '—')}</td>",
         f'<td class="num{" best" if best else ""}">{_pct(_test_accuracy(record))}</td>',
         number(_pct(m.get("top5_accuracy"))),
         number(_pct(m.get("f1_macro"))),
         number(_pct(m.get("f1_weighted"))),
         number(best_val),
-        number(_int(s.get("params_total"))),
-        number(_int(s.get("params_trainable"))),
-        number(_seconds(s.get("wall_time_s"))),
-        number(_rate(s.get("train_images_per_s"))),
+        number(_int(s.params_total)),
+        number(_int(s.params_trainable)),
+        number(_seconds(s.wall_time_s)),
+        number(_rate(s.train_images_per_s)),
     ]
 
 
 def _test_accuracy(record: RunRecord) -> float | None:
     # summary.json repeats it, so a run whose metrics.json is lost still shows it.
-    return record.metrics.get("accuracy", record.summary.get("test_accuracy"))
+    return record.metrics.get("accuracy", record.summary.test_accuracy)
 
 
 def _metrics_section(records: Sequence[RunRecord], names: Sequence[str], out: Path) -> str:
@@ -204,11 +205,9 @@ def _metrics_section(records: Sequence[RunRecord], names: Sequence[str], out: Pa
 def _config_section(records: Sequence[RunRecord], names: Sequence[str]) -> str:
     with_config = [(r, n) for r, n in zip(records, names, strict=True) if r.config]
     if not with_config:
-        return '<h2>Configuration</h2><p class="note">No config.yaml found.</p>'
+        return f'<h2>Configuration</h2><p class="note">No {CONFIG} found.</p>'
     lacking = [n for r, n in zip(records, names, strict=True) if not r.config]
-    note = (
-        f'<p class="note warn">No config.yaml in: {_e(", ".join(lacking))}</p>' if lacking else ""
-    )
+    note = f'<p class="note warn">No {CONFIG} in: {_e(", ".join(lacking))}</p>' if lacking else ""
     diff = config_differences([r.config for r, _ in with_config])
     single = len(with_config) == 1
     heading = "Configuration" if single else "Configuration differences"
@@ -277,7 +276,7 @@ def write_report(run_dirs: Sequence[Path], out: Path, title: str | None = None) 
     if not run_dirs:
         raise ValueError("write_report needs at least one run folder")
     out = Path(out)
-    records = [plots.load_run(Path(d)) for d in run_dirs]
+    records = [load_run(Path(d)) for d in run_dirs]
     for record in records:
         if record.missing:
             log.warning("%s: missing %s", record.path, ", ".join(record.missing))

@@ -27,10 +27,13 @@ import numpy as np
 from PIL import Image
 
 from imagefit.data.images import load_rgb, resize_center_crop, resize_plan
+from imagefit.data.inputs import normalise
 from imagefit.errors import DataError
 from imagefit.export import ExportError
 from imagefit.export.onnx import META_PREFIX
-from imagefit.export.preprocess import normalise, split_samples
+from imagefit.export.preprocess import split_samples
+from imagefit.runs import layout
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +226,11 @@ def _verification_images(run_dir: Path, count: int) -> tuple[str, list[Image.Ima
         except DataError as exc:
             log.warning("skipped: %s", exc)
     if images:
-        return f"{split} split of {run_dir / 'split.json'}", images
-    log.warning("%s: no split.json with readable images; verifying on random images", run_dir)
+        return f"{split} split of {RunLayout(run_dir).split}", images
+    log.warning("%s: no %s with readable images; verifying on random images", run_dir, layout.SPLIT)
     rng = np.random.default_rng(0)
     shapes = [(37, 53), (64, 64), (101, 47), (300, 200), (17, 29), (250, 333)]
-    return "random images (no readable split.json images)", [
+    return f"random images (no readable {layout.SPLIT} images)", [
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes
     ]
 
@@ -276,7 +279,7 @@ def export_preprocessing(classifier: Path, meta: dict[str, Any], run_dir: Path) 
     ``*.rejected.onnx``; :func:`raise_if_rejected` then fails the export (after export.json
     has recorded why).
     """
-    out = classifier.with_name(f"{classifier.stem}.preprocess.onnx")
+    out = layout.preprocess_name(classifier)
     params = add_preprocessing(classifier, meta, out)
     check = verify_preprocessing(out, classifier, meta, run_dir)
     result = {
@@ -291,7 +294,7 @@ def export_preprocessing(classifier: Path, meta: dict[str, Any], run_dir: Path) 
     if check["passed"]:
         log.info("wrote %s (%s)", out, check["summary"])
     else:
-        rejected = out.with_name(f"{out.stem}.rejected.onnx")
+        rejected = layout.rejected_name(out)
         out.replace(rejected)
         result["onnx"] = str(rejected)
     return result

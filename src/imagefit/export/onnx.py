@@ -23,10 +23,12 @@ from torch import nn
 
 import imagefit
 from imagefit.config import Config
+from imagefit.data.inputs import normalise
 from imagefit.export import ExportError
-from imagefit.export.preprocess import normalise, real_inputs
+from imagefit.export.preprocess import real_inputs
+from imagefit.fileio import write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
-from imagefit.train.rundir import write_json
+from imagefit.runs.layout import RunLayout, rejected_name
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def export_onnx(
     checkpoint = resolve_checkpoint(target)
     run_dir = checkpoint.parent
     model, meta, _ = load_trained(checkpoint)
-    path = Path(out) if out is not None else run_dir / "model.onnx"
+    path = Path(out) if out is not None else RunLayout(run_dir).onnx
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     exporter = write_onnx(model, meta, path, opset)
@@ -90,9 +92,9 @@ def export_onnx(
         from imagefit.export.graph_preprocess import export_preprocessing, raise_if_rejected
 
         result["with_preprocessing"] = export_preprocessing(path, meta, run_dir)
-    write_json(run_dir / "export.json", result)
+    write_json(RunLayout(run_dir).export, result)
     if with_preprocessing:
-        raise_if_rejected(result["with_preprocessing"], run_dir / "export.json")
+        raise_if_rejected(result["with_preprocessing"], RunLayout(run_dir).export)
     log.info(
         "exported %s (%s, opset %d, %.1f MiB)", path, exporter, opset, result["size_bytes"] / 2**20
     )
@@ -123,13 +125,14 @@ def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
     if check["passed"]:
         return
     path = Path(result["onnx"])
-    rejected = path.with_name(f"{path.stem}.rejected.onnx")
+    rejected = rejected_name(path)
     path.replace(rejected)
     result["onnx"] = str(rejected)
-    write_json(run_dir / "export.json", result)
+    record = RunLayout(run_dir).export
+    write_json(record, result)
     raise ExportError(
         f"{path}: ONNX Runtime does not reproduce PyTorch ({check['summary']}); "
-        f"kept as {rejected.name} for inspection, details in {run_dir / 'export.json'}"
+        f"kept as {rejected.name} for inspection, details in {record}"
     )
 
 
@@ -282,12 +285,13 @@ def _verification_inputs(meta: dict[str, Any], run_dir: Path, count: int) -> tup
     size = meta["image_size"]
     split, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), count, size)
     if len(pixels):
-        return f"{split} split of {run_dir / 'split.json'}", normalise(
+        return f"{split} split of {RunLayout(run_dir).split}", normalise(
             pixels, meta["mean"], meta["std"]
         )
-    log.warning("%s: no split.json with readable images; verifying on random inputs", run_dir)
+    manifest = RunLayout(run_dir).split.name
+    log.warning("%s: no %s with readable images; verifying on random inputs", run_dir, manifest)
     noise = np.random.default_rng(0).standard_normal((count, 3, size, size)).astype(np.float32)
-    return "random normal (no readable split.json images)", noise
+    return f"random normal (no readable {manifest} images)", noise
 
 
 def verify_onnx(

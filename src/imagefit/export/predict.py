@@ -11,7 +11,7 @@ and ``abstain_below`` marks predictions whose probability falls under it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from imagefit.data.images import is_image_file, load_array
+from imagefit.data.images import load_array
+from imagefit.data.inputs import Problem, expand_images, normalise
 from imagefit.errors import CheckpointError, DataError
-from imagefit.export.preprocess import normalise
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,6 @@ def _onnx_predictor(path: Path) -> Predictor:
     meta = read_metadata(session.get_modelmeta().custom_metadata_map, path)
     name = session.get_inputs()[0].name
     return Predictor(str(path), meta, lambda x: session.run(None, {name: x})[0])
-
-
-Problem = tuple[Path, str, str]  # (path, message, kind) of an input that is no image file
-
-
-def expand_images(images: Iterable[str | Path]) -> list[Path | Problem]:
-    """Files as given, folders as their image files (recursive, sorted); a missing path or an
-    image-less folder becomes a :data:`Problem`."""
-    found: list[Path | Problem] = []
-    for item in map(Path, images):
-        if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
-            found.extend(files or [(item, f"{item}: folder holds no image files", "no_images")])
-        elif item.exists():
-            found.append(item)
-        else:
-            found.append((item, f"{item}: file not found", "missing"))
-    return found
 
 
 def predict(

@@ -12,31 +12,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from imagefit.data.folder import Sample
 from imagefit.data.images import load_array
 from imagefit.data.splits import SplitManifest
 from imagefit.errors import DataError
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 
-def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32, exactly as the training loaders compute it.
-
-    The Loader subtracts ``mean * 255`` and divides by ``std * 255`` in float32; doing the
-    same (rather than ``x / 255`` first) keeps the logits bit-identical to evaluation.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
-    m = torch.tensor(mean).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std).view(1, -1, 1, 1) * 255
-    return ((x - m) / s).contiguous().numpy()
-
-
 def run_manifest(run_dir: Path) -> SplitManifest | None:
     """The run's ``split.json``, or None when the folder has none (a bare checkpoint)."""
-    path = run_dir / "split.json"
+    path = RunLayout(run_dir).split
     if not path.is_file():
         return None
     return SplitManifest.load(path)

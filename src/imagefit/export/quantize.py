@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from imagefit.data.inputs import normalise
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.export import ExportError
 from imagefit.export.onnx import INPUT, metadata_props, ort_session, run_session
-from imagefit.export.preprocess import load_samples, normalise, real_inputs, split_samples
+from imagefit.export.preprocess import load_samples, real_inputs, split_samples
+from imagefit.runs.layout import RunLayout, int8_name
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,12 @@ def quantize_int8(
     calibration_images: int = CALIBRATION_IMAGES,
 ) -> dict[str, Any]:
     """Write ``<fp32 stem>.int8.onnx`` and report accuracy (test split, else val), size, latency."""
-    out = out or fp32.with_name(f"{fp32.stem}.int8.onnx")
+    out = out or int8_name(fp32)
     _, pixels, _ = real_inputs(run_dir, ("train",), calibration_images, meta["image_size"])
     if not len(pixels):
         raise ExportError(
             f"{run_dir}: INT8 calibration needs the run's training images "
-            "(split.json with readable train files)"
+            f"({RunLayout(run_dir).split.name} with readable train files)"
         )
     started = time.perf_counter()
     quantize_file(fp32, out, normalise(pixels, meta["mean"], meta["std"]), meta)

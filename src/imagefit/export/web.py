@@ -23,11 +23,12 @@ from typing import Any
 from imagefit.export import ExportError
 from imagefit.export.onnx import ort_session, read_metadata
 from imagefit.fileio import atomic_write
+from imagefit.runs import layout
 
 log = logging.getLogger(__name__)
 
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-MODEL = "model.onnx"
+MODEL = layout.ONNX  # the page loads the model under the name a run folder uses
 
 
 def export_web(model: str | Path, out: str | Path, top_k: int = 5) -> Path:

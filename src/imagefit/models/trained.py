@@ -10,17 +10,19 @@ from torch import nn
 
 from imagefit.errors import CheckpointError
 from imagefit.models.registry import create_model
-from imagefit.train.checkpoint import load_checkpoint
+from imagefit.runs.checkpoint import load_checkpoint
+from imagefit.runs.layout import RunLayout
 
 
 def resolve_checkpoint(target: str | Path) -> Path:
     """A run folder means its ``best.pt`` (else ``last.pt``); a file is itself."""
     path = Path(target)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path}: run folder has no best.pt or last.pt")
+        run = RunLayout(path)
+        for checkpoint in (run.best, run.last):
+            if checkpoint.is_file():
+                return checkpoint
+        raise CheckpointError(f"{path}: run folder has no {run.best.name} or {run.last.name}")
     if not path.exists():
         raise CheckpointError(f"no such run folder or checkpoint: {path}")
     return path

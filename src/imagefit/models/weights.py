@@ -48,7 +48,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         from safetensors.torch import load_file
 
         return load_file(str(path)), {}
-    from imagefit.train.checkpoint import load_checkpoint
+    from imagefit.runs.checkpoint import load_checkpoint
 
     raw = load_checkpoint(path)
     if "model" in raw and "meta" in raw:  # an imagefit checkpoint

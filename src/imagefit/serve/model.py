@@ -20,11 +20,12 @@ import numpy as np
 from imagefit.data.images import load_rgb, resize_center_crop
 from imagefit.errors import ImagefitError
 from imagefit.export.onnx import read_metadata
+from imagefit.runs import layout
 from imagefit.serve import ServeError
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"  # export_onnx's default output in a run folder
+MODEL_FILE = layout.ONNX  # export_onnx's default output in a run folder
 
 
 @dataclass
@@ -66,7 +67,8 @@ class ServedModel:
 
 
 def resolve_model_file(target: str | Path) -> Path:
-    """A run folder means its exported ``model.onnx``; an ``.onnx`` file is itself."""
+    """A run folder means its exported model (``imagefit export RUN --onnx``); an ``.onnx``
+    file is itself."""
     path = Path(target)
     if path.is_dir():
         candidate = path / MODEL_FILE
@@ -94,8 +96,8 @@ def load_served_model(target: str | Path, threads: int | None = None) -> ServedM
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
         raise ServeError(
             f"{path}: input {inputs[0].name} {inputs[0].type} {inputs[0].shape} is not the "
-            "(N, 3, S, S) float32 classifier; serve the plain model.onnx, not the "
-            "*.preprocess.onnx made for browsers"
+            f"(N, 3, S, S) float32 classifier; serve the plain {layout.ONNX}, not the "
+            f"*{layout.PREPROCESS_SUFFIX} made for browsers"
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     run = _run_folder(path)

@@ -15,8 +15,11 @@ import torch
 from imagefit.config import Config
 from imagefit.data.loaders import load_manifest
 from imagefit.errors import DataError
-from imagefit.train import rundir
-from imagefit.train.fit import RunResult, write_plots
+from imagefit.runs import writer
+from imagefit.runs.environment import environment
+from imagefit.runs.layout import RunLayout
+from imagefit.runs.records import RunResult, Summary
+from imagefit.workflow import write_plots
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,9 @@ def run_hog_svm_baseline(cfg: Config) -> RunResult:
             f"{manifest.root}: no test split to score the HOG+SVM baseline on "
             "(set data.test_fraction above 0)"
         )
-    run_dir = rundir.create_run_dir(cfg)
-    manifest.save(run_dir / "split.json")
-    rundir.write_json(
-        run_dir / "environment.json", rundir.environment(torch.device("cpu"), cfg.train.seed)
-    )
+    run_dir = writer.create_run_dir(cfg)
+    manifest.save(RunLayout(run_dir).split)
+    writer.write_environment(run_dir, environment(torch.device("cpu"), cfg.train.seed))
     log.info(
         "HOG+SVM on %s: %d train, %d test images at %d px",
         manifest.root,
@@ -54,29 +55,26 @@ def run_hog_svm_baseline(cfg: Config) -> RunResult:
     wall, params = result.pop("wall_time_s"), result.pop("params_total")
     skipped = result.pop("skipped_files", 0)
     metrics = {"split": "test", **result}
-    rundir.write_json(run_dir / "metrics.json", metrics)
-    summary = {
-        "name": run_dir.name,
-        "model": "hog_svm",
-        "init": None,
-        "params_total": params,
-        "params_trainable": params,
-        "epochs_run": 0,
-        "best_epoch": None,
-        "monitor": None,
-        "best_monitor": None,
-        "best_val_accuracy": None,
-        "test_accuracy": metrics["accuracy"],
-        "wall_time_s": wall,
-        "train_time_s": wall,
+    writer.write_metrics(run_dir, metrics)
+    summary = Summary.finished(
+        name=run_dir.name,
+        model="hog_svm",
+        init=None,
+        params=(params, params),
+        history=[],
+        monitor=None,
+        best_epoch=None,
+        best_monitor=None,
+        metrics=metrics,
+        wall_time_s=wall,
         # Features, fit and test prediction together: the honest throughput of the baseline.
-        "train_images_per_s": len(train) / wall if wall else None,
-        "early_stopped": False,
-        "skipped_files": skipped,
-        "status": "finished",
-    }
-    rundir.write_history(run_dir, [])  # no epochs: an honest empty history, not a missing one
-    rundir.write_json(run_dir / "summary.json", summary)
+        train_time_s=wall,
+        train_images=len(train),
+        early_stopped=False,
+        skipped_files=skipped,
+    )
+    writer.write_history(run_dir, [])  # no epochs: an honest empty history, not a missing one
+    writer.write_summary(run_dir, summary)
     write_plots(run_dir)
     log.info("HOG+SVM: test accuracy %.4f in %.1f s", metrics["accuracy"], wall)
-    return RunResult(run_dir, [], metrics, summary)
+    return RunResult(run_dir, [], metrics, summary, cfg)

@@ -27,22 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from imagefit import dotted
 from imagefit.config import Config, TrackConfig, apply_override
 from imagefit.errors import ConfigError, ImagefitError, Interrupted
+from imagefit.fileio import write_json
 from imagefit.model_names import BASELINES
+from imagefit.runs.layout import PLOTS, REPORT, RunLayout
+from imagefit.runs.reader import read_config, read_json, read_summary
 from imagefit.sweep import table
 from imagefit.sweep.baseline import run_hog_svm_baseline
 from imagefit.sweep.spec import SweepSpec, Trial
 from imagefit.track.mlflow_sink import log_parent_artifacts, mlflow_parent
-from imagefit.train import rundir
-from imagefit.train.fit import EpochHook, fit
+from imagefit.train.hooks import EpochHook
+from imagefit.workflow import train
 
 log = logging.getLogger(__name__)
 
-TRIAL_FILE = "trial.json"  # the sweep's own record in a run folder: overrides, status, error
 PARENT_RECORD = "mlflow_parent.json"  # the sweep's MLflow parent run, reopened on a rerun
 
 
@@ -56,22 +56,21 @@ class SweepResult:
 
 def trial_state(run_dir: Path) -> str:
     """``finished``, ``pruned``, ``resume`` (has last.pt) or ``new``."""
-    summary = table.read_json(run_dir / "summary.json") or {}
-    if summary.get("status") == "finished":
+    summary = read_summary(run_dir)
+    if summary is not None and summary.status == "finished":
         return "finished"
-    if (table.read_json(run_dir / TRIAL_FILE) or {}).get("status") == "pruned":
+    run = RunLayout(run_dir)
+    if (read_json(run.trial) or {}).get("status") == "pruned":
         return "pruned"
-    return "resume" if (run_dir / "last.pt").is_file() else "new"
+    return "resume" if run.last.is_file() else "new"
 
 
 def changed_keys(run_dir: Path, cfg: Config) -> list[str]:
     """Config keys where ``run_dir/config.yaml`` differs from ``cfg`` (output.* aside)."""
-    try:
-        saved = dotted.flatten(
-            yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        )
-    except (OSError, yaml.YAMLError):
+    saved_tree = read_config(run_dir)
+    if saved_tree is None:
         return []
+    saved = dotted.flatten(saved_tree)
     planned = dotted.flatten(cfg.to_dict())
     keys = set(saved) | set(planned)
     return sorted(k for k in keys if not k.startswith("output.") and saved.get(k) != planned.get(k))
@@ -88,21 +87,21 @@ def _launch(cfg: Config, run_dir: Path, state: str, hook: EpochHook | None) -> N
         shutil.rmtree(run_dir, ignore_errors=True)  # a baseline has no checkpoint to resume
         run_hog_svm_baseline(cfg)
     elif state == "resume":
-        log.info("resuming trial %s from %s", run_dir.name, run_dir / "last.pt")
-        fit(resume=run_dir, on_epoch=hook)
+        log.info("resuming trial %s from %s", run_dir.name, RunLayout(run_dir).last)
+        train(resume=run_dir, on_epoch=hook)
     else:
         # A folder without last.pt holds no training (a failure while building): start over
         # in it, rather than beside it as <name>-2.
         shutil.rmtree(run_dir, ignore_errors=True)
-        fit(cfg, on_epoch=hook)
+        train(cfg, on_epoch=hook)
 
 
 def _write_trial(
     run_dir: Path, trial: Trial, status: str, error: str | None, trace: str | None
 ) -> None:
     if run_dir.is_dir():
-        rundir.write_json(
-            run_dir / TRIAL_FILE,
+        write_json(
+            RunLayout(run_dir).trial,
             {
                 "name": trial.name,
                 "group": trial.group,
@@ -190,11 +189,9 @@ def _visuals(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
         from imagefit.evaluate.plots import plot_comparison
         from imagefit.evaluate.report import write_report
 
-        for path in plot_comparison(run_dirs, spec.out / "plots"):
+        for path in plot_comparison(run_dirs, spec.out / PLOTS):
             files[path.stem] = path
-        files["report"] = write_report(
-            run_dirs, spec.out / "report.html", title=f"sweep {spec.name}"
-        )
+        files["report"] = write_report(run_dirs, spec.out / REPORT, title=f"sweep {spec.name}")
     except Exception as exc:  # noqa: BLE001 - pictures are optional, results are not
         log.warning("sweep %s: plots/report failed (%s: %s)", spec.name, type(exc).__name__, exc)
     return files
@@ -224,8 +221,8 @@ def sweep_track(spec: SweepSpec) -> TrackConfig:
 
 
 def _parent_files(spec: SweepSpec) -> list[tuple[Path, str | None]]:
-    names = ("all_results.json", "results.md", "results.csv", "sweep.yaml", "report.html")
-    return [(spec.out / name, None) for name in names] + [(spec.out / "plots", "plots")]
+    names = ("all_results.json", "results.md", "results.csv", "sweep.yaml", REPORT)
+    return [(spec.out / name, None) for name in names] + [(spec.out / PLOTS, PLOTS)]
 
 
 def run_sweep(spec: SweepSpec) -> SweepResult:

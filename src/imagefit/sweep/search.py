@@ -9,7 +9,6 @@ the validation metric after every epoch through fit's ``on_epoch`` hook, which r
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -18,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from imagefit.errors import ConfigError, ImagefitError
+from imagefit.runs.layout import RunLayout
+from imagefit.runs.reader import read_history
 from imagefit.sweep import table
-from imagefit.sweep.runner import TRIAL_FILE, execute
+from imagefit.sweep.runner import execute
 from imagefit.sweep.spec import SearchSpec, SweepSpec, Trial
-from imagefit.train.fit import EpochHook
+from imagefit.train.hooks import EpochHook
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,7 @@ def pruning_hook(trial: Any, metric: str) -> EpochHook:
 
 def objective(run_dir: Path, metric: str, direction: str) -> float | None:
     """The best ``metric`` over the run's epochs (validation only: the test split never selects)."""
-    try:
-        history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    history = read_history(run_dir) or []
     values = [row[metric] for row in history if row.get(metric) is not None]
     if not values:
         return None
@@ -218,7 +216,7 @@ def past_records(spec: SweepSpec, search: SearchSpec, frozen: Any) -> list[dict[
         run_dir = spec.out / "runs" / run.name
         if index and not run_dir.is_dir():
             continue  # a seed the trial never reached
-        own = table.read_json(run_dir / TRIAL_FILE) or {}
+        own = table.read_json(RunLayout(run_dir).trial) or {}
         record = table.run_record(
             run, run_dir, spec.out, own.get("status", status), own.get("error")
         )

@@ -1,13 +1,12 @@
 """A sweep's results: ``all_results.json`` (seed 002's name), ``results.md`` and ``results.csv``.
 
-Every number is read back from the run folders (``metrics.json``, ``summary.json``,
-``history.json``), so the table always agrees with the runs it describes.
+Every number is read back from the run folders (through :mod:`imagefit.runs.reader`), so the
+table always agrees with the runs it describes.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import statistics
 import time
@@ -18,8 +17,11 @@ from typing import Any
 import yaml
 
 from imagefit.errors import ImagefitError
+from imagefit.fileio import atomic_open, atomic_write, write_json
+from imagefit.runs.reader import read_history, read_json, read_metrics, read_summary
 from imagefit.sweep.spec import SweepSpec, Trial
-from imagefit.train import rundir
+
+__all__ = ["read_json"]  # the sweep's own files read as the runs' do
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +79,6 @@ def _columns(records: list[dict[str, Any]]) -> tuple[tuple[str, str, Any, str], 
     return ((OBJECTIVE,) if any("value" in r for r in records) else ()) + COLUMNS
 
 
-def read_json(path: Path) -> Any:
-    """Parsed JSON of ``path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def fmt(value: Any, spec: str = ".4f") -> str:
     """A number as ``spec`` formats it, anything else as text; '-' for none."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -103,7 +97,7 @@ def fmt_value(value: Any) -> str:
 
 def _from_history(run_dir: Path) -> dict[str, Any]:
     """What an unfinished run's history says (a pruned or interrupted trial has no summary)."""
-    history = read_json(run_dir / "history.json") or []
+    history = read_history(run_dir) or []
     values = [row["val_accuracy"] for row in history if row.get("val_accuracy") is not None]
     return {"best_val_accuracy": max(values) if values else None, "epochs_run": len(history)}
 
@@ -117,8 +111,9 @@ def run_record(
     wall_time_s: float | None = None,
 ) -> dict[str, Any]:
     """The all_results.json entry of one run folder."""
-    summary = read_json(run_dir / "summary.json") or {}
-    metrics = read_json(run_dir / "metrics.json")
+    found = read_summary(run_dir)
+    summary = found.to_dict() if found is not None else {}
+    metrics = read_metrics(run_dir)
     record: dict[str, Any] = {
         "name": trial.name,
         "group": trial.group,
@@ -255,7 +250,7 @@ def write_sweep_file(spec: SweepSpec) -> Path:
         "sweep": yaml.safe_load(spec.path.read_text(encoding="utf-8")),
     }
     path = spec.out / "sweep.yaml"
-    path.write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+    atomic_write(path, yaml.safe_dump(record, sort_keys=False))
     return path
 
 
@@ -303,7 +298,7 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
         "results_md": spec.out / "results.md",
         "results_csv": spec.out / "results.csv",
     }
-    rundir.write_json(files["all_results"], doc)
+    write_json(files["all_results"], doc)
     text = (
         f"# Sweep {spec.name}\n\n{len(records)} run(s) from `{spec.path}` (base `{spec.base}`).\n\n"
     )
@@ -311,8 +306,8 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
     if groups:
         text += "\n## Mean ± std over seeds\n\n" + _markdown(*groups_table(groups))
     text += _vs_baseline(spec.out, records)
-    files["results_md"].write_text(text, encoding="utf-8")
-    with open(files["results_csv"], "w", newline="", encoding="utf-8") as handle:
+    atomic_write(files["results_md"], text)
+    with atomic_open(files["results_csv"], "w") as handle:
         header, rows = _csv_rows(records)
         csv.writer(handle).writerows([header, *rows])
     return files

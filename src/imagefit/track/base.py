@@ -2,6 +2,9 @@
 
 A sink is looked up by its config switch in ``SINKS``; a failing sink is logged and dropped,
 never allowed to stop training (the run folder is the record that must stay complete).
+A :class:`Tracker` is what ``fit`` sees as a :class:`~imagefit.train.hooks.RunObserver`; the
+caller ends it with ``log_final`` after the post-run steps and ``close`` (see
+:mod:`imagefit.workflow`).
 """
 
 from __future__ import annotations
@@ -46,10 +49,17 @@ def register_sink(
 
 
 class Tracker:
-    """Fan-out to the enabled sinks; each call is shielded from the others' failures."""
+    """Fan-out to the enabled sinks; each call is shielded from the others' failures.
 
-    def __init__(self, cfg: Config, run_dir: Path):
+    Opens its sinks at ``start`` (or at once, given a config and a run folder): a new run's
+    folder is only named when ``fit`` has made it."""
+
+    def __init__(self, cfg: Config | None = None, run_dir: Path | None = None):
         self.sinks: dict[str, Sink] = {}
+        if cfg is not None and run_dir is not None:
+            self.start(cfg, run_dir)
+
+    def start(self, cfg: Config, run_dir: Path) -> None:
         for name, (enabled, factory) in SINKS.items():
             if enabled(cfg):
                 self._guard(name, partial(self._open, name, factory, cfg, run_dir))

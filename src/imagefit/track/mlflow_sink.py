@@ -35,12 +35,15 @@ from typing import Any
 from imagefit import dotted
 from imagefit.config import Config, TrackConfig
 from imagefit.errors import ImagefitError, Interrupted
+from imagefit.fileio import write_json
+from imagefit.runs import layout
+from imagefit.runs.layout import RunLayout
+from imagefit.runs.reader import read_json
 from imagefit.track.base import register_sink
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "IMAGEFIT_MLFLOW_PARENT_RUN_ID"
-RUN_RECORD = "mlflow.json"  # run folder -> its MLflow run, so a resumed run continues it
 # MLflow's defaults retry a dead server 7 times with backoff 2 s and a 120 s timeout: minutes of
 # stalled training per call. Two quick retries still ride out a server restart.
 HTTP_DEFAULTS = {
@@ -48,18 +51,19 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+# run-folder file -> artifact folder ("" for the top)
 ARTIFACTS = {
-    "config.yaml": "",
-    "history.json": "",
-    "history.csv": "",
-    "split.json": "",
-    "metrics.json": "",
-    "summary.json": "",
-    "environment.json": "",
-    "export.json": "",
-    "best.pt": "checkpoints",
-    "model.onnx": "onnx",
-    "model.int8.onnx": "onnx",
+    layout.CONFIG: "",
+    layout.HISTORY: "",
+    layout.HISTORY_CSV: "",
+    layout.SPLIT: "",
+    layout.METRICS: "",
+    layout.SUMMARY: "",
+    layout.ENVIRONMENT: "",
+    layout.EXPORT: "",
+    layout.BEST: "checkpoints",
+    layout.ONNX: "onnx",
+    layout.int8_name(Path(layout.ONNX)).name: "onnx",
 }
 
 
@@ -146,8 +150,6 @@ def _open_parent(
     client: Any, uri: str, name: str, track: TrackConfig, record: Path | None, tags: dict[str, str]
 ) -> str:
     """The run id of the parent: the recorded one when it still exists where we log, else new."""
-    from imagefit.train.rundir import write_json
-
     experiment = _experiment_id(client, track.mlflow_experiment)
     saved = _read_record(record) if record is not None else {}
     same_place = saved.get("uri") == uri and saved.get("experiment_id") == experiment
@@ -247,9 +249,7 @@ class MlflowSink:
 
     def _start(self, cfg: Config) -> tuple[str, bool]:
         """(run id, whether it continues the MLflow run of a resumed run folder)."""
-        from imagefit.train.rundir import write_json
-
-        record = _read_record(self.run_dir / RUN_RECORD)
+        record = _read_record(RunLayout(self.run_dir).mlflow)
         if record.get("uri") == self.uri and record.get("run_id"):
             self.client.update_run(record["run_id"], status="RUNNING")
             return record["run_id"], True
@@ -259,7 +259,7 @@ class MlflowSink:
             tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         run = self.client.create_run(experiment, run_name=self.run_dir.name, tags=tags)
         write_json(
-            self.run_dir / RUN_RECORD,
+            RunLayout(self.run_dir).mlflow,
             {"uri": self.uri, "run_id": run.info.run_id, "experiment_id": experiment},
         )
         return run.info.run_id, False
@@ -312,8 +312,9 @@ class MlflowSink:
         for name, folder in ARTIFACTS.items():
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name), folder or None)
-        if (run_dir / "plots").is_dir():
-            self.client.log_artifacts(self.run_id, str(run_dir / "plots"), "plots")
+        plots = RunLayout(run_dir).plots
+        if plots.is_dir():
+            self.client.log_artifacts(self.run_id, str(plots), plots.name)
 
     def _log_model(self, run_dir: Path) -> None:
         """The best checkpoint with the PyTorch flavour, real input examples and a signature.
@@ -364,7 +365,8 @@ def _input_example(run_dir: Path, meta: dict[str, Any]) -> Any:
     """Two real, normalised images of the run (val split), else zeros of the right shape."""
     import numpy as np
 
-    from imagefit.export.preprocess import normalise, real_inputs
+    from imagefit.data.inputs import normalise
+    from imagefit.export.preprocess import real_inputs
 
     size = meta["image_size"]
     _, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), 2, size)
@@ -397,12 +399,7 @@ def _params(cfg: Config) -> list[Any]:
 
 
 def _read_record(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_json(path)
     return data if isinstance(data, dict) else {}
 
 

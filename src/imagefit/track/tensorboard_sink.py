@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from imagefit.config import Config, dump_config
+from imagefit.runs.layout import RunLayout
 from imagefit.track.base import register_sink
 from imagefit.track.mlflow_sink import TrackingError
-
-SUBDIR = "tensorboard"
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -35,7 +34,7 @@ class TensorBoardSink:
                 f"track.tensorboard needs the tensorboard package ({exc}): pip install tensorboard"
             ) from None
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / SUBDIR))
+        self.writer = SummaryWriter(log_dir=str(RunLayout(run_dir).tensorboard))
         self.last_epoch = 0
         # Indented four spaces: TensorBoard renders text as Markdown, this keeps the YAML verbatim.
         config = "\n".join(f"    {line}" for line in dump_config(cfg).splitlines())

@@ -264,16 +264,3 @@ def convert_sync_bn(model: nn.Module, layout: Distributed, enabled: bool) -> nn.
     if device.type != "cuda":
         raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm); set it false")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-class NullTracker:
-    """What ranks other than 0 log to: nothing (rank 0 tracks the run)."""
-
-    def log_epoch(self, row: dict[str, Any]) -> None:
-        pass
-
-    def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

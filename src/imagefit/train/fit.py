@@ -1,7 +1,9 @@
-"""``fit(config)``: one training run, from config to a complete run folder.
+"""``fit(config)``: one training run, from config to a run folder with all its records.
 
 for epoch: train_one_epoch -> evaluate(val) -> log -> checkpoint -> early stop; then the test
-split, once, with the best checkpoint. Every epoch ends with ``last.pt`` holding all state
+split, once, with the best checkpoint, into ``metrics.json`` and ``summary.json``. What comes
+after (plots, ONNX export, the trackers' final report) is composed by the caller
+(:mod:`imagefit.workflow`). Every epoch ends with ``last.pt`` holding all state
 (weights, optimizer, schedule, scaler, early stopping, RNG, history), and a signal mid-epoch
 saves the position inside the epoch too, so ``fit(resume=run_dir)`` continues exactly.
 Under torchrun every process runs fit(); :mod:`imagefit.train.distributed` holds what differs.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +24,20 @@ from torch import nn
 from imagefit.config import Config, config_from_dict
 from imagefit.data.loaders import DataBundle, build_data, derive_seed
 from imagefit.errors import CheckpointError, ConfigError, Interrupted
+from imagefit.evaluate.inference import Precision, evaluate
 from imagefit.evaluate.ledger import note_test_use, record_split
 from imagefit.evaluate.metrics import compute_metrics
-from imagefit.export.onnx import export_after_training
+from imagefit.fileio import remove_partial_writes as remove_partial_records
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, count_parameters
-from imagefit.track.base import Sink, Tracker
-from imagefit.train import rundir
-from imagefit.train.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
-from imagefit.train.distributed import (
-    Distributed,
-    NullTracker,
-    TrainingModule,
-    convert_sync_bn,
-    session,
-)
-from imagefit.train.loop import EpochProgress, Precision, evaluate, train_one_epoch
+from imagefit.runs import writer
+from imagefit.runs.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
+from imagefit.runs.environment import environment
+from imagefit.runs.layout import RunLayout
+from imagefit.runs.records import HistoryRow, RunResult, Summary
+from imagefit.train.distributed import Distributed, TrainingModule, convert_sync_bn, session
+from imagefit.train.hooks import EpochHook, RunObserver
+from imagefit.train.loop import EpochProgress, train_one_epoch
 from imagefit.train.losses import create_criterion
 from imagefit.train.optim import LRSchedule, create_optimizer
 from imagefit.train.runtime import amp_dtype, configure, rng_state, set_rng_state
@@ -46,16 +46,8 @@ from imagefit.train.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
-EpochHook = Callable[[dict[str, Any]], None]
 LOGGED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")  # the epoch's log line
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    history: list[dict[str, Any]]
-    metrics: dict[str, Any] | None  # test metrics of the best checkpoint (None: no test split)
-    summary: dict[str, Any]
+__all__ = ["EpochHook", "RunObserver", "RunResult", "fit"]
 
 
 @dataclass
@@ -82,6 +74,10 @@ class Run:
     wrap: TrainingModule = field(
         default_factory=lambda: TrainingModule(Distributed())
     )  # DDP, compile
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -149,8 +145,7 @@ class Run:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise CheckpointError(
-                f"{self.run_dir}/last.pt does not fit {self.cfg.model.name}: "
-                f"{str(exc).splitlines()[0]}"
+                f"{self.layout.last} does not fit {self.cfg.model.name}: {str(exc).splitlines()[0]}"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
@@ -216,11 +211,11 @@ def _enter_phase(run: Run, epoch: int) -> None:
         run.schedule.phase_factor = run.cfg.finetune.unfreeze_lr_factor
 
 
-def _save(run: Run, names: list[str]) -> None:
+def _save(run: Run, paths: list[Path]) -> None:
     state = run.state()
     if run.dist.is_main:
-        for name in names:
-            save_checkpoint(state, run.run_dir / name)
+        for path in paths:
+            save_checkpoint(state, path)
     run.dist.barrier()  # no rank goes on (or exits) before rank 0 has written
 
 
@@ -245,7 +240,7 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     )
     p.seconds += time.perf_counter() - started
     if p.interrupted:
-        _save(run, ["last.pt"])
+        _save(run, [run.layout.last])
         raise Interrupted(
             f"stopped at epoch {epoch + 1}, batch {p.batch}; resume with "
             f"`imagefit train --resume {run.run_dir}`"
@@ -261,21 +256,23 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
             *evaluate(run.model, run.data.val, run.precision, desc="val")
         )
         val = compute_metrics(targets, logits, run.data.classes, loss)
-    return {
-        "epoch": epoch + 1,
-        "train_loss": p.loss,
-        "train_accuracy": p.accuracy,
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "val_top5_accuracy": val["top5_accuracy"],
-        "val_f1_macro": val["f1_macro"],
-        "lr": lr,
-        "phase": run.phase(epoch),
-        "time_s": p.seconds,
-    }
+    return HistoryRow(
+        epoch=epoch + 1,
+        train_loss=p.loss,
+        train_accuracy=p.accuracy,
+        val_loss=val["loss"],
+        val_accuracy=val["accuracy"],
+        val_top5_accuracy=val["top5_accuracy"],
+        val_f1_macro=val["f1_macro"],
+        lr=lr,
+        phase=run.phase(epoch),
+        time_s=p.seconds,
+    ).to_dict()
 
 
-def _train_epochs(run: Run, tracker: Sink, stop: Any, on_epoch: EpochHook | None = None) -> None:
+def _train_epochs(
+    run: Run, observers: Sequence[RunObserver], stop: Any, on_epoch: EpochHook | None = None
+) -> None:
     cfg, dist = run.cfg, run.dist
     if dist.any(bool(stop)) and run.epoch < cfg.train.epochs and not run.stopper.should_stop:
         # A signal while the data loaded; fit() has saved the starting point.
@@ -286,19 +283,23 @@ def _train_epochs(run: Run, tracker: Sink, stop: Any, on_epoch: EpochHook | None
     while run.epoch < cfg.train.epochs and not run.stopper.should_stop:
         row = _epoch(run, run.epoch, stop)
         run.history.append(row)
-        tracker.log_epoch(row)
+        if dist.is_main:
+            for observer in observers:
+                observer.log_epoch(row)
         value = row.get(cfg.train.monitor)
         run.schedule.end_epoch(value)
         improved = value is not None and run.stopper.update(value, row["epoch"])
         run.epoch, run.progress = run.epoch + 1, EpochProgress()
         every = cfg.train.checkpoint_every
-        periodic = [f"epoch_{run.epoch:03d}.pt"] if every and run.epoch % every == 0 else []
+        periodic = (
+            [run.layout.epoch_checkpoint(run.epoch)] if every and run.epoch % every == 0 else []
+        )
         # last.pt goes last: it is the commit point. A kill while best.pt is written then
         # resumes from the previous last.pt and redoes this epoch (and best.pt) exactly,
         # instead of leaving a last.pt that claims a best.pt which never got written.
-        _save(run, (["best.pt"] if improved else []) + periodic + ["last.pt"])
+        _save(run, ([run.layout.best] if improved else []) + periodic + [run.layout.last])
         if dist.is_main:
-            rundir.write_history(run.run_dir, run.history)
+            writer.write_history(run.run_dir, run.history)
         if on_epoch is not None:
             on_epoch(row)  # may raise, e.g. to prune a sweep trial; the state is saved
         shown = "  ".join(f"{key} {row[key]:.4f}" for key in LOGGED if row[key] is not None)
@@ -318,71 +319,47 @@ def _train_epochs(run: Run, tracker: Sink, stop: Any, on_epoch: EpochHook | None
             )
 
 
-def _finish(run: Run, tracker: Sink) -> RunResult:
+def _finish(run: Run) -> RunResult:
     """Test the best checkpoint once; write metrics.json and summary.json."""
-    run.dist.load_from_main(run.model, lambda: load_checkpoint(run.run_dir / "best.pt")["model"])
+    run.dist.load_from_main(run.model, lambda: load_checkpoint(run.layout.best)["model"])
     metrics = None
     if run.data.test is not None:
         evaluated = evaluate(run.model, run.data.test, run.precision, desc="test")
         targets, logits, loss = run.dist.gather_predictions(*evaluated)
         metrics = {"split": "test", **compute_metrics(targets, logits, run.data.classes, loss)}
-    if metrics is not None and run.dist.is_main:
-        rundir.write_json(run.run_dir / "metrics.json", metrics)
-        note_test_use(run.run_dir, "fit")
-    total, trainable = count_parameters(run.model)
-    summary = {
-        "name": run.run_dir.name,
-        "model": run.cfg.model.name,
-        "init": run.meta()["init"],
-        "params_total": total,
-        "params_trainable": trainable,
-        "epochs_run": len(run.history),
-        "best_epoch": run.stopper.best_epoch,
-        "monitor": run.cfg.train.monitor,
-        "best_monitor": run.stopper.best,
-        "best_val_accuracy": next(
-            (r["val_accuracy"] for r in run.history if r["epoch"] == run.stopper.best_epoch), None
-        ),
-        "test_accuracy": metrics["accuracy"] if metrics else None,
-        "wall_time_s": run.wall_seconds(),
-        "train_time_s": run.train_seconds,
-        "train_images_per_s": run.train_images / run.train_seconds if run.train_seconds else None,
-        "early_stopped": run.stopper.should_stop,
-        "skipped_files": len(run.data.skipped),
-        "status": "finished",
-    }
-    if not run.dist.is_main:
-        return RunResult(run.run_dir, run.history, metrics, summary)
-    rundir.write_json(run.run_dir / "summary.json", summary)
-    write_plots(run.run_dir)
-    export_after_training(run.cfg, run.run_dir)  # before log_final: MLflow logs the ONNX file
-    tracker.log_final(metrics or {}, summary, run.run_dir)
-    return RunResult(run.run_dir, run.history, metrics, summary)
-
-
-def write_plots(run_dir: Path) -> None:
-    """Write ``run_dir/plots/``; a plotting error only logs a warning (the run is complete)."""
-    try:
-        from imagefit.evaluate.plots import plot_run
-
-        plot_run(run_dir)
-    except Exception as exc:  # noqa: BLE001 - pictures must never fail a finished run
-        log.warning("%s: could not write plots (%s: %s)", run_dir, type(exc).__name__, exc)
+    summary = Summary.finished(
+        name=run.run_dir.name,
+        model=run.cfg.model.name,
+        init=run.meta()["init"],
+        params=count_parameters(run.model),
+        history=run.history,
+        monitor=run.cfg.train.monitor,
+        best_epoch=run.stopper.best_epoch,
+        best_monitor=run.stopper.best,
+        metrics=metrics,
+        wall_time_s=run.wall_seconds(),
+        train_time_s=run.train_seconds,
+        train_images=run.train_images,
+        early_stopped=run.stopper.should_stop,
+        skipped_files=len(run.data.skipped),
+    )
+    if run.dist.is_main:
+        if metrics is not None:
+            writer.write_metrics(run.run_dir, metrics)
+            note_test_use(run.run_dir, "fit")
+        writer.write_summary(run.run_dir, summary)
+    return RunResult(run.run_dir, run.history, metrics, summary, run.cfg, run.dist.is_main)
 
 
 def _write_records(run: Run) -> None:
-    environment = rundir.environment(run.precision.device, run.cfg.train.seed)
-    rundir.write_json(
-        run.run_dir / "environment.json", {**environment, "world_size": run.dist.world_size}
-    )
-    run.data.manifest.save(run.run_dir / "split.json")
-    # The files' sha256, for eval to compare later. Train files only when the image cache
-    # hashed them already: streaming a large dataset must not cost an extra read of it.
+    device, seed = run.precision.device, run.cfg.train.seed
+    writer.write_environment(run.run_dir, environment(device, seed, world_size=run.dist.world_size))
+    run.data.manifest.save(run.layout.split)
     record_split(run.run_dir, run.data.manifest, None if run.data.cached else ("val", "test"))
     if run.data.skipped:
-        rundir.write_json(run.run_dir / "skipped.json", run.data.skipped)
+        writer.write_skipped(run.run_dir, run.data.skipped)
     if run.history:  # a kill between last.pt and history.json left the files one epoch behind
-        rundir.write_history(run.run_dir, run.history)
+        writer.write_history(run.run_dir, run.history)
     total, trainable = count_parameters(run.model)
     log.info(
         "model %s: %d parameters, %d trainable (%s)",
@@ -398,10 +375,13 @@ def fit(
     *,
     resume: str | Path | None = None,
     on_epoch: EpochHook | None = None,
+    observers: Sequence[RunObserver] = (),
 ) -> RunResult:
     """Train ``cfg`` into a new run folder, or continue the run folder ``resume``.
 
-    ``on_epoch(row)`` is called after each epoch's history row is saved.
+    ``on_epoch(row)`` is called after each epoch's history row is saved; ``observers`` (e.g.
+    a tracker) follow the run from the process that writes its folder. Plots, export and
+    the trackers' final report are not done here: see :func:`imagefit.workflow.train`.
     """
     source: Path | Config
     if resume is not None:
@@ -420,19 +400,19 @@ def fit(
             run = _build(source, _new_run_dir(source, dist), dist=dist)
         if dist.is_main:
             _write_records(run)
-        if not dist.broadcast((run.run_dir / "last.pt").is_file()):
-            _save(run, ["last.pt"])  # from here on, a kill at any moment leaves a resumable run
-        tracker = Tracker(run.cfg, run.run_dir) if dist.is_main else NullTracker()
-        try:
-            _train_epochs(run, tracker, stop, on_epoch)
-            return _finish(run, tracker)
-        finally:
-            tracker.close()
+        if not dist.broadcast(run.layout.last.is_file()):
+            # From here on, a kill at any moment leaves a resumable run.
+            _save(run, [run.layout.last])
+        if dist.is_main:
+            for observer in observers:
+                observer.start(run.cfg, run.run_dir)
+        _train_epochs(run, observers, stop, on_epoch)
+        return _finish(run)
 
 
 def _new_run_dir(cfg: Config, dist: Distributed) -> Path:
     """Rank 0 creates the run folder; every rank learns its name."""
-    run_dir = Path(dist.broadcast(str(rundir.create_run_dir(cfg)) if dist.is_main else ""))
+    run_dir = Path(dist.broadcast(str(writer.create_run_dir(cfg)) if dist.is_main else ""))
     if not dist.is_main:
         cfg.output.name = run_dir.name
     return run_dir
@@ -440,8 +420,8 @@ def _new_run_dir(cfg: Config, dist: Distributed) -> Path:
 
 def _resume(run_dir: Path, dist: Distributed | None = None) -> Run:
     state = _resume_state(run_dir, clean=dist is None or dist.is_main)
-    cfg = config_from_dict(state["config"], source=f"{run_dir}/last.pt")
-    cfg.data.split_manifest = cfg.data.split_manifest or str(run_dir / "split.json")
+    cfg = config_from_dict(state["config"], source=str(RunLayout(run_dir).last))
+    cfg.data.split_manifest = cfg.data.split_manifest or str(RunLayout(run_dir).split)
     run = _build(cfg, run_dir, init="scratch", dist=dist)  # weights come from the checkpoint
     run.model.imagefit_init = state["meta"].get("init")
     run.load_state(state)
@@ -452,14 +432,15 @@ def _resume(run_dir: Path, dist: Distributed | None = None) -> Run:
 def _resume_state(run_dir: Path, clean: bool = True) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise CheckpointError(f"cannot resume: run folder not found: {run_dir}")
-    last = run_dir / "last.pt"
+    last = RunLayout(run_dir).last
     if not last.is_file():
         raise CheckpointError(
-            f"cannot resume {run_dir}: it has no last.pt (the run never started training or was "
-            "not made by imagefit); start it again instead"
+            f"cannot resume {run_dir}: it has no {last.name} (the run never started training or "
+            "was not made by imagefit); start it again instead"
         )
     if clean:  # distributed, only rank 0 touches the folder
         remove_partial_writes(run_dir)
+        remove_partial_records(run_dir)
     state = load_checkpoint(last)
     missing = {"model", "optimizer", "config", "epoch", "rng"} - set(state)
     if missing:

@@ -1,4 +1,4 @@
-"""The two loops: ``train_one_epoch`` and ``evaluate``.
+"""The training loop: ``train_one_epoch`` (its twin, ``evaluate``, is in :mod:`imagefit.evaluate.inference`).
 
 Running sums stay on the device (no per-step ``.item()`` for metrics); the one host sync per
 step is the finiteness check, which must happen before ``optimizer.step()`` to keep the weights
@@ -8,28 +8,21 @@ distributed run one all-reduce per step makes every process agree on both.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from imagefit.data.loaders import Loader
 from imagefit.errors import TrainingStopped
+from imagefit.evaluate.inference import Precision, bars_disabled
 from imagefit.models.transfer import freeze_frozen_norms
 
 # (step finite: 0-dim bool tensor, stop requested here) -> (finite on every process, stop
 # requested on any): what all processes of a distributed run agree on, in one all-reduce.
 StepAgreement = Callable[[torch.Tensor, bool], tuple[bool, bool]]
-
-
-def _bars_disabled() -> bool | None:
-    """No progress bars on the other processes of a distributed run (None: tqdm decides)."""
-    return True if int(os.environ.get("RANK", "0")) > 0 else None
 
 
 def grad_norm(params: Sequence[torch.Tensor], clip: float | None) -> torch.Tensor | None:
@@ -60,24 +53,6 @@ def step_is_finite(loss: torch.Tensor, norm: torch.Tensor | None) -> torch.Tenso
     if norm is not None:
         probe = probe * 0 + norm  # inf * 0 is nan: one test covers both
     return torch.isfinite(probe)
-
-
-@dataclass
-class Precision:
-    """How to run forward passes: autocast dtype, grad scaler, memory format."""
-
-    device: torch.device
-    dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
-    channels_last: bool = False
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @dataclass
@@ -132,7 +107,7 @@ def train_one_epoch(
         desc=f"epoch {epoch + 1}",
         unit="batch",
         leave=False,
-        disable=_bars_disabled(),
+        disable=bars_disabled(),
     )
     for step, (x, targets) in enumerate(bar, start=progress.batch):
         with precision.autocast():
@@ -172,31 +147,3 @@ def train_one_epoch(
     progress.loss_sum, progress.correct = float(loss_sum), float(correct)
     progress.count = count
     return progress
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: Loader, precision: Precision, desc: str = "eval"
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(targets (N,), logits (N, C) float32, mean cross-entropy) over the whole loader."""
-    model.eval()
-    all_logits, all_targets = [], []
-    loss_sum = torch.zeros((), dtype=torch.float64, device=precision.device)
-    for x, targets in tqdm(
-        loader.epoch(0),
-        total=len(loader),
-        desc=desc,
-        unit="batch",
-        leave=False,
-        disable=_bars_disabled(),
-    ):
-        with precision.autocast():
-            logits = model(precision.prepare(x)).float()
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
-        all_logits.append(logits)
-        all_targets.append(targets)
-    if not all_logits:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), float("nan")
-    logits_np = torch.cat(all_logits).cpu().numpy()
-    targets_np = torch.cat(all_targets).cpu().numpy()
-    return targets_np, logits_np, float(loss_sum) / len(targets_np)

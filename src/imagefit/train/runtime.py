@@ -11,30 +11,9 @@ import numpy as np
 import torch
 
 from imagefit.config import TrainConfig
-from imagefit.errors import ConfigError
+from imagefit.evaluate.inference import select_device
 
 log = logging.getLogger(__name__)
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda, then mps, then cpu. An explicit device that is absent is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"train.device '{name}' is not a device name (auto, cpu, cuda, mps)"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device '{name}': no CUDA device is available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device '{name}': MPS is not available")
-    return device
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:

@@ -30,9 +30,10 @@ from torch import nn
 from imagefit.config import Config
 from imagefit.data.folder import find_classes
 from imagefit.errors import ConfigError
+from imagefit.evaluate.inference import Precision
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy
-from imagefit.train.loop import EpochProgress, Precision, train_one_epoch
+from imagefit.train.loop import EpochProgress, train_one_epoch
 from imagefit.train.losses import create_criterion
 from imagefit.train.optim import create_optimizer
 from imagefit.train.runtime import amp_dtype, configure

@@ -33,9 +33,9 @@ from torch import nn
 from imagefit.data.cache import decode_cached
 from imagefit.data.splits import resolve_splits
 from imagefit.errors import DataError
+from imagefit.evaluate.inference import select_device
 from imagefit.fileio import atomic_open, write_json
 from imagefit.models.registry import create_model
-from imagefit.train.runtime import select_device
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
-"""Checkpoints: atomic writes, safe loads.
+"""The checkpoint format: atomic, durable writes and safe loads.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)``: loading never runs code from the file.
+``torch.load(weights_only=True)``: loading never runs code from the file. A training checkpoint
+holds ``model``, ``optimizer``, ``scheduler``, ``early_stopping``, ``scaler``, ``epoch``,
+``batch``, ``progress``, ``ranks``, ``history``, ``rng``, ``config``, ``classes`` and ``meta``
+(what travels with the weights: arch, classes, image size, mean/std, init).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -18,10 +18,12 @@ from typing import IO, Any
 import torch
 
 from imagefit.errors import CheckpointError
+from imagefit.fileio import TEMP_PREFIX, FileWriteError, atomic_open, write_error
 
 log = logging.getLogger(__name__)
 
-TEMP_PREFIX = "."  # temp files are ".<name>.<random>", hidden beside the checkpoint
+# Temp files of checkpoints: ".<name>.pt.<random>.tmp" (earlier versions: ".<name>.pt.<random>").
+PARTIAL_PATTERN = f"{TEMP_PREFIX}*.pt.*"
 
 
 class _RecordingWriter:
@@ -31,8 +33,9 @@ class _RecordingWriter:
     598"); the recorded OSError is what lets the error say "disk full".
     """
 
-    def __init__(self, handle: IO[bytes]):
+    def __init__(self, handle: IO[bytes], path: Path):
         self.handle = handle
+        self.path = path  # the checkpoint being written (the handle is its temp file)
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
@@ -46,64 +49,39 @@ class _RecordingWriter:
         self.handle.flush()
 
 
-_WRITE_ERRORS = {
-    errno.ENOSPC: "disk full (ENOSPC)",
-    errno.EDQUOT: "disk quota exceeded (EDQUOT)",
-    errno.EFBIG: "file too large for the filesystem or the process's file-size limit (EFBIG)",
-    errno.EROFS: "read-only filesystem (EROFS)",
-    errno.EACCES: "permission denied (EACCES)",
-}
-
-
-def _write_error(path: Path, exc: OSError) -> CheckpointError:
-    reason = _WRITE_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))
-    kept = f"; the previous {path.name} is intact" if path.is_file() else ""
-    return CheckpointError(f"{path}: could not write the checkpoint: {reason}{kept}")
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``.
+    """Write ``state`` to ``path`` through :func:`imagefit.fileio.atomic_open` (temp file,
+    fsync, rename, folder fsync).
 
     A crash or a full disk at any moment leaves either the old file or the new one, never a
-    torn one; the temp file is removed when the write fails, and a failed write raises
-    CheckpointError naming the path and the reason (disk full, quota, file-size limit, ...).
+    torn one; a failed write removes its temp file and raises CheckpointError naming the path
+    and the reason (disk full, quota, file-size limit, ...).
     """
     path = Path(path)
+    writer: _RecordingWriter | None = None
     try:
-        # Not a with-block: the file must outlive it, to be renamed or removed below.
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", delete=False
-        )
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    writer = _RecordingWriter(handle)
-    try:
-        with handle:
+        with atomic_open(path, "wb", what="the checkpoint") as handle:
+            writer = _RecordingWriter(handle, path)
             # torch.save takes any object with write/flush; its stubs only name IO[bytes]
             torch.save(state, writer)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException as exc:
-        Path(handle.name).unlink(missing_ok=True)
-        error = writer.error or exc
-        if isinstance(error, OSError):
-            log.error("writing %s failed: %s", path, error)
-            raise _write_error(path, error) from exc
-        raise
-    _fsync_dir(path.parent)
+    except FileWriteError as exc:  # it names the path and the reason already
+        raise CheckpointError(str(exc)) from exc
+    except RuntimeError as exc:
+        if writer is None or writer.error is None:
+            raise
+        log.error("writing %s failed: %s", path, writer.error)
+        raise CheckpointError(str(write_error(path, writer.error, "the checkpoint"))) from exc
 
 
 def remove_partial_writes(directory: str | Path) -> list[Path]:
-    """Delete temp files that a killed process left mid-write in ``directory``; return them.
+    """Delete checkpoint temp files that a killed process left mid-write in ``directory``.
 
     Only a process that died inside :func:`save_checkpoint` (SIGKILL, power loss) leaves
     them; they are never a valid checkpoint and can be as large as one.
     """
-    removed = []
-    for temp in Path(directory).glob(f"{TEMP_PREFIX}*.pt.*"):
+    removed = [temp for temp in Path(directory).glob(PARTIAL_PATTERN) if temp.is_file()]
+    for temp in removed:
         temp.unlink(missing_ok=True)
-        removed.append(temp)
     if removed:
         log.warning(
             "removed %d partial checkpoint writes of a killed run: %s",
@@ -111,19 +89,6 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
             ", ".join(p.name for p in removed),
         )
     return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
