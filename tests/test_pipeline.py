@@ -225,7 +225,8 @@ def test_pipeline_end_to_end_and_rerun_skips_finished_steps(
     runs = sorted(p.name for p in (out / "finetune" / "runs").iterdir())
     assert runs == ["pretrained-seed0", "pretrained-seed1", "scratch-seed0", "scratch-seed1"]
     summary = json.loads((out / "finetune/runs/pretrained-seed0/summary.json").read_text())
-    assert str((pre_run / "best.pt").resolve()) in json.dumps(summary["init"])
+    assert summary["init"]["path"] == str((out / "pretrained.pt").resolve())
+    assert summary["init"]["source_run"] == str(pre_run.resolve())
     scratch_cfg = yaml.safe_load((out / "finetune/runs/scratch-seed0/config.yaml").read_text())
     pre_cfg = yaml.safe_load((out / "finetune/runs/pretrained-seed0/config.yaml").read_text())
     assert scratch_cfg["model"].pop("init") == "scratch"
@@ -321,6 +322,7 @@ def test_shipped_pipelines_parse() -> None:
     for path in (
         CONFIGS / "ofdb_pretrain_finetune.pipeline.yaml",
         CONFIGS / "digits" / "ofdb.pipeline.yaml",
+        CONFIGS / "fdsl_gpu.pipeline.yaml",
     ):
         spec = load_pipeline(path)
         assert spec.file.fractal is not None and spec.file.finetune.seeds == [0, 1, 2]
@@ -331,3 +333,14 @@ def test_shipped_pipelines_parse() -> None:
     assert seed.augment.scale == (0.08, 1.0) and seed.augment.random_erasing == 0.5
     assert (seed.augment.mixup, seed.augment.cutmix) == (0.8, 1.0)
     assert (seed.model.name, seed.data.image_size, seed.train.batch_size) == ("resnet50", 224, 16)
+
+
+def test_cpu_fdsl_pipeline_parses() -> None:
+    """The CPU pipeline renders on the fly and gives both variants the same recipe search."""
+    spec = load_pipeline(CONFIGS / "fdsl_cpu.pipeline.yaml", ["finetune.data.root=/x"])
+    assert spec.file.finetune.seeds == [0, 1, 2] and len(spec.file.finetune.candidates) >= 2
+    assert spec.file.finetune.set["data.root"] == "/x"
+    pre = load_config(CONFIGS / spec.file.pretrain.config)
+    assert pre.data.source == "fractal" and pre.data.val_fraction == 0
+    target = load_config(CONFIGS / spec.file.finetune.config)
+    assert target.data.mean == pre.data.mean and target.data.image_size == pre.data.image_size

@@ -90,6 +90,21 @@ class DataConfig(Section):
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # folder: images under data.root; fractal: formula-driven images rendered on the fly from
+    # the category CSVs in data.fractal_params, new instances every epoch (pretraining that is
+    # not limited by what was written to disk; imagefit.datasets.fractal.source)
+    source: Literal["folder", "fractal"] = "folder"
+    fractal_params: str | None = (
+        None  # folder of N x 7 category CSVs (imagefit data fractal-search)
+    )
+    fractal_instances: int = Field(100, ge=1)  # images per category per epoch
+    # per instance, a random row of this FractalDB weights file ("0.4", "0.1" or a CSV path)
+    # scales the maps' a..f; "ofdb": 2D-OFDB's one row (a x 0.2); "ones": no fluctuation
+    fractal_weights: str = "0.4"
+    fractal_draw: Literal["patch_gray", "point_gray", "patch_color", "point_color"] = "patch_gray"
+    fractal_flips: int = Field(4, ge=1, le=4)  # a random one of the first N FractalDB flips
+    fractal_points: int = Field(20_000, ge=2)  # chaos-game iterations per image
+    fractal_render_size: int | None = Field(None, ge=8)  # canvas px; default data.image_size
 
 
 class AugmentConfig(Section):

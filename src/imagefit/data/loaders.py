@@ -223,6 +223,9 @@ class Loader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start..`` of ``epoch``: images (B, 3, S, S) float, targets (B,) or (B, K)."""
         batches = self.index_batches(epoch)[start:]
+        set_epoch = getattr(self.source, "set_epoch", None)
+        if set_epoch is not None:  # a source that renders new images each epoch
+            set_epoch(epoch)
         for offset, (pixels, labels) in enumerate(self.source.batches(batches)):
             if len(labels) == 0:
                 continue  # every file of this batch was a skipped bad image

@@ -115,6 +115,11 @@ def initialise(name: str, num_classes: int, init: str, drop_rate: float = 0.0) -
             "source_arch": meta.get("arch"),
             "source_classes": len(meta.get("classes", [])) or None,
             "source_run": meta.get("run_dir"),
+            # how pretrained weights were made (imagefit.pipeline writes it), recipe aside
+            "source_provenance": {
+                k: v for k, v in (meta.get("provenance") or {}).items() if k != "recipe"
+            }
+            or None,
         },
     )
     if meta and meta.get("arch") not in (None, name):

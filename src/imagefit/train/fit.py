@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from imagefit.config import Config, config_from_dict
-from imagefit.data.loaders import DataBundle, build_data, derive_seed
+from imagefit.data.loaders import DataBundle, derive_seed
+from imagefit.datasets.sources import build_data
 from imagefit.errors import CheckpointError, ConfigError, Interrupted
 from imagefit.evaluate.inference import Precision, evaluate
 from imagefit.evaluate.ledger import note_test_use, record_split
