@@ -26,15 +26,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fdsl_cpu_pretrain.yaml"
 
-# name -> (categories, overrides); the first row is the reference, the others change one thing.
+# name -> (categories, overrides): the first row is configs/fdsl_cpu_pretrain.yaml (FractalDB
+# weights_0.1, drawn at 128 px, no crops), the others change one thing; the last but one is
+# the first setting tried (weights_0.4, drawn at 32 px, crops and flips).
 ROWS: dict[str, tuple[int, list[str]]] = {
-    "fractaldb0.4_32px": (16, ["data.fractal_weights=0.4", "data.fractal_render_size=32"]),
-    "fractaldb0.1_128px": (16, []),
-    "ofdb_128px": (16, ["data.fractal_weights=ones", "data.fractal_flips=1"]),
-    "fractaldb0.1_128px_noaug": (16, ["data.augment=false"]),
-    "fractaldb0.1_128px_32cat": (32, []),
-    "fractaldb0.1_128px_lr0.01": (16, ["optim.lr=0.01"]),
-    "fractaldb0.1_32px": (16, ["data.fractal_render_size=32"]),
+    "default": (16, []),
+    "crops_flips": (16, ["data.augment=true"]),
+    "weights0.4": (16, ["data.fractal_weights=0.4"]),
+    "ofdb_one_instance": (16, ["data.fractal_weights=ones", "data.fractal_flips=1"]),
+    "render32": (16, ["data.fractal_render_size=32"]),
+    "weights0.4_render32_crops": (
+        16,
+        ["data.fractal_weights=0.4", "data.fractal_render_size=32", "data.augment=true"],
+    ),
+    "32cat": (32, []),
 }
 
 

@@ -245,9 +245,10 @@ def test_pipeline_end_to_end_and_rerun_skips_finished_steps(
     assert set(comparison["variants"]) == {"scratch", "pretrained"}
     for row in comparison["variants"].values():
         assert row["seeds"] == [0, 1] and 0 <= row["test_accuracy"]["mean"] <= 1
+    # The paired difference covers every test image (the group means follow limit_batches).
     gain = comparison["pretrained_minus_scratch"]
-    means = [comparison["variants"][v]["test_accuracy"]["mean"] for v in ("scratch", "pretrained")]
-    assert gain == pytest.approx(means[1] - means[0])
+    low, high = comparison["pretrained_minus_scratch_interval"]
+    assert -1 <= low <= gain <= high <= 1
     # Rerunning does nothing again: no search, no render, no training.
     before = {p: _digest(p) for p in out.rglob("*.pt")}
     images = {p: p.stat().st_mtime_ns for p in (out / "fractal").rglob("*.png")}

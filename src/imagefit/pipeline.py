@@ -351,8 +351,11 @@ def write_pretrained(run_dir: Path, target: Path) -> Path:
     data, which recipe, how many steps), loadable by ``model.init`` in any later run."""
     from imagefit.runs.checkpoint import load_checkpoint, save_checkpoint
 
-    state = load_checkpoint(RunLayout(run_dir).best)
-    cfg = config_from_dict(state["config"], source=str(RunLayout(run_dir).best))
+    best = RunLayout(run_dir).best
+    if target.is_file() and target.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+        return target  # made from this very best.pt: a rerun leaves it as it is
+    state = load_checkpoint(best)
+    cfg = config_from_dict(state["config"], source=str(best))
     history = state.get("history") or []
     last = history[-1] if history else {}
     images = state.get("train_images")
