@@ -172,7 +172,7 @@ def test_single_run_report(tmp_path: Path) -> None:
         "top confused pairs",
     ]  # 10 classes: no best/worst 10 panel
     # Without the post-run files each section says what is missing and how to make it.
-    assert "no test_predictions.npz: no interval" in section(page, "headline")
+    assert "no readable test_predictions.npz: no interval" in section(page, "headline")
     assert "imagefit explain RUN --mistakes" in section(page, "mistakes")
     assert "imagefit calibrate RUN" in section(page, "calibration")
     assert not re.search(r'(src|href)="(https?:|//)', page) and "<link" not in page
@@ -298,6 +298,25 @@ def test_sweep_report_shows_each_variant_against_the_baseline(
     assert "beats baseline at 95%" in wide
     assert baseline.count("beats baseline at 95%") == 1
     assert "no clear difference at 95%" in baseline[baseline.index("<td>tiny</td>") :]
+
+
+def test_damaged_post_run_files_are_left_out(tmp_path: Path, photo_root: Path) -> None:
+    runs = [
+        write_evidence(write_run(tmp_path / "sweep" / "runs" / name), photo_root)
+        for name in ("a", "b")
+    ]
+    a = runs[0]
+    (a / "calibration.json").write_text('{"temperature": "hot", "test": {}}')
+    (a / "test_predictions.npz").write_bytes(b"not an npz")
+    (a / "gallery" / "gallery.json").write_text("[1, 2")
+    (tmp_path / "sweep" / "vs_baseline.json").write_text('[{"name": "a", "interval": 3}]')
+    page = write_report([a], tmp_path / "one.html").read_text(encoding="utf-8")
+    assert sections(page) == SINGLE_ORDER
+    assert "no readable test_predictions.npz: no interval" in section(page, "headline")
+    assert "No readable gallery/" in section(page, "mistakes")
+    assert "No readable calibration.json" in section(page, "calibration")
+    page = write_report(runs, tmp_path / "two.html").read_text(encoding="utf-8")
+    assert "baseline" not in sections(page)
 
 
 def test_text_is_escaped(tmp_path: Path) -> None:

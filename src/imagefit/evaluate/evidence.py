@@ -96,24 +96,68 @@ def ledger_note(run_dir: Path) -> LedgerNote | None:
     return note
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_SHOWN = ("ece", "nll", "ece_calibrated", "nll_calibrated")
+
+
+def read_calibration(run_dir: Path) -> dict[str, Any] | None:
+    """``calibration.json`` when it has what the report shows: the temperature and, for the
+    test (else val) split, ECE and NLL before and after (None otherwise, warned)."""
+    path = RunLayout(run_dir).calibration
+    data = read_json(path)
+    if data is None:
+        return None
+    shown = (data.get("test") or data.get("val")) if isinstance(data, dict) else None
+    if (
+        not isinstance(shown, dict)
+        or not _number(data.get("temperature"))
+        or not all(_number(shown.get(k)) for k in _SHOWN)
+    ):
+        log.warning("%s: not a calibration record; left out of the report", path)
+        return None
+    return data
+
+
 def read_evidence(run_dir: str | Path) -> RunEvidence:
     """Everything above for one run folder; what is not there is None."""
     run = RunLayout(Path(run_dir))
     gallery_dir = run.gallery
     gallery = read_json(gallery_dir / layout.GALLERY_JSON)
-    calibration = read_json(run.calibration)
     return RunEvidence(
         interval=accuracy_interval(run.root),
-        calibration=calibration if isinstance(calibration, dict) else None,
+        calibration=read_calibration(run.root),
         gallery=gallery if isinstance(gallery, dict) else None,
         gallery_dir=gallery_dir,
         ledger=ledger_note(run.root),
     )
 
 
+def _baseline_row(row: Any) -> bool:
+    """A row of :func:`imagefit.evaluate.compare.variants_vs_baseline` (the baseline's own
+    row has no interval)."""
+    if not isinstance(row, dict) or not _number(row.get("accuracy")):
+        return False
+    if "interval" not in row:
+        return True
+    interval = row["interval"]
+    return (
+        _number(row.get("difference"))
+        and isinstance(interval, list)
+        and len(interval) == 2
+        and all(_number(v) for v in interval)
+    )
+
+
 def read_vs_baseline(sweep_dir: Path) -> list[dict[str, Any]] | None:
     """The rows of ``vs_baseline.json`` in ``sweep_dir`` (None when absent or unreadable)."""
-    rows = read_json(Path(sweep_dir) / layout.VS_BASELINE)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+    path = Path(sweep_dir) / layout.VS_BASELINE
+    rows = read_json(path)
+    if rows is None:
+        return None
+    if not isinstance(rows, list) or not all(_baseline_row(r) for r in rows):
+        log.warning("%s: not a comparison with the baseline; left out of the report", path)
         return None
     return rows

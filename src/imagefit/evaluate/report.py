@@ -245,7 +245,7 @@ def _headline(record: RunRecord, evidence: RunEvidence) -> str:
     sub = (
         f"{_interval_text(evidence)} (bootstrap over {ci.images:,} test images)"
         if ci is not None
-        else f"no {layout.TEST_PREDICTIONS}: no interval"
+        else f"no readable {layout.TEST_PREDICTIONS}: no interval"
     )
     cards = [_card("Test accuracy", _pct(_test_accuracy(record)), sub)]
     if m.get("top5_accuracy") is not None:  # None with five classes or fewer
@@ -358,7 +358,7 @@ def _mistakes(evidence: RunEvidence) -> str:
     gallery, folder = evidence.gallery, evidence.gallery_dir
     if gallery is None or folder is None:
         return _note(
-            f"No {layout.GALLERY}/: <code>imagefit explain RUN --mistakes</code> makes it."
+            f"No readable {layout.GALLERY}/: <code>imagefit explain RUN --mistakes</code> makes it."
         )
     total, images = gallery.get("mistakes_total", 0), gallery.get("test_images")
     if not total:
@@ -397,7 +397,9 @@ def _calibration(record: RunRecord, evidence: RunEvidence) -> str:
 
     calibration = evidence.calibration
     if not calibration:
-        return _note(f"No {layout.CALIBRATION}: <code>imagefit calibrate RUN</code> makes it.")
+        return _note(
+            f"No readable {layout.CALIBRATION}: <code>imagefit calibrate RUN</code> makes it."
+        )
     split = "test" if calibration.get("test") else "val"
     shown = calibration[split]
     fitted = calibration.get("fitted_on", {})
