@@ -37,6 +37,7 @@ SEED_LIMIT = 2**63  # numpy's SeedSequence takes no negative seed, torch none of
 # registry, so a typo fails when the file loads instead of after the data is decoded.
 OptimizerName = Literal["adam", "adamw", "sgd"]  # train.optim.OPTIMIZERS
 ScheduleName = Literal["none", "cosine", "step", "plateau"]  # train.optim.SHAPES
+TtaName = Literal["none", "flip", "flip+crops"]  # evaluate.tta.VIEWS
 # The per-epoch history columns (fit's history row) that best.pt, early stopping, plateau
 # schedules and searches can follow.
 HistoryMetric = Literal[
@@ -169,6 +170,14 @@ class TrainConfig(Section):
     # balanced: weight the training loss by n / (classes * count[class]) of the train split
     class_weights: Literal["none", "balanced"] = "none"
     grad_clip: float | None = Field(None, gt=0)
+    # micro-batches per optimizer step: the effective batch is batch_size x this (x processes)
+    grad_accum_steps: int = Field(1, ge=1)
+    # exponential moving average of the weights (timm's ModelEmaV3, with its warmup over
+    # optimizer steps); 0 = off. Validated each epoch beside the raw weights; best.pt holds
+    # whichever train.monitor prefers
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    # test-time augmentation for the final test evaluation (metrics with and without it)
+    tta: TtaName = "none"
     monitor: HistoryMetric = "val_accuracy"  # selects best.pt, drives early stopping, plateau
     patience: int | None = Field(None, ge=1)  # early stopping; None turns it off
     min_delta: float = Field(0.0, ge=0)

@@ -25,6 +25,13 @@ console = _console()
 SetOption = Annotated[
     list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")
 ]
+TtaOption = Annotated[
+    str,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: none, flip, or flip+crops (flip and 4 corner zooms).",
+    ),
+]
 LimitOption = Annotated[
     int | None, typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")
 ]

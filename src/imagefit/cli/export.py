@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from imagefit.cli.common import console, metric_table
+from imagefit.cli.common import TtaOption, console, metric_table
 from imagefit.errors import ImagefitError
 from imagefit.runs.layout import ONNX
 
@@ -116,11 +116,12 @@ def predict(
             help="Mark predictions whose (calibrated) probability is under P.",
         ),
     ] = None,
+    tta: TtaOption = "none",
 ) -> None:
     """Predict the class of images; exits 1 if any image could not be read."""
     from imagefit.export.predict import predict as run_predict
 
-    results = run_predict(model, images, top_k=top_k, abstain_below=abstain_below)
+    results = run_predict(model, images, top_k=top_k, abstain_below=abstain_below, tta=tta)
     if as_json:
         typer.echo(json.dumps(results, indent=1))
     else:

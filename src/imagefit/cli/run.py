@@ -11,6 +11,7 @@ import typer
 from imagefit.cli.common import (
     LimitOption,
     SetOption,
+    TtaOption,
     console,
     main_process,
     metric_table,
@@ -66,11 +67,13 @@ def eval_(
     data: Annotated[str | None, typer.Option("--data", help="Dataset root (if moved).")] = None,
     limit_batches: LimitOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+    tta: TtaOption = "none",
 ) -> None:
-    """Evaluate a trained model on a split of its dataset."""
+    """Evaluate a trained model on a split of its dataset (with --tta: with and without TTA)."""
     from imagefit.evaluate.evaluator import evaluate_checkpoint
+    from imagefit.evaluate.tta import TTA_METRICS
 
-    metrics = evaluate_checkpoint(target, split, data, limit_batches=limit_batches)
+    metrics = evaluate_checkpoint(target, split, data, limit_batches=limit_batches, tta=tta)
     if as_json:  # the JSON holds changed_files and test_evaluations
         typer.echo(json.dumps(metrics, indent=1))
         return
@@ -88,6 +91,9 @@ def eval_(
         (key, metrics[key])
         for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "loss")
     ]
+    if "tta" in metrics:
+        with_tta = metrics["tta"]
+        rows += [(f"{key} (tta {with_tta['mode']})", with_tta[key]) for key in TTA_METRICS]
     console.print(
         metric_table(f"{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)", rows)
     )

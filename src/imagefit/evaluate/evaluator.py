@@ -9,6 +9,7 @@ from typing import Any
 from imagefit.evaluate.ledger import note_test_use, split_changes
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.evaluate.predictions import split_predictions
+from imagefit.evaluate.tta import TTA_METRICS
 from imagefit.models.trained import resolve_checkpoint
 from imagefit.runs.layout import RunLayout
 
@@ -22,15 +23,18 @@ def evaluate_checkpoint(
     device: str = "auto",
     limit_batches: int | None = None,
     batch_size: int = 256,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Metrics (compute_metrics' dict, plus 'split' and 'checkpoint') of ``target`` on ``split``.
 
     A run folder's ledger is checked first: ``changed_files`` lists the files of the split whose
     content differs from what the run was trained and tested with (warned), and an evaluation
-    of the test split is counted (``test_evaluations``).
+    of the test split is counted (``test_evaluations``). ``tta`` other than none adds
+    ``"tta": {"mode", "accuracy", "top5_accuracy", "f1_macro", "loss"}`` beside the plain
+    metrics (one pass over the data computes both).
     """
     predictions, _, manifest = split_predictions(
-        target, split, data_root, device, limit_batches, batch_size
+        target, split, data_root, device, limit_batches, batch_size, tta
     )
     checkpoint = resolve_checkpoint(target)
     run_dir = checkpoint.parent
@@ -50,6 +54,10 @@ def evaluate_checkpoint(
     }
     if split == "test" and RunLayout(run_dir).split.is_file() and limit_batches is None:
         extra["test_evaluations"] = note_test_use(run_dir, "eval")
+    if tta != "none":
+        logits, loss = predictions.with_tta[tta]
+        with_tta = compute_metrics(predictions.labels, logits, predictions.classes, loss)
+        extra["tta"] = {"mode": tta, **{k: with_tta[k] for k in TTA_METRICS}}
     return {
         "split": split,
         "checkpoint": str(checkpoint),

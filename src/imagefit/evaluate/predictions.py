@@ -11,7 +11,7 @@ computes them from a checkpoint and the run's ``split.json`` through the one eva
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from imagefit.data.cache import file_digest
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest, resolve_splits
 from imagefit.errors import DataError
-from imagefit.evaluate.inference import Precision, evaluate, select_device
+from imagefit.evaluate.inference import Precision, evaluate_modes, select_device
 from imagefit.fileio import atomic_open
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs import layout
@@ -46,6 +46,8 @@ class SplitPredictions:
     checkpoint_sha256: str = ""
     loss: float | None = None
     skipped: int = 0  # files of the split that could not be decoded
+    # {TTA mode: (logits (N, C), mean cross-entropy)} when asked for besides the plain ones
+    with_tta: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -117,8 +119,12 @@ def split_predictions(
     device: str = "auto",
     limit_batches: int | None = None,
     batch_size: int = 256,
+    tta: str = "none",
 ) -> tuple[SplitPredictions, dict[str, Any], SplitManifest]:
-    """(predictions on ``split``, the checkpoint's meta, the manifest) of a run or checkpoint."""
+    """(predictions on ``split``, the checkpoint's meta, the manifest) of a run or checkpoint.
+
+    ``tta`` other than none: its logits too (``with_tta``), from the same pass over the data.
+    """
     checkpoint = resolve_checkpoint(target)
     dev = select_device(device)
     model, meta, config = load_trained(checkpoint, dev)
@@ -137,7 +143,9 @@ def split_predictions(
         source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
     )
     precision = Precision(dev, channels_last=cfg.train.channels_last)
-    targets, logits, loss = evaluate(model, loader, precision, desc=split)
+    modes = ("none", tta) if tta != "none" else ("none",)
+    evaluated = evaluate_modes(model, loader, precision, modes, desc=split)
+    targets, logits, loss = evaluated["none"]
     kept = kept[: len(targets)]  # --limit-batches evaluates a prefix
     if len(kept) != len(targets):
         raise DataError(f"{checkpoint}: {len(targets)} predictions for {len(kept)} files")
@@ -151,7 +159,9 @@ def split_predictions(
         checkpoint_sha256=file_digest(checkpoint).hex(),
         loss=loss,
         skipped=len(skipped),
+        with_tta={mode: (z.astype(np.float32), ce) for mode, (_, z, ce) in evaluated.items()},
     )
+    predictions.with_tta.pop("none")
     return predictions, meta, manifest
 
 

@@ -22,6 +22,7 @@ import torch
 from imagefit.data.images import load_array
 from imagefit.data.inputs import Problem, expand_images, normalise
 from imagefit.errors import CheckpointError, DataError
+from imagefit.evaluate.tta import average_logits, views
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,17 @@ def predict(
     top_k: int = 5,
     batch_size: int = BATCH_SIZE,
     abstain_below: float | None = None,
+    tta: str = "none",
 ) -> list[dict[str, Any]]:
     """One dict per image, in order: ``{"file", "label", "index", "probability", "top_k": [...],
     "calibrated"}`` (plus ``"abstain"`` with ``abstain_below``), or ``{"file", "error", "kind"}``
-    for an image that could not be read."""
+    for an image that could not be read. ``tta`` (:data:`imagefit.evaluate.tta.VIEWS`) averages
+    the probabilities over views of each image (``"tta"`` in each result names it)."""
     if top_k < 1:
         raise DataError(f"top_k must be at least 1, got {top_k}")
     if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
         raise DataError(f"abstain_below must be a probability in [0, 1], got {abstain_below}")
+    views(tta, torch.zeros(1, 3, 8, 8))  # an unknown mode fails before any model loads
     predictor = load_predictor(model_path)
     if abstain_below is not None and predictor.meta.get("temperature") is None:
         log.warning(
@@ -90,7 +94,7 @@ def predict(
         raise DataError("no images given")
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
-        results.extend(_predict_batch(predictor, items[start : start + batch_size], top_k))
+        results.extend(_predict_batch(predictor, items[start : start + batch_size], top_k, tta))
     if abstain_below is not None:
         for r in results:
             if "error" not in r:
@@ -103,7 +107,7 @@ def predict(
 
 
 def _predict_batch(
-    predictor: Predictor, items: list[Path | Problem], top_k: int
+    predictor: Predictor, items: list[Path | Problem], top_k: int, tta: str = "none"
 ) -> list[dict[str, Any]]:
     """Decode what can be decoded, predict those in one batch, keep the others' errors in place."""
     meta = predictor.meta
@@ -123,10 +127,18 @@ def _predict_batch(
     if good:
         x = normalise(np.stack([pixels for _, pixels in good]), meta["mean"], meta["std"])
         temperature = meta.get("temperature")
-        probs = softmax(predictor.logits(x) / (temperature or 1.0))
+        # each view's probabilities at the model's temperature, then their mean
+        per_view = [
+            torch.from_numpy(predictor.logits(np.ascontiguousarray(view.numpy())))
+            / (temperature or 1.0)
+            for view in views(tta, torch.from_numpy(x))
+        ]
+        probs = softmax(average_logits(per_view).numpy())
         for (position, _), row in zip(good, probs, strict=True):
             results[position].update(_top(row, meta["classes"], top_k))
             results[position]["calibrated"] = temperature is not None
+            if tta != "none":
+                results[position]["tta"] = tta
     return results
 
 

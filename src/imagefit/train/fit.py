@@ -24,9 +24,10 @@ from torch import nn
 from imagefit.config import Config, config_from_dict
 from imagefit.data.loaders import DataBundle, build_data, derive_seed
 from imagefit.errors import CheckpointError, ConfigError, Interrupted
-from imagefit.evaluate.inference import Precision, evaluate
+from imagefit.evaluate.inference import Precision, evaluate, evaluate_modes
 from imagefit.evaluate.ledger import note_test_use, record_split
 from imagefit.evaluate.metrics import compute_metrics
+from imagefit.evaluate.tta import TTA_METRICS
 from imagefit.fileio import remove_partial_writes as remove_partial_records
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, count_parameters
@@ -35,6 +36,7 @@ from imagefit.runs.checkpoint import load_checkpoint, remove_partial_writes, sav
 from imagefit.runs.environment import environment
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.records import HistoryRow, RunResult, Summary
+from imagefit.train.average import WeightAverage, better_weights
 from imagefit.train.distributed import Distributed, TrainingModule, convert_sync_bn, session
 from imagefit.train.hooks import EpochHook, RunObserver
 from imagefit.train.loop import EpochProgress, train_one_epoch
@@ -47,6 +49,7 @@ from imagefit.train.stopping import EarlyStopping
 log = logging.getLogger(__name__)
 
 LOGGED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")  # the epoch's log line
+VAL_KEYS = ("loss", "accuracy", "top5_accuracy", "f1_macro")  # history's val_* columns
 __all__ = ["EpochHook", "RunObserver", "RunResult", "fit"]
 
 
@@ -63,7 +66,9 @@ class Run:
     stopper: EarlyStopping
     precision: Precision
     criterion: nn.Module
+    ema: WeightAverage | None = None  # train.ema_decay > 0
     epoch: int = 0
+    optimizer_steps: int = 0  # over the whole run: the weight average's warmup counts them
     progress: EpochProgress = field(default_factory=EpochProgress)
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -99,7 +104,14 @@ class Run:
             "decoder": d.decoder,
             "run_dir": str(self.run_dir.resolve()),
             "init": getattr(self.model, "imagefit_init", {"init": self.cfg.model.init}),
+            "weights": "raw",  # best.pt: "ema" when it holds the weight average
         }
+
+    def accumulated_grads(self) -> dict[str, torch.Tensor] | None:
+        """The gradients summed so far when a stop came between the micro-batches of a step."""
+        if self.progress.batch % self.cfg.train.grad_accum_steps == 0:
+            return None
+        return {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
 
     def state(self) -> dict[str, Any]:
         """Everything to resume; distributed, every rank calls it (it gathers their RNG and sums)."""
@@ -117,6 +129,9 @@ class Run:
         )
         return {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "grads": self.accumulated_grads(),
+            "optimizer_steps": self.optimizer_steps,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "early_stopping": self.stopper.state_dict(),
@@ -148,6 +163,12 @@ class Run:
                 f"{self.layout.last} does not fit {self.cfg.model.name}: {str(exc).splitlines()[0]}"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema") or state["model"])
+        params = dict(self.model.named_parameters())
+        for name, grad in (state.get("grads") or {}).items():
+            params[name].grad = grad.to(params[name].device)
+        self.optimizer_steps = state.get("optimizer_steps", 0)
         self.schedule.load_state_dict(state["scheduler"])
         self.stopper.load_state_dict(state["early_stopping"])
         if self.precision.scaler is not None and state["scaler"] is not None:
@@ -189,6 +210,7 @@ def _build(
     schedule = LRSchedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, stopper.mode)
     train_labels = [label for _, label in data.manifest.splits["train"]]
     criterion = create_criterion(cfg, train_labels, data.classes).to(device)
+    ema = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     return Run(
         cfg,
         run_dir,
@@ -199,6 +221,7 @@ def _build(
         stopper,
         precision,
         criterion,
+        ema,
         dist=dist,
         wrap=TrainingModule(dist, cfg.train.compile),
     )
@@ -211,9 +234,15 @@ def _enter_phase(run: Run, epoch: int) -> None:
         run.schedule.phase_factor = run.cfg.finetune.unfreeze_lr_factor
 
 
-def _save(run: Run, paths: list[Path]) -> None:
+def _save(run: Run, paths: list[Path], best: Path | None = None, weights: str = "raw") -> None:
+    """Write the state to ``paths``; to ``best`` too, with the ``weights`` it prefers."""
     state = run.state()
     if run.dist.is_main:
+        if best is not None:
+            chosen = dict(state, meta={**state["meta"], "weights": weights})
+            if weights == "ema" and run.ema is not None:
+                chosen["model"] = run.ema.module.state_dict()
+            save_checkpoint(chosen, best)
         for path in paths:
             save_checkpoint(state, path)
     run.dist.barrier()  # no rank goes on (or exits) before rank 0 has written
@@ -226,6 +255,12 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     if run.progress.batch == 0:  # a resumed epoch restored the RNG state of its checkpoint
         torch.manual_seed(derive_seed(run.cfg.train.seed, epoch, 1, *run.dist.seed_parts))
     started = time.perf_counter()
+
+    def after_step() -> None:
+        run.optimizer_steps += 1
+        if run.ema is not None:
+            run.ema.update(run.model, run.optimizer_steps)
+
     p = train_one_epoch(
         run.wrap(run.model),
         run.data.train,
@@ -237,6 +272,8 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
         run.cfg.train.grad_clip,
         should_stop=lambda: bool(stop),
         agree=run.dist.agree_step,
+        accum_steps=run.cfg.train.grad_accum_steps,
+        after_step=after_step,
     )
     p.seconds += time.perf_counter() - started
     if p.interrupted:
@@ -250,12 +287,11 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     run.train_seconds += p.seconds
     run.train_images += p.count
     run.dist.sync_buffers(run.model)
-    val = dict.fromkeys(("loss", "accuracy", "top5_accuracy", "f1_macro"))  # no val split: None
-    if run.data.val is not None:
-        targets, logits, loss = run.dist.gather_predictions(
-            *evaluate(run.model, run.data.val, run.precision, desc="val")
-        )
-        val = compute_metrics(targets, logits, run.data.classes, loss)
+    val = _validate(run, run.model, "val")
+    extra = {}
+    if run.ema is not None:
+        val_ema = _validate(run, run.ema.module, "val ema")
+        extra = {f"val_{key}_ema": val_ema[key] for key in VAL_KEYS}
     return HistoryRow(
         epoch=epoch + 1,
         train_loss=p.loss,
@@ -267,7 +303,18 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
         lr=lr,
         phase=run.phase(epoch),
         time_s=p.seconds,
+        extra=extra,
     ).to_dict()
+
+
+def _validate(run: Run, model: nn.Module, desc: str) -> dict[str, Any]:
+    """Metrics of ``model`` on the val split (None each without one)."""
+    if run.data.val is None:
+        return dict.fromkeys(VAL_KEYS)
+    targets, logits, loss = run.dist.gather_predictions(
+        *evaluate(model, run.data.val, run.precision, desc=desc)
+    )
+    return compute_metrics(targets, logits, run.data.classes, loss)
 
 
 def _train_epochs(
@@ -286,7 +333,7 @@ def _train_epochs(
         if dist.is_main:
             for observer in observers:
                 observer.log_epoch(row)
-        value = row.get(cfg.train.monitor)
+        value, weights = better_weights(row, cfg.train.monitor, run.stopper.mode)
         run.schedule.end_epoch(value)
         improved = value is not None and run.stopper.update(value, row["epoch"])
         run.epoch, run.progress = run.epoch + 1, EpochProgress()
@@ -297,7 +344,7 @@ def _train_epochs(
         # last.pt goes last: it is the commit point. A kill while best.pt is written then
         # resumes from the previous last.pt and redoes this epoch (and best.pt) exactly,
         # instead of leaving a last.pt that claims a best.pt which never got written.
-        _save(run, ([run.layout.best] if improved else []) + periodic + [run.layout.last])
+        _save(run, periodic + [run.layout.last], run.layout.best if improved else None, weights)
         if dist.is_main:
             writer.write_history(run.run_dir, run.history)
         if on_epoch is not None:
@@ -321,12 +368,20 @@ def _train_epochs(
 
 def _finish(run: Run) -> RunResult:
     """Test the best checkpoint once; write metrics.json and summary.json."""
-    run.dist.load_from_main(run.model, lambda: load_checkpoint(run.layout.best)["model"])
+    best = load_checkpoint(run.layout.best) if run.dist.is_main else None
+    run.dist.load_from_main(run.model, lambda: best["model"] if best else {})
     metrics = None
+    tta = run.cfg.train.tta
     if run.data.test is not None:
-        evaluated = evaluate(run.model, run.data.test, run.precision, desc="test")
-        targets, logits, loss = run.dist.gather_predictions(*evaluated)
+        modes = ("none", tta) if tta != "none" else ("none",)
+        evaluated = evaluate_modes(run.model, run.data.test, run.precision, modes, desc="test")
+        targets, logits, loss = run.dist.gather_predictions(*evaluated["none"])
         metrics = {"split": "test", **compute_metrics(targets, logits, run.data.classes, loss)}
+        if tta != "none":
+            targets, logits, loss = run.dist.gather_predictions(*evaluated[tta])
+            with_tta = compute_metrics(targets, logits, run.data.classes, loss)
+            metrics["tta"] = {"mode": tta, **{k: with_tta[k] for k in TTA_METRICS}}
+    weights = best["meta"].get("weights", "raw") if best else "raw"
     summary = Summary.finished(
         name=run.run_dir.name,
         model=run.cfg.model.name,
@@ -343,6 +398,11 @@ def _finish(run: Run) -> RunResult:
         early_stopped=run.stopper.should_stop,
         skipped_files=len(run.data.skipped),
     )
+    if run.ema is not None:
+        summary.extra["best_weights"] = weights  # "ema": best.pt holds the weight average
+    if metrics is not None and "tta" in metrics:
+        summary.extra["test_accuracy_tta"] = metrics["tta"]["accuracy"]
+        summary.extra["tta"] = tta
     if run.dist.is_main:
         if metrics is not None:
             writer.write_metrics(run.run_dir, metrics)
