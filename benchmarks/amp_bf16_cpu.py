@@ -16,9 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from imagefit.config import config_from_dict
+from imagefit.models.registry import create_model
 from imagefit.train.fit import fit
 from imagefit.train.runtime import cpu_has_native_bf16
+
+from _timing import interleaved, ratio_line
 
 FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers"
 
@@ -46,14 +51,47 @@ def one_run(root: Path, out: Path, amp: str, seed: int, args: argparse.Namespace
     return result.metrics["accuracy"], time.perf_counter() - started
 
 
+def step_rate(dtype: torch.dtype | None, size: int, batch: int = 32, steps: int = 3) -> float:
+    """Training images/s of resnet18 (forward, backward, AdamW step) under autocast ``dtype``."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", 5).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 5, (batch,))
+    started = 0.0
+    for step in range(steps + 1):  # the first step warms oneDNN's kernels up, untimed
+        if step == 1:
+            started = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return batch * steps / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(FLOWERS))
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=5, help="training-step speed rounds")
+    parser.add_argument("--speed-only", action="store_true")
     args = parser.parse_args()
     print(f"native bf16 on this CPU: {cpu_has_native_bf16()}")
+    rates = interleaved(
+        {
+            "fp32": lambda: step_rate(None, args.size),
+            "bf16": lambda: step_rate(torch.bfloat16, args.size),
+        },
+        args.rounds,
+    )
+    print(
+        ratio_line(f"resnet18 train step {args.size}px, bf16 vs fp32", rates["bf16"], rates["fp32"])
+    )
+    if args.speed_only:
+        return
     results: dict[str, list[tuple[float, float]]] = {"off": [], "bf16": []}
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
