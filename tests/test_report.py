@@ -207,3 +207,12 @@ def test_chromium_check_catches_console_and_script_errors(tmp_path: Path) -> Non
         "refused" in line for line in uncaught
     )
     assert 'data-images="0/1"' in dom
+
+
+def test_report_shows_test_accuracy_with_and_without_tta(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "runs" / "tta")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["tta"] = {"mode": "flip", "accuracy": 0.9375}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report([run], tmp_path / "one.html").read_text(encoding="utf-8")
+    assert f"{100 * metrics['accuracy']:.2f} % (flip: 93.75 %)" in page

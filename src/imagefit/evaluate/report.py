@@ -175,7 +175,7 @@ def _metric_row(record: RunRecord, name: str, out: Path, best: bool) -> list[str
         f'<td><a href="{_e(_link(record.path, out))}">{_e(name)}</a></td>',
         f"<td>{_e(model)}</td>",
         f"<td>{_e(s.status or '—')}</td>",
-        f'<td class="num{" best" if best else ""}">{_pct(_test_accuracy(record))}</td>',
+        f'<td class="num{" best" if best else ""}">{_pct(_test_accuracy(record))}{_tta(m)}</td>',
         number(_pct(m.get("top5_accuracy"))),
         number(_pct(m.get("f1_macro"))),
         number(_pct(m.get("f1_weighted"))),
@@ -185,6 +185,12 @@ def _metric_row(record: RunRecord, name: str, out: Path, best: bool) -> list[str
         number(_seconds(s.wall_time_s)),
         number(_rate(s.train_images_per_s)),
     ]
+
+
+def _tta(metrics: dict) -> str:
+    """`` (tta flip: 91.2%)`` beside the plain test accuracy of a run tested with TTA too."""
+    tta = metrics.get("tta")
+    return f" ({_e(tta['mode'])}: {_pct(tta.get('accuracy'))})" if isinstance(tta, dict) else ""
 
 
 def _test_accuracy(record: RunRecord) -> float | None:
