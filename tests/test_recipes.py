@@ -1,5 +1,6 @@
 """Training recipes: weight average (EMA), gradient accumulation, test-time augmentation, bf16."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -74,6 +75,36 @@ def test_accumulation_equals_the_large_batch_including_a_short_last_step() -> No
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     unscaled, _ = _linear_epoch(4, 1)  # the same micro-batches without accumulating differ
     assert not torch.allclose(unscaled[1].weight, big[1].weight, atol=1e-4)
+
+
+class _RecordsSync(nn.Module):
+    """Stands in for DDP: records which micro-batches ran inside ``no_sync()``."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.synced, self.inside = inner, [], False
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.inside = True
+        yield
+        self.inside = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.synced.append(not self.inside)
+        return self.inner(x)
+
+
+def test_only_the_last_micro_batch_of_a_step_all_reduces() -> None:
+    pixels = torch.randint(0, 256, (20, 4, 4, 3), dtype=torch.uint8)
+    loader = Loader(ArraySource(pixels, [i % 3 for i in range(20)], CPU), 4, CPU)
+    model = _RecordsSync(nn.Sequential(nn.Flatten(), nn.Linear(48, 3)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion, precision = nn.CrossEntropyLoss(), Precision(CPU)
+    train_one_epoch(
+        model, loader, optimizer, criterion, precision, 0, EpochProgress(), accum_steps=2
+    )
+    assert model.synced == [False, True, False, True, True]  # groups of 2, 2 and 1
 
 
 RESUME_SECTIONS = {
