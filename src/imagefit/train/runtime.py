@@ -43,8 +43,9 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for full precision.
 
-    ``auto``: bf16 (fp16 without it) on CUDA; bf16 on a CPU with native bf16, where a 3-seed
-    fine-tune on real photos showed the same accuracy within noise and a shorter wall time
+    ``auto``: bf16 (fp16 without it) on CUDA; bf16 on a CPU with native bf16 (AMX or
+    AVX512-BF16), where resnet18 on the flower photos tested as accurate as in fp32 (within one
+    test image of 180, under the seed-to-seed spread) and trained about 1.4x faster per epoch
     (``benchmarks/amp_bf16_cpu.py``); full precision elsewhere. ``off`` is exact fp32.
     """
     if setting == "off":
