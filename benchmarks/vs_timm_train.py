@@ -95,6 +95,7 @@ def imagefit_run(args: argparse.Namespace, data: Path, out: Path, seed: int) -> 
     config = out / f"imagefit-seed{seed}.yaml"
     config.write_text(yaml.safe_dump(tree))
     code = (
+        "import logging; logging.basicConfig(level=logging.INFO); "  # the epoch lines in the log
         "from imagefit.config import load_config; from imagefit.train.fit import fit; "
         f"fit(load_config({str(config)!r}))"
     )

@@ -250,3 +250,20 @@ def test_amp_auto_on_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) ->
     assert runtime.amp_dtype("off", CPU) is None  # off: exact fp32 whatever the CPU
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert runtime.amp_dtype("auto", CPU) is None
+
+
+def test_bf16_training_keeps_fp32_weights_for_export(
+    pattern_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    seen = []
+    real = fit_module.train_one_epoch
+    monkeypatch.setattr(
+        fit_module,
+        "train_one_epoch",
+        lambda *a, **k: seen.append(a[4].dtype) or real(*a, **k),
+    )
+    result = fit(tiny_config(pattern_root, tmp_path, train={"epochs": 1, "device": "cpu"}))
+    assert seen == [torch.bfloat16]  # auto chose bf16 autocast on this (pretend) CPU
+    state = checkpoint(result.run_dir, "best.pt")["model"]
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())

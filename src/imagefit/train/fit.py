@@ -123,7 +123,10 @@ class Run:
             "seconds": p.seconds,
         }
         ranks = (
-            self.dist.gather({"rng": rng_state(), "progress": progress})
+            # each rank's own gradients: between micro-batches DDP has not summed them yet
+            self.dist.gather(
+                {"rng": rng_state(), "progress": progress, "grads": self.accumulated_grads()}
+            )
             if self.dist.enabled
             else None
         )
@@ -165,16 +168,20 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema") or state["model"])
-        params = dict(self.model.named_parameters())
-        for name, grad in (state.get("grads") or {}).items():
-            params[name].grad = grad.to(params[name].device)
         self.optimizer_steps = state.get("optimizer_steps", 0)
         self.schedule.load_state_dict(state["scheduler"])
         self.stopper.load_state_dict(state["early_stopping"])
         if self.precision.scaler is not None and state["scaler"] is not None:
             self.precision.scaler.load_state_dict(state["scaler"])
         self.epoch, self.history = state["epoch"], state["history"]
-        mine = self.dist.rank_state(state) or {"rng": state["rng"], "progress": state["progress"]}
+        mine = self.dist.rank_state(state) or {
+            "rng": state["rng"],
+            "progress": state["progress"],
+            "grads": state.get("grads"),
+        }
+        params = dict(self.model.named_parameters())
+        for name, grad in (mine.get("grads") or {}).items():
+            params[name].grad = grad.to(params[name].device)
         self.progress = EpochProgress(batch=state["batch"], **mine["progress"])
         self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
         self.wall_before = state.get("wall_seconds", 0.0)
