@@ -29,6 +29,17 @@ LimitOption = Annotated[
     int | None, typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")
 ]
 
+AllowUntrainedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-untrained",
+        help="Use a run with no finished epoch anyway (warned; the output is labelled).",
+    ),
+]
+UNTRAINED_BANNER = (
+    "warning: UNTRAINED MODEL: the run has no finished epoch; these are not a model's results"
+)
+
 
 def main_process() -> bool:
     """False on the ranks other than 0 of a torchrun launch: they neither log info nor print."""

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from imagefit.cli.common import console, metric_table
+from imagefit.cli.common import UNTRAINED_BANNER, AllowUntrainedOption, console, metric_table
 from imagefit.errors import ImagefitError
 from imagefit.runs.layout import ONNX
 
@@ -40,6 +40,7 @@ def export(
         Path | None,
         typer.Option("--web", help="Write a static page that runs the model in a browser here."),
     ] = None,
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Export a trained model; checks it and writes RUN/export.json."""
     from imagefit.export.onnx import export_onnx
@@ -48,8 +49,19 @@ def export(
         raise ImagefitError("choose an export format: --onnx and/or --web OUT")
     # The page feeds raw pixels: it needs the model with the preprocessing in its graph.
     pre = with_preprocessing or web is not None
-    result = export_onnx(target, out, opset=opset, int8=int8, verify=verify, with_preprocessing=pre)
-    console.print(metric_table(f"export of {result['checkpoint']}", export_rows(result)))
+    result = export_onnx(
+        target,
+        out,
+        opset=opset,
+        int8=int8,
+        verify=verify,
+        with_preprocessing=pre,
+        allow_untrained=allow_untrained,
+    )
+    if not result["trained"]:
+        typer.echo(UNTRAINED_BANNER + " (the file says imagefit.trained=false)", err=True)
+    untrained = "" if result["trained"] else "UNTRAINED "
+    console.print(metric_table(f"{untrained}export of {result['checkpoint']}", export_rows(result)))
     if web is not None:
         from imagefit.export.web import export_web
 
@@ -116,11 +128,16 @@ def predict(
             help="Mark predictions whose (calibrated) probability is under P.",
         ),
     ] = None,
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Predict the class of images; exits 1 if any image could not be read."""
     from imagefit.export.predict import predict as run_predict
 
-    results = run_predict(model, images, top_k=top_k, abstain_below=abstain_below)
+    results = run_predict(
+        model, images, top_k=top_k, abstain_below=abstain_below, allow_untrained=allow_untrained
+    )
+    if any(r.get("trained") is False for r in results):
+        typer.echo(UNTRAINED_BANNER, err=True)
     if as_json:
         typer.echo(json.dumps(results, indent=1))
     else:

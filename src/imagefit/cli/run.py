@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from imagefit.cli.common import (
+    UNTRAINED_BANNER,
+    AllowUntrainedOption,
     LimitOption,
     SetOption,
     console,
@@ -62,15 +64,24 @@ def train(
 
 def eval_(
     target: Annotated[Path, typer.Argument(help="Run folder or checkpoint.")],
-    split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="test, val or train (default: the split the run reports)."),
+    ] = None,
     data: Annotated[str | None, typer.Option("--data", help="Dataset root (if moved).")] = None,
     limit_batches: LimitOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Evaluate a trained model on a split of its dataset."""
     from imagefit.evaluate.evaluator import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(target, split, data, limit_batches=limit_batches)
+    metrics = evaluate_checkpoint(
+        target, split, data, limit_batches=limit_batches, allow_untrained=allow_untrained
+    )
+    split = metrics["split"]
+    if not metrics["trained"]:
+        typer.echo(UNTRAINED_BANNER, err=True)
     if as_json:  # the JSON holds changed_files and test_evaluations
         typer.echo(json.dumps(metrics, indent=1))
         return
@@ -88,9 +99,9 @@ def eval_(
         (key, metrics[key])
         for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "loss")
     ]
-    console.print(
-        metric_table(f"{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)", rows)
-    )
+    untrained = "" if metrics["trained"] else "UNTRAINED "
+    title = f"{untrained}{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)"
+    console.print(metric_table(title, rows))
     console.print(metrics.get("classification_report", ""))
 
 

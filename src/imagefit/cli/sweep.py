@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from imagefit.cli.common import LimitOption, SetOption, console, print_result, with_limit
+from imagefit.cli.common import (
+    AllowUntrainedOption,
+    LimitOption,
+    SetOption,
+    console,
+    print_result,
+    with_limit,
+)
 from imagefit.errors import CheckpointError
 from imagefit.runs.layout import REPORT, RunLayout
 
@@ -74,6 +81,7 @@ def report(
         Path | None, typer.Option("--out", help=f"HTML file [RUN_DIR/{REPORT}, or {REPORT}].")
     ] = None,
     title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Write one self-contained HTML report of one run, or comparing several."""
     from imagefit.evaluate.plots import plot_run
@@ -82,10 +90,11 @@ def report(
     missing = [str(d) for d in run_dirs if not d.is_dir()]
     if missing:
         raise CheckpointError(f"run folder not found: {', '.join(missing)}")
+    target = out or (RunLayout(run_dirs[0]).report if len(run_dirs) == 1 else Path(REPORT))
+    page = write_report(run_dirs, target, title, allow_untrained)  # refuses an untrained run
     if len(run_dirs) == 1:
         plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
-    target = out or (RunLayout(run_dirs[0]).report if len(run_dirs) == 1 else Path(REPORT))
-    console.print(f"report: {write_report(run_dirs, target, title)}")
+    console.print(f"report: {page}")
 
 
 @baseline_app.command("hog-svm")

@@ -117,11 +117,12 @@ def split_predictions(
     device: str = "auto",
     limit_batches: int | None = None,
     batch_size: int = 256,
+    allow_untrained: bool = False,
 ) -> tuple[SplitPredictions, dict[str, Any], SplitManifest]:
     """(predictions on ``split``, the checkpoint's meta, the manifest) of a run or checkpoint."""
     checkpoint = resolve_checkpoint(target)
     dev = select_device(device)
-    model, meta, config = load_trained(checkpoint, dev)
+    model, meta, config = load_trained(checkpoint, dev, allow_untrained)
     cfg = config_from_dict(config, source=str(checkpoint))
     manifest = run_manifest(checkpoint, cfg, data_root)
     if manifest.classes != meta["classes"]:
@@ -130,7 +131,9 @@ def split_predictions(
         )
     samples = manifest.splits.get(split) or []
     if not samples:
-        raise DataError(f"{manifest.root}: split '{split}' is empty or absent")
+        present = [name for name in ("test", "val", "train") if manifest.splits.get(name)]
+        hint = f"; it has {', '.join(present)}: use --split {present[0]}" if present else ""
+        raise DataError(f"{manifest.root}: split '{split}' is empty or absent{hint}")
     skipped: dict[str, str] = {}
     source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped)
     loader = Loader(

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from imagefit import dotted
 from imagefit.evaluate import plots
 from imagefit.runs.layout import CONFIG
-from imagefit.runs.reader import RunRecord, load_run
+from imagefit.runs.reader import RunRecord, load_run, require_trained
+from imagefit.runs.records import split_label
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,14 @@ def _run_section(record: RunRecord, name: str, out: Path, curves: bool) -> str:
     """The run's heading and plots; ``curves`` adds its own train/val curves (in a comparison
     the overlaid ones show validation only)."""
     parts = [f'<h2>Run <a href="{_e(_link(record.path, out))}">{_e(name)}</a></h2>']
+    if not record.trained:
+        parts.append(
+            '<p class="note warn"><strong>UNTRAINED</strong>: this run has no finished epoch; '
+            "its weights are the initial ones and nothing here describes a trained model.</p>"
+        )
+    split = record.metrics.get("split")
+    if split:
+        parts.append(f'<p class="note">Metrics reported on: {_e(split_label(split))}</p>')
     if record.missing:
         parts.append(f'<p class="note warn">Missing: {_e(", ".join(record.missing))}</p>')
     figures = plots.run_figures(record)
@@ -267,16 +276,22 @@ def _run_section(record: RunRecord, name: str, out: Path, curves: bool) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(run_dirs: Sequence[Path], out: Path, title: str | None = None) -> Path:
+def write_report(
+    run_dirs: Sequence[Path], out: Path, title: str | None = None, allow_untrained: bool = False
+) -> Path:
     """Write one self-contained HTML page about ``run_dirs`` to ``out`` and return ``out``.
 
     One run: its metrics, whole config, curves, confusion matrix and per-class accuracy.
     Several: a metric table, the config keys that differ, overlaid curves and each run's plots.
+    A run with no finished epoch is refused (UntrainedRunError) unless ``allow_untrained``;
+    then its section opens with a banner saying so.
     """
     if not run_dirs:
         raise ValueError("write_report needs at least one run folder")
     out = Path(out)
     records = [load_run(Path(d)) for d in run_dirs]
+    for record in records:
+        require_trained(record.path, record.finished_epochs, allow_untrained)
     for record in records:
         if record.missing:
             log.warning("%s: missing %s", record.path, ", ".join(record.missing))

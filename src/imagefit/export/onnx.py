@@ -52,6 +52,7 @@ def export_onnx(
     verify: bool = True,
     batch_sizes: Sequence[int] = (1, 8),
     with_preprocessing: bool = False,
+    allow_untrained: bool = False,
 ) -> dict[str, Any]:
     """Export a run folder or checkpoint to ONNX; return (and write to RUN/export.json) a report.
 
@@ -60,11 +61,12 @@ def export_onnx(
     outputs differ from PyTorch beyond rtol 1e-3 / atol 1e-5 (then export.json is written and
     the file is renamed ``*.rejected.onnx``). ``with_preprocessing`` adds
     ``<out stem>.preprocess.onnx`` whose input is one uint8 RGB image of any size
-    (:mod:`imagefit.export.graph_preprocess`).
+    (:mod:`imagefit.export.graph_preprocess`). A run with no finished epoch is refused
+    unless ``allow_untrained``; then the file carries ``imagefit.trained=false``.
     """
     checkpoint = resolve_checkpoint(target)
     run_dir = checkpoint.parent
-    model, meta, _ = load_trained(checkpoint)
+    model, meta, _ = load_trained(checkpoint, allow_untrained=allow_untrained)
     path = Path(out) if out is not None else RunLayout(run_dir).onnx
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -72,6 +74,7 @@ def export_onnx(
     result: dict[str, Any] = {
         "onnx": str(path),
         "checkpoint": str(checkpoint),
+        "trained": meta["trained"],
         "arch": meta["arch"],
         "opset": opset,
         "exporter": exporter,
@@ -231,6 +234,8 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
         "input": INPUT,
         "output": OUTPUT,
         "preprocessing": PREPROCESSING,
+        # false: weights with no finished epoch (--allow-untrained); consumers refuse or label
+        "trained": bool(meta.get("trained", True)),
     }
     if meta.get("temperature") is not None:  # fitted by calibration: probabilities = softmax(z/T)
         values["temperature"] = float(meta["temperature"])
@@ -252,6 +257,8 @@ def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
         ) from None
     meta["arch"] = custom.get(META_PREFIX + "arch", "?")
     meta["input"] = custom.get(META_PREFIX + "input", INPUT)
+    # absent in exports older than the field: nothing says they are untrained
+    meta["trained"] = custom.get(META_PREFIX + "trained", "true") != "false"
     if META_PREFIX + "temperature" in custom:
         meta["temperature"] = float(custom[META_PREFIX + "temperature"])
     return meta

@@ -37,14 +37,16 @@ class Predictor:
     logits: Callable[[np.ndarray], np.ndarray]  # (N, 3, S, S) float32 -> (N, classes)
 
 
-def load_predictor(model_path: str | Path) -> Predictor:
-    """A checkpoint or run folder runs in PyTorch; an ``.onnx`` file in ONNX Runtime."""
+def load_predictor(model_path: str | Path, allow_untrained: bool = False) -> Predictor:
+    """A checkpoint or run folder runs in PyTorch; an ``.onnx`` file in ONNX Runtime.
+
+    An untrained model is refused unless ``allow_untrained`` (``meta["trained"]`` says which)."""
     path = Path(model_path)
     if path.suffix.lower() == ".onnx":
-        return _onnx_predictor(path)
+        return _onnx_predictor(path, allow_untrained)
     from imagefit.models.trained import load_trained
 
-    model, meta, _ = load_trained(path)
+    model, meta, _ = load_trained(path, allow_untrained=allow_untrained)
 
     def logits(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -53,13 +55,15 @@ def load_predictor(model_path: str | Path) -> Predictor:
     return Predictor(str(path), meta, logits)
 
 
-def _onnx_predictor(path: Path) -> Predictor:
+def _onnx_predictor(path: Path, allow_untrained: bool) -> Predictor:
     from imagefit.export.onnx import ort_session, read_metadata
+    from imagefit.runs.reader import require_trained
 
     if not path.is_file():
         raise CheckpointError(f"no such ONNX file: {path}")
     session = ort_session(path)
     meta = read_metadata(session.get_modelmeta().custom_metadata_map, path)
+    require_trained(path, None if meta["trained"] else 0, allow_untrained)
     name = session.get_inputs()[0].name
     return Predictor(str(path), meta, lambda x: session.run(None, {name: x})[0])
 
@@ -70,6 +74,7 @@ def predict(
     top_k: int = 5,
     batch_size: int = BATCH_SIZE,
     abstain_below: float | None = None,
+    allow_untrained: bool = False,
 ) -> list[dict[str, Any]]:
     """One dict per image, in order: ``{"file", "label", "index", "probability", "top_k": [...],
     "calibrated"}`` (plus ``"abstain"`` with ``abstain_below``), or ``{"file", "error", "kind"}``
@@ -78,7 +83,7 @@ def predict(
         raise DataError(f"top_k must be at least 1, got {top_k}")
     if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
         raise DataError(f"abstain_below must be a probability in [0, 1], got {abstain_below}")
-    predictor = load_predictor(model_path)
+    predictor = load_predictor(model_path, allow_untrained)
     if abstain_below is not None and predictor.meta.get("temperature") is None:
         log.warning(
             "%s is not calibrated (no temperature): abstaining on uncalibrated probabilities; "
@@ -91,6 +96,9 @@ def predict(
     results: list[dict[str, Any]] = []
     for start in range(0, len(items), batch_size):
         results.extend(_predict_batch(predictor, items[start : start + batch_size], top_k))
+    if not predictor.meta["trained"]:
+        for r in results:
+            r["trained"] = False  # --allow-untrained: every answer says what it came from
     if abstain_below is not None:
         for r in results:
             if "error" not in r:

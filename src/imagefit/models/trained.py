@@ -12,6 +12,7 @@ from imagefit.errors import CheckpointError
 from imagefit.models.registry import create_model
 from imagefit.runs.checkpoint import load_checkpoint
 from imagefit.runs.layout import RunLayout
+from imagefit.runs.reader import checkpoint_epochs, require_trained
 
 
 def resolve_checkpoint(target: str | Path) -> Path:
@@ -29,14 +30,19 @@ def resolve_checkpoint(target: str | Path) -> Path:
 
 
 def load_trained(
-    target: str | Path, device: str | torch.device = "cpu"
+    target: str | Path, device: str | torch.device = "cpu", allow_untrained: bool = False
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """(model in eval mode, meta, config dict) from a run folder or an imagefit checkpoint."""
+    """(model in eval mode, meta, config dict) from a run folder or an imagefit checkpoint.
+
+    A checkpoint with no finished epoch is refused (UntrainedRunError) unless
+    ``allow_untrained``; ``meta["trained"]`` says which it was, for the output's label.
+    """
     path = resolve_checkpoint(target)
     state = load_checkpoint(path, map_location=device)
     if "meta" not in state or "model" not in state:
         raise CheckpointError(f"{path}: not an imagefit checkpoint (no 'meta'/'model' entries)")
-    meta = state["meta"]
+    meta = dict(state["meta"])
+    meta["trained"] = require_trained(path, checkpoint_epochs(state), allow_untrained)
     model = create_model(meta["arch"], meta["num_classes"])
     try:
         model.load_state_dict(state["model"])

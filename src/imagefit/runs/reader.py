@@ -11,13 +11,14 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from imagefit.errors import UntrainedRunError
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.records import Summary
 
@@ -46,6 +47,20 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         return self.summary.status == "finished"
+
+    @property
+    def finished_epochs(self) -> int | None:
+        """Epochs the run completed: its history, else its summary; None when a run without
+        epochs has results (a baseline such as HOG + SVM); 0 when it has neither."""
+        if self.history:
+            return len(self.history)
+        if self.summary.epochs_run is not None:
+            return int(self.summary.epochs_run)
+        return None if self.metrics else 0
+
+    @property
+    def trained(self) -> bool:
+        return is_trained(self.finished_epochs)
 
 
 def read_json(path: Path) -> Any:
@@ -125,3 +140,42 @@ def load_run(run_dir: str | Path) -> RunRecord:
         else:
             setattr(record, attribute, value)
     return record
+
+
+def checkpoint_epochs(state: Mapping[str, Any]) -> int | None:
+    """Finished epochs behind a checkpoint's weights: ``meta.epoch`` (weights-only files) or
+    the training state's ``epoch``; None when the file does not say (another tool's file)."""
+    meta = state.get("meta")
+    for value in (
+        (meta or {}).get("epoch") if isinstance(meta, Mapping) else None,
+        state.get("epoch"),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def is_trained(epochs: int | None) -> bool:
+    """The one rule: weights with no finished epoch are not a trained model. A count that is
+    unknown (None: a checkpoint from elsewhere, an older export) is taken as trained."""
+    return epochs is None or epochs > 0
+
+
+def require_trained(source: str | Path, epochs: int | None, allow_untrained: bool = False) -> bool:
+    """Whether ``source`` (a run folder, checkpoint or exported model) is trained.
+
+    Untrained, it raises :class:`UntrainedRunError` naming the run and how to continue it;
+    with ``allow_untrained`` it warns and returns False, for the caller to label its output.
+    """
+    if is_trained(epochs):
+        return True
+    path = Path(source)
+    run = path if path.is_dir() else path.parent
+    message = (
+        f"{source}: run {run.name} has no finished epoch (its weights are the initial ones); "
+        f"continue it with `imagefit train --resume {run}`"
+    )
+    if not allow_untrained:
+        raise UntrainedRunError(message + ", or pass --allow-untrained to use it anyway")
+    log.warning("UNTRAINED MODEL: %s; its outputs are labelled untrained", message)
+    return False

@@ -49,6 +49,15 @@ class HistoryRow(_Record):
     time_s: float | None = None
 
 
+# What a split's metrics are called where a person reads them: with no test split a run
+# reports on val, which also picked the best epoch, so its numbers flatter the model.
+SPLIT_LABELS = {"val": "val (also used for model selection: optimistic)"}
+
+
+def split_label(split: str) -> str:
+    return SPLIT_LABELS.get(split, split)
+
+
 # seed 000's columns first, in honest names (its "test" columns were validation).
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 

@@ -57,6 +57,7 @@ class Settings:
     max_wait_ms: float = 5.0
     max_body_mb: float = 20.0
     threads: int | None = None  # ONNX Runtime intra-op threads (None: all cores)
+    allow_untrained: bool = False  # serve a model exported with no finished epoch (labelled)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -72,7 +73,7 @@ class ClientError(Exception):
 
 def create_app(settings: Settings, drain: threading.Event | None = None) -> ASGIApp:
     """Load the model now (so a bad model fails before the server listens) and build the app."""
-    model = load_served_model(settings.model, settings.threads)
+    model = load_served_model(settings.model, settings.threads, settings.allow_untrained)
     return build_app(model, settings, drain or PROCESS_DRAIN)
 
 

@@ -21,6 +21,7 @@ from imagefit.data.images import load_rgb, resize_center_crop
 from imagefit.errors import ImagefitError
 from imagefit.export.onnx import read_metadata
 from imagefit.runs import layout
+from imagefit.runs.reader import require_trained
 from imagefit.serve import ServeError
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class ServedModel:
         return {
             "model": {"name": self.name, "version": self.version, "file": str(self.path)},
             "run": self.run,
+            "trained": self.meta["trained"],
             "arch": meta["arch"],
             "classes": meta["classes"],
             "num_classes": meta["num_classes"],
@@ -85,12 +87,16 @@ def resolve_model_file(target: str | Path) -> Path:
     return path
 
 
-def load_served_model(target: str | Path, threads: int | None = None) -> ServedModel:
-    """Load and describe the model; raises ServeError/ExportError with one clear line."""
+def load_served_model(
+    target: str | Path, threads: int | None = None, allow_untrained: bool = False
+) -> ServedModel:
+    """Load and describe the model; raises ServeError/ExportError with one clear line, and
+    UntrainedRunError for a model exported with no finished epoch unless ``allow_untrained``."""
     path = resolve_model_file(target)
     session = _session(path, threads)
     custom = session.get_modelmeta().custom_metadata_map
     meta = read_metadata(custom, path)
+    require_trained(path, None if meta["trained"] else 0, allow_untrained)
     meta["preprocessing"] = custom.get("imagefit.preprocessing", "")
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
