@@ -499,6 +499,24 @@ def load_config(
     return config_from_dict(tree, source=str(path) if path else "overrides")
 
 
+# The keys that name files outside the run folder. A run stores them absolute, so that a run
+# resumed, evaluated or exported from another working folder (or after its own folder moved)
+# reads the same files; the run's own files are found from its folder instead.
+DATA_PATH_KEYS = ("data.root", "data.split_manifest", "data.skip_list", "data.cache_dir")
+
+
+def absolute_paths(config: Config) -> None:
+    """Make :data:`DATA_PATH_KEYS` and a file ``model.init`` absolute, in place."""
+    for key in DATA_PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value:
+            setattr(getattr(config, section), name, str(Path(value).expanduser().absolute()))
+    init = config.model.init
+    if init != "scratch" and not init.startswith("hub:"):
+        config.model.init = str(Path(init).expanduser().absolute())
+
+
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 

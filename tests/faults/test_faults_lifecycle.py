@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,12 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from imagefit.cli import app
-from imagefit.errors import Interrupted, UntrainedRunError
+from imagefit.errors import ConfigError, Interrupted, UntrainedRunError
+from imagefit.evaluate.evaluator import evaluate_checkpoint
 from imagefit.evaluate.report import write_report
 from imagefit.export.onnx import export_onnx
 from imagefit.export.predict import predict
@@ -24,7 +27,7 @@ from imagefit.runs.layout import RunLayout
 from imagefit.serve.model import load_served_model
 from imagefit.train.fit import fit
 
-from conftest import interrupt_after, tiny_config
+from conftest import interrupt_after, tiny_config, write_photo_folder
 
 pytestmark = pytest.mark.faults
 runner = CliRunner()
@@ -107,3 +110,106 @@ def test_a_trained_run_is_not_labelled_untrained(photo_root: Path, tmp_path: Pat
     assert props["imagefit.trained"] == "true"
     assert "trained" not in predict(run, [next((photo_root / "roses").iterdir())])[0]
     assert torch.load(RunLayout(run).best, weights_only=True)["meta"]["classes"]
+
+
+def _imagefit(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagefit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+
+
+def _set_epochs(run: Path, epochs: int) -> None:
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree["train"]["epochs"] = epochs
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+
+
+@pytest.mark.slow  # two resumes as real processes from other folders
+def test_a_moved_and_renamed_run_resumes_twice_from_other_folders_evaluates_and_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    write_photo_folder(home / "photos", per_class=8)
+    monkeypatch.chdir(home)  # relative data and output paths, as a user types them
+    cfg = tiny_config(
+        Path("photos"),
+        Path("runs"),
+        data={"image_size": 32},
+        schedule={"name": "none"},
+        train={"epochs": 1},
+    )
+    fit(cfg)
+    first = home / "runs" / "run"
+    stored = yaml.safe_load((first / "config.yaml").read_text())
+    assert stored["data"]["root"] == str(home / "photos")  # data: absolute
+    assert json.loads((first / "split.json").read_text())["root"] == str(home / "photos")
+    assert torch.load(first / "best.pt", weights_only=True)["meta"]["run_dir"] == "."
+
+    run = tmp_path / "elsewhere" / "renamed"
+    run.parent.mkdir()
+    shutil.move(first, run)
+    for epochs, cwd in ((2, tmp_path / "b"), (3, tmp_path / "c")):
+        cwd.mkdir()
+        _set_epochs(run, epochs)
+        done = _imagefit("train", "--resume", str(run), cwd=cwd)
+        assert done.returncode == 0, done.stderr[-2000:]
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["config"]["data"]["split_manifest"] is None  # nothing cwd-relative stored
+    resumes = json.loads((run / "resume.json").read_text())
+    assert [r["changed"] for r in resumes] == [
+        {"train.epochs": {"from": 1, "to": 2}},
+        {"train.epochs": {"from": 2, "to": 3}},
+    ]
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 3
+
+    monkeypatch.chdir(tmp_path / "c")
+    metrics = evaluate_checkpoint(run)
+    assert metrics["num_samples"] > 0 and metrics["trained"] is True
+    exported = export_onnx(run)
+    assert exported["verification"]["passed"]
+    record = json.loads((run / "export.json").read_text())
+    assert record["onnx"] == "model.onnx" and record["checkpoint"] == "best.pt"
+
+
+def test_resume_refuses_an_edit_it_cannot_apply_naming_each_key(
+    photo_root: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(photo_root, tmp_path / "runs", train={"epochs": 1})  # cosine schedule
+    run = fit(cfg).run_dir
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree["optim"]["lr"] = 0.1
+    tree["train"]["epochs"] = 3
+    tree["track"]["tensorboard"] = True  # safe, but the others refuse the resume
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(ConfigError) as caught:
+        fit(resume=run)
+    message = str(caught.value)
+    assert "optim.lr: 0.003 -> 0.1" in message
+    assert "train.epochs: 1 -> 3 (schedule.name=cosine" in message
+    assert "track.tensorboard" not in message
+    assert "revert these keys" in message and "start a new run" in message
+    assert (run / "last.pt").read_bytes() == before  # nothing ran
+
+
+def test_best_pt_holds_weights_and_metadata_and_follows_the_umask(
+    photo_root: Path, tmp_path: Path
+) -> None:
+    old = os.umask(0o022)
+    try:
+        run = fit(tiny_config(photo_root, tmp_path / "runs", train={"epochs": 2})).run_dir
+    finally:
+        os.umask(old)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert "optimizer" not in best and "rng" not in best and "history" not in best
+    assert set(best) <= {"model", "epoch", "config", "classes", "meta"}
+    assert best["meta"]["epoch"] == best["epoch"] >= 1
+    assert (run / "best.pt").stat().st_size < 0.6 * (run / "last.pt").stat().st_size
+    assert (run / "best.pt").stat().st_mode & 0o777 == 0o644
+    assert evaluate_checkpoint(run / "best.pt", "test")["trained"] is True

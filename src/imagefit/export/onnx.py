@@ -95,7 +95,7 @@ def export_onnx(
         from imagefit.export.graph_preprocess import export_preprocessing, raise_if_rejected
 
         result["with_preprocessing"] = export_preprocessing(path, meta, run_dir)
-    write_json(RunLayout(run_dir).export, result)
+    write_json(RunLayout(run_dir).export, stored_paths(result, RunLayout(run_dir)))
     if with_preprocessing:
         raise_if_rejected(result["with_preprocessing"], RunLayout(run_dir).export)
     log.info(
@@ -121,6 +121,24 @@ def export_after_training(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+PATH_KEYS = ("onnx", "checkpoint")  # the keys of export.json (at any depth) that hold paths
+
+
+def stored_paths(result: dict[str, Any], layout: RunLayout) -> dict[str, Any]:
+    """``result`` as ``export.json`` stores it: the run's own files relative to its folder.
+
+    The returned result keeps usable paths (the caller opens them); the record must stay
+    true when the run folder moves."""
+    return {
+        key: stored_paths(value, layout)
+        if isinstance(value, dict)
+        else layout.stored(value)
+        if key in PATH_KEYS and isinstance(value, str)
+        else value
+        for key, value in result.items()
+    }
+
+
 def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
     """A file that does not reproduce PyTorch moves to ``*.rejected.onnx``, so that nothing
     picks it up by its usual name; export.json records why, then ExportError is raised."""
@@ -132,7 +150,7 @@ def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
     path.replace(rejected)
     result["onnx"] = str(rejected)
     record = RunLayout(run_dir).export
-    write_json(record, result)
+    write_json(record, stored_paths(result, RunLayout(run_dir)))
     raise ExportError(
         f"{path}: ONNX Runtime does not reproduce PyTorch ({check['summary']}); "
         f"kept as {rejected.name} for inspection, details in {record}"

@@ -5,6 +5,13 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 holds ``model``, ``optimizer``, ``scheduler``, ``early_stopping``, ``scaler``, ``epoch``,
 ``batch``, ``progress``, ``ranks``, ``history``, ``rng``, ``config``, ``classes`` and ``meta``
 (what travels with the weights: arch, classes, image size, mean/std, init).
+
+``last.pt`` and ``epoch_NNN.pt`` are training checkpoints (``epoch_NNN.pt`` keeps the whole
+state so that a run can be taken back to that epoch: copy it over ``last.pt`` and resume).
+``best.pt`` is a weights checkpoint (:func:`weights_checkpoint`): the weights and what
+evaluating, exporting or fine-tuning from them needs (``meta`` with its ``epoch``,
+``config``, ``classes``), without the optimizer state that would double or triple its size.
+Older ``best.pt`` files hold the whole training state and load the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +54,18 @@ class _RecordingWriter:
 
     def flush(self) -> None:
         self.handle.flush()
+
+
+WEIGHTS_KEYS = ("model", "epoch", "config", "classes", "meta")
+
+
+def weights_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights checkpoint of a training ``state``: :data:`WEIGHTS_KEYS` only, with the
+    finished epochs also in ``meta`` (``meta`` is what travels on, e.g. into an export)."""
+    kept = {key: state[key] for key in WEIGHTS_KEYS if key in state}
+    if "meta" in kept and "epoch" in state:
+        kept["meta"] = {**kept["meta"], "epoch": state["epoch"]}
+    return kept
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -31,10 +31,17 @@ from imagefit.fileio import remove_partial_writes as remove_partial_records
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, count_parameters
 from imagefit.runs import writer
-from imagefit.runs.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
+from imagefit.runs.checkpoint import (
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+    weights_checkpoint,
+)
 from imagefit.runs.environment import environment
 from imagefit.runs.layout import RunLayout
+from imagefit.runs.reader import read_config
 from imagefit.runs.records import HistoryRow, RunResult, Summary
+from imagefit.train.config_edits import reconcile, record_resume
 from imagefit.train.distributed import Distributed, TrainingModule, convert_sync_bn, session
 from imagefit.train.hooks import EpochHook, RunObserver
 from imagefit.train.loop import EpochProgress, train_one_epoch
@@ -97,7 +104,8 @@ class Run:
             "mean": list(d.mean),
             "std": list(d.std),
             "decoder": d.decoder,
-            "run_dir": str(self.run_dir.resolve()),
+            # relative to the checkpoint's own folder, so it stays true when the folder moves
+            "run_dir": ".",
             "init": getattr(self.model, "imagefit_init", {"init": self.cfg.model.init}),
         }
 
@@ -212,10 +220,12 @@ def _enter_phase(run: Run, epoch: int) -> None:
 
 
 def _save(run: Run, paths: list[Path]) -> None:
+    """Write the training state to ``paths``; ``best.pt`` gets the weights checkpoint (no
+    optimizer: evaluation and export need none, and resume reads ``last.pt``)."""
     state = run.state()
     if run.dist.is_main:
         for path in paths:
-            save_checkpoint(state, path)
+            save_checkpoint(weights_checkpoint(state) if path == run.layout.best else state, path)
     run.dist.barrier()  # no rank goes on (or exits) before rank 0 has written
 
 
@@ -419,14 +429,39 @@ def _new_run_dir(cfg: Config, dist: Distributed) -> Path:
 
 
 def _resume(run_dir: Path, dist: Distributed | None = None) -> Run:
-    state = _resume_state(run_dir, clean=dist is None or dist.is_main)
-    cfg = config_from_dict(state["config"], source=str(RunLayout(run_dir).last))
-    cfg.data.split_manifest = cfg.data.split_manifest or str(RunLayout(run_dir).split)
+    main = dist is None or dist.is_main
+    state = _resume_state(run_dir, clean=main)
+    stored = config_from_dict(state["config"], source=str(RunLayout(run_dir).last))
+    if _resume_artifact(stored.data.split_manifest, read_config(run_dir)):
+        stored.data.split_manifest = None
+    cfg, changes = reconcile(stored, run_dir, state["epoch"])
+    # The run's own split.json is what it trained on (written at its start, from the dataset
+    # or from data.split_manifest), found from the folder as it is now: the config keeps what
+    # was asked, so a moved or renamed run folder resumes from any working folder.
+    asked = cfg.data.split_manifest
+    cfg.data.split_manifest = str(RunLayout(run_dir).split.absolute())
     run = _build(cfg, run_dir, init="scratch", dist=dist)  # weights come from the checkpoint
+    cfg.data.split_manifest = asked
     run.model.imagefit_init = state["meta"].get("init")
     run.load_state(state)
+    if changes:
+        log.warning(
+            "%s: applying the edits of config.yaml: %s",
+            run_dir,
+            "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+        )
+    if main:
+        record_resume(run_dir, run.epoch, changes)
     log.info("resuming %s at epoch %d, batch %d", run_dir, run.epoch + 1, run.progress.batch)
     return run
+
+
+def _resume_artifact(stored: str | None, written: dict[str, Any] | None) -> bool:
+    """Whether the checkpoint's ``data.split_manifest`` is the run's own split.json that an
+    earlier version put there on resume (relative to that day's working folder), where
+    ``config.yaml`` (written at the start) has none."""
+    asked = ((written or {}).get("data") or {}).get("split_manifest")
+    return stored is not None and asked is None and Path(stored).name == RunLayout(".").split.name
 
 
 def _resume_state(run_dir: Path, clean: bool = True) -> dict[str, Any]:
