@@ -26,6 +26,7 @@ from imagefit.export.predict import predict
 from imagefit.runs.layout import RunLayout
 from imagefit.serve.model import load_served_model
 from imagefit.train.fit import fit
+from imagefit.workflow import plots_step, train
 
 from conftest import interrupt_after, tiny_config, write_photo_folder
 
@@ -213,3 +214,35 @@ def test_best_pt_holds_weights_and_metadata_and_follows_the_umask(
     assert (run / "best.pt").stat().st_size < 0.6 * (run / "last.pt").stat().st_size
     assert (run / "best.pt").stat().st_mode & 0o777 == 0o644
     assert evaluate_checkpoint(run / "best.pt", "test")["trained"] is True
+
+
+def test_without_a_test_split_the_run_reports_on_val_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "flowers"
+    write_photo_folder(root / "train", per_class=12)
+    for name in ("daisy", "roses"):  # the last 4 of each class are val: no test folder
+        (root / "val" / name).mkdir(parents=True)
+        for photo in sorted((root / "train" / name).iterdir())[8:]:
+            shutil.move(photo, root / "val" / name / photo.name)
+    cfg = tiny_config(root, tmp_path / "runs", train={"epochs": 1})
+    with caplog.at_level("INFO", logger="imagefit"):
+        result = train(cfg, steps=(plots_step,))
+    said = [r.getMessage() for r in caplog.records if "final metrics" in r.getMessage()]
+    assert said and "no test split" in said[0] and "optimistic" in said[0]
+    run = result.run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["num_samples"] == 8
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["reported_on"] == "val (also used for model selection: optimistic)"
+    assert summary["test_accuracy"] is None and summary["reported_accuracy"] is not None
+    assert (run / "plots" / "confusion_matrix.png").is_file()
+    page = write_report([run], tmp_path / "report.html").read_text()
+    assert "val (also used for model selection: optimistic)" in page
+
+    evaluated = runner.invoke(app, ["eval", str(run), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout[evaluated.stdout.index("{") :])["split"] == "val"
+    empty = runner.invoke(app, ["eval", str(run), "--split", "test"])
+    assert "split 'test' is empty or absent" in str(empty.exception)
+    assert "use --split val" in str(empty.exception)

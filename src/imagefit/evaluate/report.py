@@ -176,7 +176,7 @@ def _metric_row(record: RunRecord, name: str, out: Path, best: bool) -> list[str
         f'<td><a href="{_e(_link(record.path, out))}">{_e(name)}</a></td>',
         f"<td>{_e(model)}</td>",
         f"<td>{_e(s.status or '—')}</td>",
-        f'<td class="num{" best" if best else ""}">{_pct(_test_accuracy(record))}</td>',
+        f'<td class="num{" best" if best else ""}">{_pct(_test_accuracy(record))}{_on(record)}</td>',
         number(_pct(m.get("top5_accuracy"))),
         number(_pct(m.get("f1_macro"))),
         number(_pct(m.get("f1_weighted"))),
@@ -186,6 +186,12 @@ def _metric_row(record: RunRecord, name: str, out: Path, best: bool) -> list[str
         number(_seconds(s.wall_time_s)),
         number(_rate(s.train_images_per_s)),
     ]
+
+
+def _on(record: RunRecord) -> str:
+    """A marker after a number that is not on the test split (no test split: on val)."""
+    split = record.metrics.get("split")
+    return f" ({_e(split)}, optimistic)" if split and split != "test" else ""
 
 
 def _test_accuracy(record: RunRecord) -> float | None:

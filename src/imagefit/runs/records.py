@@ -102,6 +102,10 @@ class Summary(_Record):
     early_stopped: bool | None = None
     skipped_files: int | None = None
     status: str | None = None
+    # The split metrics.json is on, as a person should read it (split_label): "test", or with
+    # no test split "val (also used for model selection: optimistic)"; None: no final metrics.
+    reported_on: str | None = None
+    reported_accuracy: float | None = None
 
     @classmethod
     def finished(
@@ -137,13 +141,17 @@ class Summary(_Record):
             best_val_accuracy=next(
                 (r.get("val_accuracy") for r in history if r.get("epoch") == best_epoch), None
             ),
-            test_accuracy=metrics.get("accuracy") if metrics else None,
+            test_accuracy=metrics.get("accuracy")
+            if metrics and metrics.get("split") == "test"
+            else None,
             wall_time_s=wall_time_s,
             train_time_s=train_time_s,
             train_images_per_s=train_images / train_time_s if train_time_s else None,
             early_stopped=early_stopped,
             skipped_files=skipped_files,
             status="finished",
+            reported_on=split_label(metrics["split"]) if metrics else None,
+            reported_accuracy=metrics.get("accuracy") if metrics else None,
         )
 
 
@@ -153,7 +161,9 @@ class RunResult:
 
     run_dir: Path
     history: list[dict[str, Any]]
-    metrics: dict[str, Any] | None  # test metrics of the best checkpoint (None: no test split)
+    # metrics of the best checkpoint on the reported split: test, else val (its "split" says
+    # which); None with neither
+    metrics: dict[str, Any] | None
     summary: Summary
     config: Config | None = None
     main_process: bool = True  # False on the ranks of a distributed run that write no files

@@ -26,6 +26,7 @@ __all__ = ["read_json"]  # the sweep's own files read as the runs' do
 log = logging.getLogger(__name__)
 
 TEST_KEYS = (
+    "split",  # "val" when the dataset has no test split (optimistic: it chose the epoch)
     "accuracy",
     "top5_accuracy",
     "f1_macro",

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from imagefit.config import Config, config_from_dict
-from imagefit.data.loaders import DataBundle, build_data, derive_seed
+from imagefit.data.loaders import DataBundle, Loader, build_data, derive_seed
 from imagefit.errors import CheckpointError, ConfigError, Interrupted
 from imagefit.evaluate.inference import Precision, evaluate
 from imagefit.evaluate.ledger import note_test_use, record_split
@@ -40,7 +40,7 @@ from imagefit.runs.checkpoint import (
 from imagefit.runs.environment import environment
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.reader import read_config
-from imagefit.runs.records import HistoryRow, RunResult, Summary
+from imagefit.runs.records import HistoryRow, RunResult, Summary, split_label
 from imagefit.train.config_edits import reconcile, record_resume
 from imagefit.train.distributed import Distributed, TrainingModule, convert_sync_bn, session
 from imagefit.train.hooks import EpochHook, RunObserver
@@ -329,14 +329,42 @@ def _train_epochs(
             )
 
 
+def _reported(run: Run) -> tuple[str | None, Loader | None]:
+    """The split the final metrics are on: test, else val (which also chose the best epoch,
+    so its numbers are optimistic, and are labelled so), else none."""
+    for name, loader in (("test", run.data.test), ("val", run.data.val)):
+        if loader is not None:
+            return name, loader
+    return None, None
+
+
+def _announce_reported_split(run: Run) -> None:
+    split, _ = _reported(run)
+    count = len(run.data.manifest.splits.get(split or "", []))
+    if split == "test":
+        log.info("the final metrics will be on the test split (%d images)", count)
+    elif split == "val":
+        log.warning(
+            "%s has no test split: the final metrics will be on %s (%d images); give the "
+            "dataset a test/ folder for an unbiased estimate",
+            run.cfg.data.root,
+            split_label(split),
+            count,
+        )
+    else:
+        log.warning("no test or val split: the run ends without final metrics")
+
+
 def _finish(run: Run) -> RunResult:
-    """Test the best checkpoint once; write metrics.json and summary.json."""
+    """Evaluate the best checkpoint once on the reported split; write metrics.json and
+    summary.json."""
     run.dist.load_from_main(run.model, lambda: load_checkpoint(run.layout.best)["model"])
     metrics = None
-    if run.data.test is not None:
-        evaluated = evaluate(run.model, run.data.test, run.precision, desc="test")
+    split, loader = _reported(run)
+    if split is not None and loader is not None:
+        evaluated = evaluate(run.model, loader, run.precision, desc=split)
         targets, logits, loss = run.dist.gather_predictions(*evaluated)
-        metrics = {"split": "test", **compute_metrics(targets, logits, run.data.classes, loss)}
+        metrics = {"split": split, **compute_metrics(targets, logits, run.data.classes, loss)}
     summary = Summary.finished(
         name=run.run_dir.name,
         model=run.cfg.model.name,
@@ -356,7 +384,8 @@ def _finish(run: Run) -> RunResult:
     if run.dist.is_main:
         if metrics is not None:
             writer.write_metrics(run.run_dir, metrics)
-            note_test_use(run.run_dir, "fit")
+            if split == "test":
+                note_test_use(run.run_dir, "fit")
         writer.write_summary(run.run_dir, summary)
     return RunResult(run.run_dir, run.history, metrics, summary, run.cfg, run.dist.is_main)
 
@@ -410,6 +439,7 @@ def fit(
             run = _build(source, _new_run_dir(source, dist), dist=dist)
         if dist.is_main:
             _write_records(run)
+            _announce_reported_split(run)
         if not dist.broadcast(run.layout.last.is_file()):
             # From here on, a kill at any moment leaves a resumable run.
             _save(run, [run.layout.last])
