@@ -197,6 +197,10 @@ def test_resume_refuses_an_edit_it_cannot_apply_naming_each_key(
     assert "track.tensorboard" not in message
     assert "revert these keys" in message and "start a new run" in message
     assert (run / "last.pt").read_bytes() == before  # nothing ran
+    # the report shows what ran, and names the edits that did not
+    page = write_report([run], tmp_path / "report.html").read_text()
+    assert "edited after the run last trained" in page
+    assert "optim.lr: 0.003 → 0.1" in page
 
 
 def test_best_pt_holds_weights_and_metadata_and_follows_the_umask(

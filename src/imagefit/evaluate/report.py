@@ -22,8 +22,14 @@ from matplotlib.figure import Figure
 
 from imagefit import dotted
 from imagefit.evaluate import plots
-from imagefit.runs.layout import CONFIG
-from imagefit.runs.reader import RunRecord, load_run, require_trained
+from imagefit.runs.layout import CONFIG, RunLayout
+from imagefit.runs.reader import (
+    RunRecord,
+    load_run,
+    read_json,
+    require_trained,
+    trained_config,
+)
 from imagefit.runs.records import split_label
 
 log = logging.getLogger(__name__)
@@ -241,10 +247,60 @@ def _curves_section(records: Sequence[RunRecord]) -> str:
     )
 
 
-def _run_section(record: RunRecord, name: str, out: Path, curves: bool) -> str:
+def unapplied_edits(record: RunRecord) -> dict[str, list[Any]]:
+    """``config.yaml`` keys edited since the run last trained, ``{key: [ran, edited]}``; the
+    record's config becomes the one that ran, so the page shows what ran."""
+    ran = trained_config(record.path)
+    if not ran or not record.config:
+        return {}
+    before, after = flatten_config(ran), flatten_config(record.config)
+    edits = {
+        key: [before.get(key), after.get(key)]
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    }
+    if edits:
+        record.config = ran
+    return edits
+
+
+def _edits_note(edits: Mapping[str, list[Any]]) -> str:
+    if not edits:
+        return ""
+    changes = "; ".join(
+        f"{key}: {_config_value(a)} → {_config_value(b)}" for key, (a, b) in edits.items()
+    )
+    return (
+        f'<p class="note warn">{CONFIG} was edited after the run last trained; these edits '
+        f"have not run (shown: the config that ran): {_e(changes)}</p>"
+    )
+
+
+def _resumes_note(run_dir: Path) -> str:
+    """The config edits that resumes applied (``resume.json``), epoch by epoch."""
+    entries = read_json(RunLayout(run_dir).resume)
+    applied = [
+        f"at epoch {e.get('epoch')}: "
+        + ", ".join(
+            f"{k} {_config_value(c.get('from'))} → {_config_value(c.get('to'))}"
+            for k, c in e["changed"].items()
+        )
+        for e in entries or []
+        if isinstance(e, dict) and isinstance(e.get("changed"), dict) and e["changed"]
+    ]
+    if not applied:
+        return ""
+    return f'<p class="note">Resumed with edited config: {_e("; ".join(applied))}</p>'
+
+
+def _run_section(
+    record: RunRecord, name: str, out: Path, curves: bool, edits: Mapping[str, list[Any]]
+) -> str:
     """The run's heading and plots; ``curves`` adds its own train/val curves (in a comparison
     the overlaid ones show validation only)."""
     parts = [f'<h2>Run <a href="{_e(_link(record.path, out))}">{_e(name)}</a></h2>']
+    parts.append(_edits_note(edits))
+    parts.append(_resumes_note(record.path))
     if not record.trained:
         parts.append(
             '<p class="note warn"><strong>UNTRAINED</strong>: this run has no finished epoch; '
@@ -298,6 +354,7 @@ def write_report(
     records = [load_run(Path(d)) for d in run_dirs]
     for record in records:
         require_trained(record.path, record.finished_epochs, allow_untrained)
+    edits = [unapplied_edits(r) for r in records]
     for record in records:
         if record.missing:
             log.warning("%s: missing %s", record.path, ", ".join(record.missing))
@@ -312,7 +369,10 @@ def write_report(
         _metrics_section(records, names, out),
         _config_section(records, names),
         _curves_section(records),
-        *(_run_section(r, n, out, len(records) > 1) for r, n in zip(records, names, strict=True)),
+        *(
+            _run_section(r, n, out, len(records) > 1, e)
+            for r, n, e in zip(records, names, edits, strict=True)
+        ),
     ]
     page = PAGE.substitute(
         title=_e(title),

@@ -110,13 +110,16 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
     return removed
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``; refuse files that would need arbitrary code."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load with ``weights_only=True``; refuse files that would need arbitrary code.
+    ``mmap`` leaves the tensors on disk until used (to read only a checkpoint's metadata)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: loading it would need arbitrary code or objects that are not "

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from imagefit.errors import UntrainedRunError
+from imagefit.errors import ImagefitError, UntrainedRunError
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.records import Summary
 
@@ -50,13 +50,15 @@ class RunRecord:
 
     @property
     def finished_epochs(self) -> int | None:
-        """Epochs the run completed: its history, else its summary; None when a run without
-        epochs has results (a baseline such as HOG + SVM); 0 when it has neither."""
+        """Epochs the run completed: its history, else its summary; 0 for a run with a
+        training checkpoint and neither (stopped before its first epoch ended); None when it
+        cannot tell (a baseline such as HOG + SVM has results and no epochs; a folder with
+        no checkpoint and no records shows only what is missing)."""
         if self.history:
             return len(self.history)
         if self.summary.epochs_run is not None:
             return int(self.summary.epochs_run)
-        return None if self.metrics else 0
+        return 0 if RunLayout(self.path).last.is_file() and not self.metrics else None
 
     @property
     def trained(self) -> bool:
@@ -121,6 +123,23 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
 def read_summary(run_dir: Path) -> Summary | None:
     data = _first([(RunLayout(run_dir).summary, json.loads)], dict)
     return None if data is None else Summary.from_dict(data)
+
+
+def trained_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config the run last trained with: the one in ``last.pt`` (else ``best.pt``), which
+    differs from ``config.yaml`` when that was edited and not yet applied by a resume."""
+    from imagefit.runs.checkpoint import load_checkpoint
+
+    layout = RunLayout(run_dir)
+    for path in (layout.last, layout.best):
+        if path.is_file():
+            try:  # mmap: the tensors stay on disk, only the small entries are read
+                config = load_checkpoint(path, mmap=True).get("config")
+            except ImagefitError as error:
+                log.warning("%s", error)
+                return None
+            return config if isinstance(config, dict) else None
+    return None
 
 
 def load_run(run_dir: str | Path) -> RunRecord:
