@@ -306,7 +306,10 @@ def _check(manifest: SplitManifest, need_val: bool = True) -> None:
             f"{manifest.root}: the val split is empty; add images or raise val_fraction"
         )
     if not manifest.splits["test"]:
-        log.warning("%s: no test split; final test metrics will be skipped", manifest.root)
+        log.warning(
+            "%s: no test split; a run reports its final metrics on val (optimistic)",
+            manifest.root,
+        )
 
 
 def write_split_folders(manifest: SplitManifest, out: str | Path) -> Path:
