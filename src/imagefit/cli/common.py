@@ -68,7 +68,7 @@ def print_result(result: Any) -> None:
     rows = [
         ("best epoch", s.best_epoch),
         ("best val accuracy", s.best_val_accuracy),
-        ("reported on", s.reported_on if split != "test" else None),
+        ("reported on", s.extra.get("reported_on") if split != "test" else None),
         (f"{split} accuracy", m.get("accuracy")),
         (f"{split} top-5 accuracy", m.get("top5_accuracy")),
         (f"{split} F1 macro", m.get("f1_macro")),

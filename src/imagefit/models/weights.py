@@ -114,7 +114,10 @@ def initialise(name: str, num_classes: int, init: str, drop_rate: float = 0.0) -
             "head_replaced": replaced,
             "source_arch": meta.get("arch"),
             "source_classes": len(meta.get("classes", [])) or None,
-            "source_run": meta.get("run_dir"),
+            # meta.run_dir is relative to the checkpoint's folder (absolute in older files)
+            "source_run": str((path.parent / meta["run_dir"]).resolve())
+            if meta.get("run_dir")
+            else None,
         },
     )
     if meta and meta.get("arch") not in (None, name):

@@ -102,10 +102,6 @@ class Summary(_Record):
     early_stopped: bool | None = None
     skipped_files: int | None = None
     status: str | None = None
-    # The split metrics.json is on, as a person should read it (split_label): "test", or with
-    # no test split "val (also used for model selection: optimistic)"; None: no final metrics.
-    reported_on: str | None = None
-    reported_accuracy: float | None = None
 
     @classmethod
     def finished(
@@ -142,7 +138,7 @@ class Summary(_Record):
                 (r.get("val_accuracy") for r in history if r.get("epoch") == best_epoch), None
             ),
             test_accuracy=metrics.get("accuracy")
-            if metrics and metrics.get("split") == "test"
+            if metrics and metrics.get("split", "test") == "test"
             else None,
             wall_time_s=wall_time_s,
             train_time_s=train_time_s,
@@ -150,8 +146,15 @@ class Summary(_Record):
             early_stopped=early_stopped,
             skipped_files=skipped_files,
             status="finished",
-            reported_on=split_label(metrics["split"]) if metrics else None,
-            reported_accuracy=metrics.get("accuracy") if metrics else None,
+            # With no test split the final metrics are on val: the summary says so as a person
+            # should read it (split_label). Only then: a run tested on test keeps the keys of
+            # the first versions.
+            extra={
+                "reported_on": split_label(metrics["split"]),
+                "reported_accuracy": metrics.get("accuracy"),
+            }
+            if metrics and metrics.get("split", "test") != "test"
+            else {},
         )
 
 

@@ -476,8 +476,9 @@ def _resume(run_dir: Path, dist: Distributed | None = None) -> Run:
     run.load_state(state)
     if changes:
         log.warning(
-            "%s: applying the edits of config.yaml: %s",
+            "%s: applying the edits of %s: %s",
             run_dir,
+            RunLayout(run_dir).config.name,
             "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
         )
     if main:
