@@ -30,23 +30,8 @@ from imagefit.export.onnx import (
 from imagefit.models.trained import load_trained
 from imagefit.runs.checkpoint import save_checkpoint
 from imagefit.runs.layout import RunLayout
-from imagefit.train.fit import fit
 
-from conftest import tiny_config
-
-
-def train_digits_run(out: Path, digits_root: Path) -> Path:
-    """SimpleCNN on digits at 32 px, 3 short epochs (seconds): a real run folder to ship."""
-    cfg = tiny_config(
-        digits_root,
-        out,
-        data={"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
-        augment={"hflip": 0.0},
-        train={"epochs": 3, "batch_size": 32, "limit_batches": 12},
-    )
-    run = fit(cfg).run_dir
-    # limit_batches also capped the test evaluation; the export checks use whole splits.
-    return run
+from helpers.runs import train_digits_run
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def report(
     if missing:
         raise CheckpointError(f"run folder not found: {', '.join(missing)}")
     target = out or (RunLayout(run_dirs[0]).report if len(run_dirs) == 1 else Path(REPORT))
-    page = write_report(run_dirs, target, title, allow_untrained)  # refuses an untrained run
+    page = write_report(run_dirs, target, title, allow_untrained=allow_untrained)
     if len(run_dirs) == 1:
         plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
     console.print(f"report: {page}")

@@ -40,6 +40,8 @@ CALIBRATION = "calibration.json"  # the fitted temperature, ECE and NLL before a
 LEDGER = "ledger.json"  # content hashes of the split's files; test evaluations counted
 GALLERY = "gallery"  # confident mistakes and confused pairs, with Grad-CAM overlays
 RESUME = "resume.json"  # each resume: when, at which epoch, the config.yaml edits it applied
+GALLERY_JSON = "gallery.json"  # in GALLERY: the entries the report shows
+VS_BASELINE = "vs_baseline.json"  # a sweep folder's variants against its baseline variant
 
 
 def epoch_checkpoint(epoch: int) -> str:

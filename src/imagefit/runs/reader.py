@@ -35,6 +35,8 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     summary: Summary = field(default_factory=Summary)
     missing: list[str] = field(default_factory=list)
+    # config.yaml keys edited since the run last trained {key: [ran, edited]} (the report's)
+    config_edits: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
