@@ -313,6 +313,7 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
         "pretrain_run": str(checkpoint.parent),
         "finetune_results": str(finetuned.files.get("all_results", fine.out)),
         **compare(finetuned),
+        "failed": finetuned.failed,  # fine-tune trials that raised: the comparison lacks them
     }
     write_json(out / "pipeline.json", comparison)
     return PipelineResult(out, pretrained, finetuned, comparison)

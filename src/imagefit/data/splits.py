@@ -17,6 +17,7 @@ import numpy as np
 
 from imagefit.data.folder import LinkPolicy, Sample, find_classes, scan_folder
 from imagefit.errors import DataError
+from imagefit.fileio import atomic_write
 from imagefit.runs.layout import SPLIT
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class SplitManifest:
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
+        atomic_write(path, json.dumps(self.to_json(), indent=1), what="the split manifest")
 
     @classmethod
     def load(cls, path: str | Path, root: str | Path | None = None) -> SplitManifest:

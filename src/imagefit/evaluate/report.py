@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from imagefit import dotted
 from imagefit.evaluate import plots
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs.layout import CONFIG
 from imagefit.runs.reader import RunRecord, load_run
 
@@ -300,6 +301,6 @@ def write_report(run_dirs: Sequence[Path], out: Path, title: str | None = None) 
         ),
         body="\n".join(body),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    make_dirs(out.parent)
+    atomic_write(out, page, what="the report", durable=False)
     return out

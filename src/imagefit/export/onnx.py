@@ -9,8 +9,10 @@ ONNX Runtime and PyTorch and compares the logits; ``RUN/export.json`` records th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from imagefit.config import Config
 from imagefit.data.inputs import normalise
 from imagefit.export import ExportError
 from imagefit.export.preprocess import real_inputs
-from imagefit.fileio import write_json
+from imagefit.fileio import check_writable, write_error, write_errors, write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs.layout import RunLayout, rejected_name
 
@@ -62,11 +64,15 @@ def export_onnx(
     ``<out stem>.preprocess.onnx`` whose input is one uint8 RGB image of any size
     (:mod:`imagefit.export.graph_preprocess`).
     """
+    check_opset(opset)
     checkpoint = resolve_checkpoint(target)
     run_dir = checkpoint.parent
     model, meta, _ = load_trained(checkpoint)
     path = Path(out) if out is not None else RunLayout(run_dir).onnx
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Both folders are written (the model, export.json): say so now if one cannot be, rather
+    # than let the exporter fail on its temp file with an error that blames the model.
+    check_writable(run_dir, "the run folder")
+    check_writable(path.parent, "the ONNX file's folder")
     started = time.perf_counter()
     exporter = write_onnx(model, meta, path, opset)
     result: dict[str, Any] = {
@@ -136,32 +142,72 @@ def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
     )
 
 
+def opset_range() -> tuple[int, int]:
+    """The opsets this torch.onnx can write (its own constants; a fallback for other versions)."""
+    from torch.onnx import _constants
+
+    return (
+        getattr(_constants, "ONNX_MIN_OPSET", 7),
+        getattr(_constants, "ONNX_MAX_OPSET", 20),
+    )
+
+
+def check_opset(opset: int) -> None:
+    """An opset torch.onnx cannot write fails here in one line, not deep in the exporter."""
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise ExportError(
+            f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {low} to {high} "
+            "(17 is a safe choice; 18 and up use the torch.export exporter)"
+        )
+
+
 def write_onnx(model: nn.Module, meta: dict[str, Any], path: Path, opset: int) -> str:
     """Export, stamp the metadata and run the full checker; written atomically. Returns the exporter."""
     import onnx
 
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        with write_errors(path, "the ONNX file"):
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
         try:
             exporter = _torch_export(model, meta["image_size"], tmp, opset)
         except Exception as exc:  # torch raises many types here; say which arch and opset failed
+            if _os_error(exc) is not None:  # the file system, not the model
+                raise write_error(path, _os_error(exc), "the ONNX file") from None
+            # The details (often a dump of the TorchScript graph) go to the debug log only.
+            log.debug(
+                "torch.onnx.export of %s at opset %d failed", meta["arch"], opset, exc_info=exc
+            )
             hint = "; the torch.export exporter may succeed: try --opset 18" if opset < 18 else ""
-            # Only the first line: the rest is a dump of the TorchScript graph.
             reason = (str(exc).strip().splitlines() or [""])[0]
             raise ExportError(
                 f"{path}: torch.onnx.export of {meta['arch']} failed at opset {opset}: "
-                f"{type(exc).__name__}: {reason}{hint}"
-            ) from exc
+                f"{type(exc).__name__}: {reason}{hint} (details with -v)"
+            ) from None
         proto = onnx.load(str(tmp))
         _check_opset(proto, opset, path)
         onnx.helper.set_model_props(proto, metadata_props(meta))
         proto.doc_string = f"imagefit {meta['arch']} classifier, {meta['num_classes']} classes"
-        onnx.save(proto, str(tmp))
+        with write_errors(path, "the ONNX file"):
+            onnx.save(proto, str(tmp))
         _full_check(tmp, path)
-        tmp.replace(path)
+        with write_errors(path, "the ONNX file"):
+            tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder must not hide the first error
+            tmp.unlink(missing_ok=True)
     return exporter
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (exporters wrap file errors in their own types), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _torch_export(model: nn.Module, size: int, path: Path, opset: int) -> str:

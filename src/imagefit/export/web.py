@@ -22,7 +22,7 @@ from typing import Any
 
 from imagefit.export import ExportError
 from imagefit.export.onnx import ort_session, read_metadata
-from imagefit.fileio import atomic_write
+from imagefit.fileio import atomic_write, make_dirs, write_errors
 from imagefit.runs import layout
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,14 @@ def export_web(model: str | Path, out: str | Path, top_k: int = 5) -> Path:
             f"{model}: input {input_info.name} {input_info.type} {input_info.shape} is not one "
             "uint8 image (H, W, 3); export with --with-preprocessing first"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, "the page's folder")
     vendored = resources.files("imagefit.resources") / "ort-web"
-    for name in (*ORT_FILES, "LICENSE"):
-        with resources.as_file(vendored / name) as source:
-            shutil.copyfile(source, out / f"ort-web-{name}" if name == "LICENSE" else out / name)
-    shutil.copyfile(model, out / MODEL)
+    with write_errors(out, "the page's files"):
+        for name in (*ORT_FILES, "LICENSE"):
+            with resources.as_file(vendored / name) as source:
+                target = out / f"ort-web-{name}" if name == "LICENSE" else out / name
+                shutil.copyfile(source, target)
+        shutil.copyfile(model, out / MODEL)
     config = {
         "model": MODEL,
         "input": input_info.name,

@@ -53,6 +53,11 @@ class SweepResult:
     groups: list[dict[str, Any]]  # mean/std over seeds per trial (empty without seeds)
     files: dict[str, Path]
 
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        """``{"name", "error"}`` of every trial that raised (pruned ones are not failures)."""
+        return table.failed_trials(self.records)
+
 
 def trial_state(run_dir: Path) -> str:
     """``finished``, ``pruned``, ``resume`` (has last.pt) or ``new``."""
