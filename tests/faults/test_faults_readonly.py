@@ -202,3 +202,30 @@ def test_sweep_with_failed_trials_exits_1_and_names_them(
     assert [f["name"] for f in results["failed"]] == ["broken"]
     assert "no_such_folder" in results["failed"][0]["error"]
     assert "## Failed trials" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_pipeline_with_failed_fine_tune_trials_exits_1_and_names_them(
+    lab: dict, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr("imagefit.evaluate.plots.plot_comparison", lambda runs, out: [])
+    monkeypatch.setattr("imagefit.evaluate.report.write_report", lambda runs, out, title: out)
+    pretrain = tree(lab["root"], tmp_path / "unused", train={"monitor": "train_loss"})
+    pretrain["data"].update(val_fraction=0, test_fraction=0)
+    target = tree(tmp_path / "no_such_folder", tmp_path / "unused")
+    (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
+    (tmp_path / "target.yaml").write_text(yaml.safe_dump(target))
+    spec = {
+        "name": "holes",
+        "out": str(tmp_path / "out"),
+        "pretrain": {"config": "pretrain.yaml"},
+        "finetune": {"config": "target.yaml", "seeds": [0]},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    code, err = run_cli(["pipeline", str(tmp_path / "p.yaml")], capsys, monkeypatch)
+    assert code == 1, err
+    tail = err.strip().splitlines()[-3:]
+    assert tail[0] == "2 trial(s) failed:"
+    assert tail[1].startswith("  scratch-seed0:") and "no_such_folder" in tail[1]
+    assert tail[2].startswith("  pretrained-seed0:")
+    summary = yaml.safe_load((tmp_path / "out" / "pipeline.json").read_text())
+    assert [f["name"] for f in summary["failed"]] == ["scratch-seed0", "pretrained-seed0"]
