@@ -30,6 +30,10 @@ class CheckpointError(ImagefitError):
     """A checkpoint or run folder is missing, damaged, unsafe or does not fit."""
 
 
+class MetadataError(CheckpointError):
+    """A model file, checkpoint or run folder says something malformed or out of bounds."""
+
+
 class TrainingStopped(ImagefitError):
     """Training stopped on purpose before its end (non-finite loss or gradient)."""
 

@@ -26,11 +26,13 @@ from torch import nn
 import imagefit
 from imagefit.config import Config
 from imagefit.data.inputs import normalise
+from imagefit.errors import MetadataError
 from imagefit.export import ExportError
 from imagefit.export.preprocess import real_inputs
 from imagefit.fileio import check_writable, write_error, write_errors, write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs.layout import RunLayout, rejected_name
+from imagefit.runs.meta import check_output_width, validate_meta
 
 log = logging.getLogger(__name__)
 
@@ -283,23 +285,43 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
     return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
+JSON_KEYS = ("classes", "num_classes", "image_size", "mean", "std")  # stored as JSON text
+OPTIONAL_JSON_KEYS = ("temperature", "crop_pct")
+TEXT_KEYS = ("arch", "input", "interpolation")  # stored as plain text
+
+
 def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
     """``imagefit.*`` metadata_props (e.g. ``session.get_modelmeta().custom_metadata_map``) ->
-    a meta dict like a checkpoint's (arch, classes, num_classes, image_size, mean, std)."""
-    try:
-        meta = {
-            k: json.loads(custom[META_PREFIX + k])
-            for k in ("classes", "num_classes", "image_size", "mean", "std")
-        }
-    except KeyError as exc:
+    a validated meta dict like a checkpoint's (:func:`imagefit.runs.meta.validate_meta`)."""
+    missing = [k for k in JSON_KEYS if META_PREFIX + k not in custom]
+    if missing:
         raise ExportError(
-            f"{source}: no {exc.args[0]} metadata; not an ONNX file exported by "
+            f"{source}: no {META_PREFIX}{missing[0]} metadata; not an ONNX file exported by "
             "imagefit (its preprocessing is unknown)"
-        ) from None
-    meta["arch"] = custom.get(META_PREFIX + "arch", "?")
-    meta["input"] = custom.get(META_PREFIX + "input", INPUT)
-    if META_PREFIX + "temperature" in custom:
-        meta["temperature"] = float(custom[META_PREFIX + "temperature"])
+        )
+    meta: dict[str, Any] = {"arch": "?", "input": INPUT}
+    for key in JSON_KEYS + OPTIONAL_JSON_KEYS:
+        if META_PREFIX + key not in custom:
+            continue
+        text = custom[META_PREFIX + key]
+        try:
+            meta[key] = json.loads(text)
+        except ValueError as exc:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise MetadataError(
+                f"{source}: metadata {META_PREFIX}{key} is not valid JSON ({exc.msg}): {shown!r}"
+            ) from None
+    meta.update({k: custom[META_PREFIX + k] for k in TEXT_KEYS if META_PREFIX + k in custom})
+    return validate_meta(meta, source)
+
+
+def session_metadata(session: Any, source: str | Path) -> dict[str, Any]:
+    """The validated metadata of an ONNX Runtime session's model, its output width checked
+    against the class names (what predict, serve and the web page label their scores by)."""
+    meta = read_metadata(session.get_modelmeta().custom_metadata_map, source)
+    outputs = session.get_outputs()
+    shape = outputs[0].shape if outputs else None
+    check_output_width(meta, shape[-1] if shape else None, source)
     return meta
 
 

@@ -54,12 +54,12 @@ def load_predictor(model_path: str | Path) -> Predictor:
 
 
 def _onnx_predictor(path: Path) -> Predictor:
-    from imagefit.export.onnx import ort_session, read_metadata
+    from imagefit.export.onnx import ort_session, session_metadata
 
     if not path.is_file():
         raise CheckpointError(f"no such ONNX file: {path}")
     session = ort_session(path)
-    meta = read_metadata(session.get_modelmeta().custom_metadata_map, path)
+    meta = session_metadata(session, path)
     name = session.get_inputs()[0].name
     return Predictor(str(path), meta, lambda x: session.run(None, {name: x})[0])
 

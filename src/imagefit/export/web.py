@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from imagefit.export import ExportError
-from imagefit.export.onnx import ort_session, read_metadata
+from imagefit.export.onnx import ort_session, session_metadata
 from imagefit.fileio import atomic_write, make_dirs, write_errors
 from imagefit.runs import layout
 
@@ -36,7 +36,7 @@ def export_web(model: str | Path, out: str | Path, top_k: int = 5) -> Path:
     model, out = Path(model), Path(out)
     session = ort_session(model)
     custom = session.get_modelmeta().custom_metadata_map
-    meta = read_metadata(custom, model)
+    meta = session_metadata(session, model)
     input_info = session.get_inputs()[0]
     if input_info.type != "tensor(uint8)" or len(input_info.shape) != 3:
         raise ExportError(

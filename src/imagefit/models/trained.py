@@ -12,6 +12,7 @@ from imagefit.errors import CheckpointError
 from imagefit.models.registry import create_model
 from imagefit.runs.checkpoint import load_checkpoint
 from imagefit.runs.layout import RunLayout
+from imagefit.runs.meta import validate_meta
 
 
 def resolve_checkpoint(target: str | Path) -> Path:
@@ -36,7 +37,8 @@ def load_trained(
     state = load_checkpoint(path, map_location=device)
     if "meta" not in state or "model" not in state:
         raise CheckpointError(f"{path}: not an imagefit checkpoint (no 'meta'/'model' entries)")
-    meta = state["meta"]
+    # Checked before it sizes the model or labels a prediction: the file may come from anywhere.
+    meta = validate_meta(state["meta"], path, "checkpoint meta")
     model = create_model(meta["arch"], meta["num_classes"])
     try:
         model.load_state_dict(state["model"])

@@ -19,7 +19,7 @@ import numpy as np
 
 from imagefit.data.images import load_rgb, resize_center_crop
 from imagefit.errors import ImagefitError
-from imagefit.export.onnx import read_metadata
+from imagefit.export.onnx import session_metadata
 from imagefit.runs import layout
 from imagefit.serve import ServeError
 
@@ -90,7 +90,7 @@ def load_served_model(target: str | Path, threads: int | None = None) -> ServedM
     path = resolve_model_file(target)
     session = _session(path, threads)
     custom = session.get_modelmeta().custom_metadata_map
-    meta = read_metadata(custom, path)
+    meta = session_metadata(session, path)
     meta["preprocessing"] = custom.get("imagefit.preprocessing", "")
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
