@@ -4,7 +4,9 @@ described without being unpickled."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,8 +19,10 @@ from hypothesis import strategies as st
 
 from imagefit import cli
 from imagefit.config import config_from_dict
-from imagefit.errors import MetadataError
+from imagefit.errors import CheckpointError, MetadataError
 from imagefit.export.onnx import export_onnx
+from imagefit.models.trained import load_trained
+from imagefit.runs.checkpoint import load_checkpoint
 from imagefit.runs.meta import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, validate_meta
 from imagefit.serve.model import load_served_model
 from imagefit.train.fit import fit
@@ -157,3 +161,78 @@ def test_any_value_is_validated_or_refused_never_crashes(key: str, value: object
     assert len(meta["mean"]) == len(meta["std"]) == 3 and all(s > 0 for s in meta["std"])
     assert meta.get("temperature") is None or meta["temperature"] > 0
     json.dumps(meta, allow_nan=False)  # finite numbers only
+
+
+class _Owned(torch.nn.Module):
+    """A user's own class: unpickling it would import this test module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+
+def _refusal(path: Path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    # PyTorch's own advice is not repeated: it says to retry the one unsafe step.
+    assert "Weights only load failed" not in message and "WeightsUnpickler" not in message
+    return message
+
+
+def test_refused_full_model_is_named_with_a_conversion(tmp_path: Path) -> None:
+    path = tmp_path / "full.pt"
+    torch.save(_Owned(), path)
+    message = _refusal(path)
+    assert "a pickled full model object" in message and "_Owned" in message
+    assert "torch.nn.modules.linear.Linear" in message or "..." in message
+    command = message.split('python -c "')[1].split('"  then')[0]
+    assert "torch.save(obj.state_dict()" in command and "full.state_dict.pt" in command
+    # The command does what it says, where the class can be imported (a trusted environment).
+    exec(command, {"__name__": "converter"})
+    weights = torch.load(tmp_path / "full.state_dict.pt", weights_only=True)
+    assert set(weights) == {"fc.weight", "fc.bias"}
+
+
+def test_refused_lightning_checkpoint_and_optimizer(tmp_path: Path) -> None:
+    lightning = tmp_path / "epoch=3.ckpt"
+    torch.save(
+        {
+            "state_dict": _Owned().state_dict(),
+            "pytorch-lightning_version": "2.4.0",
+            "hyper_parameters": argparse.Namespace(lr=0.1),  # what makes torch refuse it
+        },
+        lightning,
+    )
+    message = _refusal(lightning)
+    assert "a PyTorch Lightning checkpoint" in message and 'torch.save(obj["state_dict"]' in message
+    optimizer = tmp_path / "optim.pt"
+    torch.save(torch.optim.SGD(_Owned().parameters(), lr=0.1), optimizer)
+    message = _refusal(optimizer)
+    assert "optimizer" in message and "python -c" not in message
+
+
+def test_refused_attack_is_not_offered_a_conversion(tmp_path: Path) -> None:
+    class Attack:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    path = tmp_path / "attack.pt"
+    torch.save({"model": {}, "x": Attack()}, path)
+    message = _refusal(path)
+    assert "runs posix.system when loaded: do not load it" in message
+    assert "python -c" not in message and not (tmp_path / "ran").exists()
+
+
+def test_plain_files_that_are_not_checkpoints_say_what_they_are(tmp_path: Path) -> None:
+    optimizer = torch.optim.SGD(_Owned().parameters(), lr=0.1)
+    cases = {
+        "optimizer": (optimizer.state_dict(), "an optimizer state"),
+        "bare": (_Owned().state_dict(), "a bare state dict"),
+    }
+    for name, (state, said) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(state, path)
+        with pytest.raises(CheckpointError, match=said):
+            load_trained(path)
