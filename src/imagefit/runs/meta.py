@@ -45,7 +45,8 @@ class ModelMeta(BaseModel):
     # normalisation anyone trained with.
     mean: list[Channel] = Field(min_length=3, max_length=3)
     std: list[Channel] = Field(min_length=3, max_length=3)
-    temperature: float | None = Field(None, gt=0.0, le=1e4, allow_inf_nan=False)
+    # Calibration on a tiny or degenerate val split can fit a huge temperature: only > 0.
+    temperature: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     crop_pct: float | None = Field(None, gt=0.0, le=1.0)
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
 
