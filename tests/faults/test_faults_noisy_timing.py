@@ -71,3 +71,42 @@ def test_a_burst_of_background_load_moves_neither_medians_nor_the_speedup() -> N
         "2.000 [2.000-2.000] (2.000-20.000)"
     )
     assert rows["INT8 speedup (batch 1), median (range)"] == "4.00x (0.40-4.00x) over 5 rounds"
+
+
+def test_progress_lines_when_stderr_is_a_file(tmp_path) -> None:
+    """A real ``imagefit train`` with stderr redirected to a file: no bar, but log lines."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import write_pattern_folder
+
+    root = write_pattern_folder(tmp_path / "patterns", per_class=24)
+    tree = {
+        "data": {"root": str(root), "image_size": 16, "num_workers": 0},
+        "model": {"name": "simple_cnn"},
+        "train": {"epochs": 2, "batch_size": 4, "seed": 0, "threads": 1},
+        "output": {"dir": str(tmp_path / "runs"), "name": "run"},
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    log = tmp_path / "stderr.log"
+    env = {**os.environ, "IMAGEFIT_PROGRESS_EVERY_S": "0.000001"}  # every batch
+    with open(log, "w") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-m", "imagefit", "train", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            timeout=300,
+        )
+    text = log.read_text()
+    assert done.returncode == 0, text
+    lines = [line for line in text.splitlines() if "images/s, loss" in line]
+    batches = len(lines) // 2
+    assert batches > 3 and len(lines) == 2 * batches  # every batch of both epochs
+    assert f"epoch 1: batch 1/{batches} (" in lines[0]
+    assert f"epoch 2: batch {batches}/{batches} (100%)" in lines[-1]
+    assert "\r" not in text  # no progress bar drawn into the file
