@@ -105,6 +105,16 @@ def test_train_into_a_read_only_output_folder(
     assert_one_line(err, str(out / "run"), "read-only filesystem")
 
 
+def test_read_only_image_cache(lab: dict, tmp_path: Path, read_only, capsys, monkeypatch) -> None:
+    cache = read_only(tmp_path / "cache")
+    config = tmp_path / "c.yaml"
+    data = {"root": str(lab["root"]), "image_size": 16, "num_workers": 0, "cache_dir": str(cache)}
+    config.write_text(yaml.safe_dump(tree(lab["root"], tmp_path / "runs", data=data)))
+    code, err = run_cli(["train", str(config)], capsys, monkeypatch)
+    assert code == 2
+    assert_one_line(err, str(cache), "image cache", "read-only filesystem", "IMAGEFIT_CACHE")
+
+
 def test_read_only_run_folder_resume_report_export(
     lab: dict, tmp_path: Path, read_only, capsys, monkeypatch
 ) -> None:
