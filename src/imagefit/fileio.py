@@ -69,9 +69,8 @@ def write_errors(path: str | Path, what: str = "the file") -> Iterator[None]:
     for writers that cannot go through :func:`atomic_open` (a library that wants a file name)."""
     try:
         yield
-    except OSError as exc:
-        where = Path(exc.filename) if isinstance(exc.filename, str) and exc.filename else path
-        raise write_error(Path(where), exc, what) from None
+    except OSError as exc:  # named by the target, not by a temp file the reader never sees
+        raise write_error(Path(path), exc, what) from None
 
 
 def check_writable(folder: str | Path, what: str = "the folder") -> None:
