@@ -35,6 +35,10 @@ class UntrainedRunError(CheckpointError):
     initial ones, and metrics or predictions from it would look like a model's."""
 
 
+class MetadataError(CheckpointError):
+    """A model file, checkpoint or run folder says something malformed or out of bounds."""
+
+
 class TrainingStopped(ImagefitError):
     """Training stopped on purpose before its end (non-finite loss or gradient)."""
 

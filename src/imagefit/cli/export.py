@@ -96,6 +96,23 @@ def export_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
 def _int8_rows(q: dict[str, Any]) -> list[tuple[str, Any]]:
     mb = 2**20
     ms = q["latency_ms_batch1"]
+    spread = q.get("latency_batch1")  # absent from files of earlier versions: one timing
+    latency = (
+        [
+            (f"{name.upper()} latency ms (batch 1), median [IQR] (min-max)", _spread(spread[name]))
+            for name in ("int8", "fp32")
+        ]
+        if spread
+        else [("INT8 / fp32 latency ms (batch 1)", _pair(ms["int8"], ms["fp32"]))]
+    )
+    speedup = q.get("speedup_batch1")
+    span = q.get("speedup_batch1_range")
+    rounds = f" over {spread['rounds']} rounds" if spread else ""
+    shown = (
+        "-"
+        if speedup is None
+        else f"{speedup:.2f}x" + (f" ({span[0]:.2f}-{span[1]:.2f}x){rounds}" if span else "")
+    )
     return [
         ("INT8 file", q["onnx"]),
         ("INT8 / fp32 size MiB", f"{q['size_bytes'] / mb:.2f} / {q['fp32_size_bytes'] / mb:.2f}"),
@@ -104,8 +121,13 @@ def _int8_rows(q: dict[str, Any]) -> list[tuple[str, Any]]:
             _pair(q["int8_accuracy"], q["fp32_accuracy"]),
         ),
         ("INT8 accuracy drop", q.get("accuracy_drop")),
-        ("INT8 / fp32 latency ms (batch 1)", _pair(ms["int8"], ms["fp32"])),
+        *latency,
+        ("INT8 speedup (batch 1), median (range)", shown),
     ]
+
+
+def _spread(s: dict[str, Any]) -> str:
+    return f"{s['median']:.3f} [{s['q1']:.3f}-{s['q3']:.3f}] ({s['min']:.3f}-{s['max']:.3f})"
 
 
 def _pair(a: float | None, b: float | None) -> str:

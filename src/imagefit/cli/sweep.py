@@ -17,6 +17,7 @@ from imagefit.cli.common import (
     with_limit,
 )
 from imagefit.errors import CheckpointError
+from imagefit.fileio import FileWriteError
 from imagefit.runs.layout import REPORT, RunLayout
 
 # The terminal's columns (results.md and results.csv have all): accuracy, size, cost (issue 4).
@@ -71,6 +72,16 @@ def sweep(
         console.print(_table("mean ± std over seeds", *groups_table(result.groups, COMPACT)))
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
+    exit_if_failed(result.failed)
+
+
+def exit_if_failed(failed: list[dict[str, str]]) -> None:
+    """Name each failed trial on stderr, last, and exit 1: a sweep with holes is no success."""
+    if not failed:
+        return
+    lines = [f"{len(failed)} trial(s) failed:"] + [f"  {f['name']}: {f['error']}" for f in failed]
+    typer.echo("\n".join(lines), err=True)
+    raise typer.Exit(1)
 
 
 def report(
@@ -93,7 +104,12 @@ def report(
     target = out or (RunLayout(run_dirs[0]).report if len(run_dirs) == 1 else Path(REPORT))
     page = write_report(run_dirs, target, title, allow_untrained=allow_untrained)
     if len(run_dirs) == 1:
-        plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
+        try:
+            plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
+        except FileWriteError as exc:
+            if out is None:  # the page itself would go there too
+                raise
+            console.print(f"[yellow]run folder not written[/yellow]: {exc}")
     console.print(f"report: {page}")
 
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from imagefit.data.decode import get_decoder
 from imagefit.data.folder import Sample
 from imagefit.errors import DataError
+from imagefit.fileio import make_dirs, write_errors
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,6 @@ def _decode_to_cache(
     meta_path: Path,
 ) -> DecodedImages:
     """Decode straight into the cache file (never the whole array in memory), then map it."""
-    npy.parent.mkdir(parents=True, exist_ok=True)
     found: dict[str, Any] = {}
 
     def write(handle: IO[bytes]) -> None:
@@ -311,10 +311,13 @@ def _decode_to_cache(
             handle.fileno(), samples, size, min_size, on_bad, workers, decoder
         )
 
-    _atomic_write(npy, write)
-    meta = {"keep": found["keep"], "bad": found["bad"], "size": size, "count": len(samples)}
-    # The meta file goes last: it is what marks the entry complete.
-    _atomic_write(meta_path, lambda handle: handle.write(json.dumps(meta).encode("utf-8")))
+    what = "the image cache (data.cache_dir or $IMAGEFIT_CACHE names a writable folder)"
+    with write_errors(npy, what):
+        make_dirs(npy.parent, what)
+        _atomic_write(npy, write)
+        meta = {"keep": found["keep"], "bad": found["bad"], "size": size, "count": len(samples)}
+        # The meta file goes last: it is what marks the entry complete.
+        _atomic_write(meta_path, lambda handle: handle.write(json.dumps(meta).encode("utf-8")))
     log.info("image cache written: %s", npy)
     return DecodedImages(np.load(npy, mmap_mode="r"), found["keep"], found["bad"])
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from imagefit.data.folder import LinkPolicy, Sample, find_classes, scan_folder
 from imagefit.errors import DataError
-from imagefit.fileio import atomic_write
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs.layout import SPLIT
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class SplitManifest:
         }
 
     def save(self, path: str | Path) -> None:
-        atomic_write(path, json.dumps(self.to_json(), indent=1))
+        atomic_write(path, json.dumps(self.to_json(), indent=1), what="the split manifest")
 
     @classmethod
     def load(cls, path: str | Path, root: str | Path | None = None) -> SplitManifest:
@@ -324,7 +324,7 @@ def write_split_folders(manifest: SplitManifest, out: str | Path) -> Path:
             target = out / split / manifest.classes[label] / path.name
             if target.exists():  # same file name in nested folders of one class
                 target = target.with_name(f"{path.parent.name}_{path.name}")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             shutil.copy2(path, target)
             relocated[split].append((target, label))
     copy = SplitManifest(

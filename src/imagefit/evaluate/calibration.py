@@ -33,7 +33,7 @@ from imagefit.evaluate.predictions import (
     run_test_predictions,
     split_predictions,
 )
-from imagefit.fileio import atomic_open, write_json
+from imagefit.fileio import atomic_open, make_dirs, write_json
 from imagefit.models.trained import resolve_checkpoint
 from imagefit.runs import layout
 from imagefit.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -228,7 +228,7 @@ def calibrate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
         test.save(run_dir / TEST_PREDICTIONS)
     write_json(run_dir / CALIBRATION_JSON, result)
     plots = RunLayout(run_dir).plots
-    plots.mkdir(exist_ok=True)
+    make_dirs(plots)
     split = "test" if test is not None else "val"
     figure = reliability_figure(shown, f"{run_dir.name}: reliability on {split}")
     with atomic_open(plots / RELIABILITY_PNG, "wb", what="the reliability diagram") as handle:

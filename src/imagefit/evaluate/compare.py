@@ -30,7 +30,7 @@ from imagefit.data.splits import SplitManifest
 from imagefit.errors import DataError
 from imagefit.evaluate.ledger import note_test_use, read_ledger
 from imagefit.evaluate.predictions import SplitPredictions, run_test_predictions
-from imagefit.fileio import atomic_write
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.models.trained import resolve_checkpoint
 from imagefit.runs import layout
 from imagefit.runs.layout import RunLayout
@@ -403,6 +403,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><bo
 {flips}</table></body></html>
 """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     atomic_write(out, page, what="the diff page")
     return out

@@ -33,7 +33,7 @@ from imagefit.data.images import load_array
 from imagefit.data.inputs import Problem, expand_images, normalise
 from imagefit.errors import DataError, ImagefitError
 from imagefit.evaluate.predictions import run_test_predictions
-from imagefit.fileio import atomic_open, write_json
+from imagefit.fileio import atomic_open, make_dirs, write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs import layout
 
@@ -155,7 +155,7 @@ def explain_images(
     ``out/<stem>.gradcam.png``; one dict per image (or ``error`` for an unreadable one)."""
     explainer = _Explainer(target)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     results: list[dict[str, Any]] = []
     used: Counter[str] = Counter()
     for item in expand_images(images):
@@ -197,7 +197,7 @@ def mistakes_gallery(
     """
     checkpoint = resolve_checkpoint(run_dir)
     out = Path(out) if out is not None else checkpoint.parent / GALLERY
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    make_dirs(out / "overlays")
     explainer = _Explainer(checkpoint)
     preds = run_test_predictions(checkpoint.parent)
     probs = preds.probabilities(explainer.temperature)

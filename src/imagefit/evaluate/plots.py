@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.reader import RunRecord, load_run
 
@@ -48,8 +49,8 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
 def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG at ``path`` (parents created) and return ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(figure_png(fig, dpi))
+    make_dirs(path.parent)
+    atomic_write(path, figure_png(fig, dpi), what="the plot", durable=False)
     return path
 
 

@@ -33,7 +33,7 @@ from imagefit import dotted
 from imagefit.config import Config
 from imagefit.evaluate import plots
 from imagefit.evaluate.evidence import RunEvidence, read_evidence, read_vs_baseline
-from imagefit.fileio import atomic_write
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs import layout
 from imagefit.runs.layout import CONFIG, RunLayout
 from imagefit.runs.reader import RunRecord, load_run, read_json, require_trained, trained_config
@@ -776,6 +776,6 @@ def write_report(
         ),
         body="\n".join(body),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     atomic_write(out, page, what="the report")
     return out

@@ -56,13 +56,13 @@ def load_predictor(model_path: str | Path, allow_untrained: bool = False) -> Pre
 
 
 def _onnx_predictor(path: Path, allow_untrained: bool) -> Predictor:
-    from imagefit.export.onnx import ort_session, read_metadata
+    from imagefit.export.onnx import ort_session, session_metadata
     from imagefit.runs.reader import require_trained
 
     if not path.is_file():
         raise CheckpointError(f"no such ONNX file: {path}")
     session = ort_session(path)
-    meta = read_metadata(session.get_modelmeta().custom_metadata_map, path)
+    meta = session_metadata(session, path)
     require_trained(path, None if meta["trained"] else 0, allow_untrained)
     name = session.get_inputs()[0].name
     return Predictor(str(path), meta, lambda x: session.run(None, {name: x})[0])

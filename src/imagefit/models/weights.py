@@ -49,10 +49,11 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
         return load_file(str(path)), {}
     from imagefit.runs.checkpoint import load_checkpoint
+    from imagefit.runs.meta import validate_meta
 
     raw = load_checkpoint(path)
     if "model" in raw and "meta" in raw:  # an imagefit checkpoint
-        return raw["model"], raw["meta"]
+        return raw["model"], validate_meta(raw["meta"], path, "checkpoint meta")
     state = raw.get("state_dict", raw.get("model", raw))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")

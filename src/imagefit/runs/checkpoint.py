@@ -26,6 +26,7 @@ import torch
 
 from imagefit.errors import CheckpointError
 from imagefit.fileio import TEMP_PREFIX, FileWriteError, atomic_open, write_error
+from imagefit.runs.pickle_probe import describe_refused
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,24 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
     return removed
 
 
+def refused_message(path: Path) -> str:
+    """Why a file was refused and how to convert a trusted copy, in one line; what the file is
+    comes from reading its pickle's opcodes, never from running them."""
+    what, weights = describe_refused(path)
+    if not weights:
+        return f"{path}: refused: it is {what}"
+    target = path.with_name(f"{path.stem}.state_dict.pt")
+    convert = (
+        f"import torch; obj = torch.load({str(path)!r}, weights_only=False); "
+        f"torch.save({weights}, {str(target)!r})"
+    )
+    return (
+        f"{path}: refused: it is {what}, and loading it would run code from the file. "
+        f"If you trust where it came from, convert it once, in an environment you trust: "
+        f'python -c "{convert}"  then use {target.name}'
+    )
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
@@ -120,12 +139,8 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused: loading it would need arbitrary code or objects that are not "
-            f"plain weights ({str(exc).splitlines()[0]}). Only load files you trust, and "
-            "re-save them as a plain state dict."
-        ) from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(refused_message(path)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{path}: damaged or truncated checkpoint ({exc})") from None
     if not isinstance(state, dict):

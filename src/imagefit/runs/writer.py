@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from imagefit.config import Config, absolute_paths, dump_config
-from imagefit.fileio import atomic_open, atomic_write, write_json
+from imagefit.fileio import (
+    FileWriteError,
+    atomic_open,
+    atomic_write,
+    describe_os_error,
+    make_dirs,
+    write_json,
+)
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.records import HISTORY_COLUMNS, Metrics, Summary
 
@@ -30,7 +37,13 @@ def create_run_dir(cfg: Config) -> Path:
     while run_dir.exists():
         suffix += 1
         run_dir = base / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True)
+    make_dirs(base, "the output folder")
+    try:
+        run_dir.mkdir()
+    except OSError as exc:
+        raise FileWriteError(
+            f"{run_dir}: could not create the run folder: {describe_os_error(exc)}"
+        ) from None
     if run_dir.name != name:
         cfg.output.name = run_dir.name
     atomic_write(RunLayout(run_dir).config, dump_config(cfg))

@@ -19,7 +19,7 @@ import numpy as np
 
 from imagefit.data.images import load_rgb, resize_center_crop
 from imagefit.errors import ImagefitError
-from imagefit.export.onnx import read_metadata
+from imagefit.export.onnx import session_metadata
 from imagefit.runs import layout
 from imagefit.runs.reader import require_trained
 from imagefit.serve import ServeError
@@ -95,7 +95,7 @@ def load_served_model(
     path = resolve_model_file(target)
     session = _session(path, threads)
     custom = session.get_modelmeta().custom_metadata_map
-    meta = read_metadata(custom, path)
+    meta = session_metadata(session, path)
     require_trained(path, None if meta["trained"] else 0, allow_untrained)
     meta["preprocessing"] = custom.get("imagefit.preprocessing", "")
     inputs = session.get_inputs()

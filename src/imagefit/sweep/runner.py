@@ -30,7 +30,7 @@ from typing import Any
 from imagefit import dotted
 from imagefit.config import Config, TrackConfig, apply_override
 from imagefit.errors import ConfigError, ImagefitError, Interrupted
-from imagefit.fileio import write_json
+from imagefit.fileio import make_dirs, write_json
 from imagefit.model_names import BASELINES
 from imagefit.runs.layout import PLOTS, REPORT, RunLayout
 from imagefit.runs.reader import read_config, read_json, read_summary
@@ -52,6 +52,11 @@ class SweepResult:
     records: list[dict[str, Any]]  # one per run (trial x seed), as in all_results.json
     groups: list[dict[str, Any]]  # mean/std over seeds per trial (empty without seeds)
     files: dict[str, Path]
+
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        """``{"name", "error"}`` of every trial that raised (pruned ones are not failures)."""
+        return table.failed_trials(self.records)
 
 
 def trial_state(run_dir: Path) -> str:
@@ -237,7 +242,7 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
             "a sweep runs its trials one after another in one process; under "
             "torchrun, launch each trial as `torchrun ... -m imagefit train`"
         )
-    (spec.out / "runs").mkdir(parents=True, exist_ok=True)
+    make_dirs(spec.out / "runs")
     table.write_sweep_file(spec)
     track = sweep_track(spec)
     if not track.mlflow:

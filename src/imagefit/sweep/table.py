@@ -280,6 +280,20 @@ def _vs_baseline(out: Path, records: list[dict[str, Any]]) -> str:
     )
 
 
+def failed_trials(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Name and error line of each failed run, in order: what a sweep ends by naming."""
+    return [
+        {"name": r["name"], "error": first_line(r.get("error"))}
+        for r in records
+        if r["status"] == "failed"
+    ]
+
+
+def first_line(error: str | None) -> str:
+    lines = (error or "").strip().splitlines()
+    return lines[0] if lines else "unknown error"
+
+
 def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
     """Write all_results.json, results.md and results.csv into ``spec.out``."""
     groups = group_records(records) if spec.seeds else []
@@ -296,6 +310,7 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "trials": records,
         "groups": groups,
+        "failed": failed_trials(records),  # a reader sees at once that not all trials ran
     }
     files = {
         "all_results": spec.out / "all_results.json",
@@ -310,6 +325,10 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
     if groups:
         text += "\n## Mean ± std over seeds\n\n" + _markdown(*groups_table(groups))
     text += _vs_baseline(spec.out, records)
+    if doc["failed"]:
+        text += "\n## Failed trials\n\n" + "".join(
+            f"- `{f['name']}`: {f['error']}\n" for f in doc["failed"]
+        )
     atomic_write(files["results_md"], text)
     with atomic_open(files["results_csv"], "w") as handle:
         header, rows = _csv_rows(records)

@@ -19,6 +19,7 @@ from imagefit.data.loaders import Loader
 from imagefit.errors import TrainingStopped
 from imagefit.evaluate.inference import Precision, bars_disabled
 from imagefit.models.transfer import freeze_frozen_norms
+from imagefit.train.progress import ProgressLog
 
 # (step finite: 0-dim bool tensor, stop requested here) -> (finite on every process, stop
 # requested on any): what all processes of a distributed run agree on, in one all-reduce.
@@ -109,6 +110,10 @@ def train_one_epoch(
         leave=False,
         disable=bars_disabled(),
     )
+    # No bar (output redirected): a log line every so often instead; rank 0 speaks for all.
+    ticker = ProgressLog(
+        epoch, len(loader), progress.batch, bool(bar.disable) and not bars_disabled()
+    )
     for step, (x, targets) in enumerate(bar, start=progress.batch):
         with precision.autocast():
             logits = model(precision.prepare(x))
@@ -141,6 +146,7 @@ def train_one_epoch(
         correct.add_((logits.argmax(1) == hard).sum())
         count += len(x)
         progress.batch = step + 1
+        ticker.step(progress.batch, len(x), loss_sum, count)
         if stop and progress.batch < len(loader):
             progress.interrupted = True
             break
