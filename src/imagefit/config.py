@@ -65,6 +65,13 @@ class DataConfig(Section):
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     split_manifest: str | None = None  # use an existing split.json instead of splitting
+    # a label file (.csv, .jsonl or .parquet) instead of class folders: one row per image, its
+    # path (relative to data.root, or absolute inside it) and its label; a split column, when
+    # the file has one, fixes the split (train/val/test), else the rows are split as a folder
+    labels: str | None = None
+    path_column: str = "path"  # data.labels: the column of image paths
+    label_column: str = "label"  # data.labels: the column of class names
+    split_column: str = "split"  # data.labels: the optional column naming each row's split
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
