@@ -14,7 +14,8 @@ import torch
 from imagefit.data.labelfile import read_label_file
 from imagefit.data.loaders import build_data, load_manifest
 from imagefit.errors import DataError
-from tests.conftest import tiny_config
+
+from conftest import tiny_config
 
 
 def _rows(root: Path) -> list[dict[str, str]]:

@@ -506,6 +506,18 @@ def load_config(
     return config_from_dict(tree, source=str(path) if path else "overrides")
 
 
+def write_overrides(path: str | Path, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``key.sub=value`` overrides to the YAML file ``path`` itself (as ``--set`` would
+    to a run) and write it back; the file keeps its own keys (defaults stay implicit), but
+    not its comments. The result is validated before the file is replaced."""
+    tree = read_yaml(path)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    config = config_from_dict(tree, source=str(path))
+    atomic_write(path, yaml.safe_dump(tree, sort_keys=False), what="the config")
+    return config
+
+
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 

@@ -39,6 +39,10 @@ TEST_PREDICTIONS = "test_predictions.npz"  # per-image logits of the test split
 CALIBRATION = "calibration.json"  # the fitted temperature, ECE and NLL before and after
 LEDGER = "ledger.json"  # content hashes of the split's files; test evaluations counted
 GALLERY = "gallery"  # confident mistakes and confused pairs, with Grad-CAM overlays
+# `imagefit lr-find`: its folder (under output.dir unless --out) holds only these two
+LR_FIND = "lr_find"
+LR_FIND_JSON = "lr_find.json"  # the ramp's lrs and losses, and the suggested lr
+LR_FIND_PLOT = "lr_find.png"  # loss against lr (log scale), the suggestion marked
 
 
 def epoch_checkpoint(epoch: int) -> str:
