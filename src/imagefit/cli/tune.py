@@ -85,12 +85,9 @@ def lr_find(
     from imagefit.config import load_config, write_overrides
 
     cfg = load_config(config, overrides)
-    from imagefit.runs.layout import LR_FIND
-    from imagefit.train.lr_find import find_lr, save_lr_find
+    from imagefit.workflow import lr_find as run_lr_find
 
-    result = find_lr(cfg, start, end, steps)
-    folder = out if out is not None else Path(cfg.output.dir) / LR_FIND
-    record, plot = save_lr_find(result, folder)
+    result, record, plot = run_lr_find(cfg, start, end, steps, out)
     console.print(
         f"{len(result.lrs)} steps, lr {start:g} to {result.lrs[-1]:g}; stopped: {result.stopped}"
     )

@@ -351,3 +351,31 @@ def plot_comparison(run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
             log.warning("%s: missing %s", record.path, ", ".join(record.missing))
     figures = comparison_figures(records)
     return [save_figure(fig, Path(out_dir) / name) for name, fig in figures.items()]
+
+
+def lr_find_figure(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    suggestion: float | None,
+) -> Figure:
+    """The learning-rate range test: raw and smoothed loss against lr, the suggestion marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, color="0.75", linewidth=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", linestyle="--")
+        ax.plot([], [], color="C3", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+    ax.set_xscale("log")
+    if smoothed:
+        # The diverging tail reaches orders of magnitude above the start: clip it, as fastai
+        # does, so the fall the suggestion reads stays visible.
+        low = min(min(losses), min(smoothed))
+        ax.set_ylim(low - 0.05 * abs(low), 1.5 * max(smoothed[0], low))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test")
+    ax.legend()
+    fig.tight_layout()
+    return fig

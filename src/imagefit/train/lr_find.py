@@ -5,7 +5,7 @@ exponentially from ``start`` to ``end``, follow the smoothed loss, stop once it 
 The suggestion is Lightning's: the lr where the smoothed loss falls fastest (the most negative
 gradient over equal steps in log lr), leaving out the first steps (noise) and the last
 (divergence). Nothing of the model is kept: the weights after a ramp to a diverging lr are
-worth nothing. What remains is the curve (JSON) and its plot.
+worth nothing. What remains is the curve (:mod:`imagefit.workflow` writes it and its plot).
 """
 
 from __future__ import annotations
@@ -14,21 +14,16 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from imagefit.config import Config
 from imagefit.data.loaders import Loader, build_data
 from imagefit.errors import ConfigError, DataError
 from imagefit.evaluate.inference import Precision
-from imagefit.evaluate.plots import save_figure
-from imagefit.fileio import write_json
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, freeze_frozen_norms
-from imagefit.runs.layout import LR_FIND_JSON, LR_FIND_PLOT
 from imagefit.train.loop import grad_norm
 from imagefit.train.losses import create_criterion
 from imagefit.train.optim import create_optimizer
@@ -155,34 +150,3 @@ def _endless(loader: Loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from loader.epoch(epoch)
         epoch += 1
-
-
-def lr_find_figure(result: LRFindResult) -> Figure:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    ax.plot(result.lrs, result.losses, color="0.75", linewidth=0.8, label="loss")
-    ax.plot(result.lrs, result.smoothed, color="C0", label="smoothed loss")
-    if result.suggestion is not None:
-        ax.axvline(result.suggestion, color="C3", linestyle="--")
-        ax.plot([], [], color="C3", linestyle="--", label=f"suggested lr {result.suggestion:.2g}")
-    ax.set_xscale("log")
-    if result.smoothed:
-        # The diverging tail reaches orders of magnitude above the start: clip it, as fastai
-        # does, so the fall the suggestion reads stays visible.
-        low = min(min(result.losses), min(result.smoothed))
-        ax.set_ylim(low - 0.05 * abs(low), 1.5 * max(result.smoothed[0], low))
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.set_title("learning-rate range test")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def save_lr_find(result: LRFindResult, out: Path) -> tuple[Path, Path]:
-    """``out/lr_find.json`` and ``out/lr_find.png``; nothing else is written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / LR_FIND_JSON, result.to_json())
-    plot = save_figure(lr_find_figure(result), out / LR_FIND_PLOT)
-    return out / LR_FIND_JSON, plot
