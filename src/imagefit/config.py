@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from imagefit import dotted
@@ -44,6 +45,7 @@ HistoryMetric = Literal[
     "val_loss",
     "val_top5_accuracy",
     "val_f1_macro",
+    "val_map",  # multi-label: mean average precision over the classes
     "train_accuracy",
     "train_loss",
 ]
@@ -72,6 +74,10 @@ class DataConfig(Section):
     path_column: str = "path"  # data.labels: the column of image paths
     label_column: str = "label"  # data.labels: the column of class names
     split_column: str = "split"  # data.labels: the optional column naming each row's split
+    # single: one class per image (softmax); multilabel: any number of classes per image
+    # (sigmoid per class, thresholds tuned on val); needs data.labels
+    task: Literal["single", "multilabel"] = "single"
+    label_sep: str = Field("|", min_length=1)  # multilabel: separates an image's labels
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
@@ -173,6 +179,9 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the model (slow first steps, faster later ones)
     sync_bn: bool = False  # distributed: batch-norm statistics over the global batch
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # the multi-label loss: bce (binary cross-entropy per class) or asl (asymmetric loss, which
+    # down-weights the many easy negatives); single-label training uses cross-entropy
+    loss: Literal["bce", "asl"] = "bce"
     # balanced: weight the training loss by n / (classes * count[class]) of the train split
     class_weights: Literal["none", "balanced"] = "none"
     grad_clip: float | None = Field(None, gt=0)
@@ -231,6 +240,36 @@ class Config(Section):
     track: TrackConfig = TrackConfig()
     export: ExportConfig = ExportConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _multilabel(self) -> Config:
+        if self.data.task != "multilabel":
+            return self
+        if not self.data.labels:
+            raise ValueError(
+                "data.task=multilabel needs data.labels, a label file listing each image's "
+                "labels (class folders give one class per image)"
+            )
+        refused = {
+            "augment.mixup": (
+                self.data.augment and self.augment.mixup > 0,
+                "mixup mixes one class per image",
+            ),
+            "augment.cutmix": (
+                self.data.augment and self.augment.cutmix > 0,
+                "cutmix mixes one class per image",
+            ),
+            "data.sampler": (self.data.sampler == "balanced", "classes are not exclusive"),
+            "train.class_weights": (self.train.class_weights != "none", "classes not exclusive"),
+            "train.label_smoothing": (self.train.label_smoothing > 0, "smooths a softmax"),
+        }
+        for key, (wrong, why) in refused.items():
+            if wrong:
+                value = dotted.get(self.to_dict(), key)
+                raise ValueError(f"{key}={value} does not go with data.task=multilabel: {why}")
+        if "monitor" not in self.train.model_fields_set:
+            self.train.monitor = "val_map"  # accuracy of a top-1 guess means nothing here
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe: tuples become lists)."""

@@ -24,6 +24,7 @@ import pandas as pd
 
 from imagefit.data.folder import LinkPolicy, Sample
 from imagefit.data.images import is_image_file
+from imagefit.data.multilabel import MAX_CLASSES, encode
 from imagefit.data.splits import SPLIT_ALIASES
 from imagefit.errors import DataError
 from imagefit.registry import Registry
@@ -75,7 +76,7 @@ class LabelTable:
 class _Row:
     where: str  # file:line
     path: Path
-    label: str
+    labels: tuple[str, ...]  # one label; a multi-label row: its labels, sorted
     split: str | None
 
 
@@ -100,8 +101,12 @@ def read_label_file(
     split_column: str = "split",
     on_bad: str = "error",
     links: LinkPolicy = "inside",
+    label_sep: str | None = None,
 ) -> LabelTable:
-    """Read and check ``path``; image paths are relative to ``root`` (or absolute inside it)."""
+    """Read and check ``path``; image paths are relative to ``root`` (or absolute inside it).
+
+    ``label_sep``: the labels of a row are a multi-label set separated by it; each sample's
+    label is then the bit set of its classes (:mod:`imagefit.data.multilabel`)."""
     path, root = Path(path), Path(root)
     if not root.is_dir():
         raise DataError(f"data.root: dataset folder not found: {root}")
@@ -121,7 +126,9 @@ def read_label_file(
     for number, values in enumerate(frame.to_dict("records")):
         line = fmt.first_line + number
         where = f"{path}:{line}" if fmt.unit == "line" else f"{path} row {line}"
-        row, problem = _row(values, where, path_column, label_column, split_column, has_split)
+        row, problem = _row(
+            values, where, path_column, label_column, split_column, has_split, label_sep
+        )
         if row is not None:
             problem = checker.check(row.path)
             if problem is None:
@@ -145,7 +152,8 @@ def read_label_file(
         log.warning("%s: skipped %d bad rows", path, len(problems))
     if not rows:
         raise DataError(f"{path}: no usable rows")
-    return _table(path, rows, has_split, {w: f"{w}: {why}" for w, why in problems.items()})
+    skipped = {w: f"{w}: {why}" for w, why in problems.items()}
+    return _table(path, rows, has_split, skipped, multilabel=label_sep is not None)
 
 
 def _text(value: object) -> str:
@@ -162,6 +170,7 @@ def _row(
     label_column: str,
     split_column: str,
     has_split: bool,
+    label_sep: str | None,
 ) -> tuple[_Row | None, str | None]:
     raw_path = _text(values[path_column])
     if not raw_path:
@@ -169,6 +178,12 @@ def _row(
     label = _text(values[label_column])
     if not label:
         return None, f"{raw_path}: empty label ('{label_column}')"
+    labels: tuple[str, ...] = (label,)
+    if label_sep is not None:
+        parts = [part.strip() for part in label.split(label_sep)]
+        if not all(parts):
+            return None, f"{raw_path}: empty label in {label!r} (data.label_sep={label_sep!r})"
+        labels = tuple(sorted(set(parts)))
     split = None
     if has_split:
         named = _text(values[split_column])
@@ -177,7 +192,7 @@ def _row(
             return None, (
                 f"{raw_path}: split {named!r} ('{split_column}') is not one of train, val, test"
             )
-    return _Row(where, Path(raw_path), label, split), None
+    return _Row(where, Path(raw_path), labels, split), None
 
 
 class _PathCheck:
@@ -219,29 +234,43 @@ def _drop_unlearnable(rows: list[_Row], problems: dict[str, str]) -> list[_Row]:
     score on it would measure nothing."""
     if not any(row.split for row in rows):
         return rows
-    taught = {row.label for row in rows if row.split == "train"}
+    taught = {label for row in rows if row.split == "train" for label in row.labels}
     kept = []
     for row in rows:
-        if row.label in taught:
+        unknown = [label for label in row.labels if label not in taught]
+        if not unknown:
             kept.append(row)
         else:
             problems[row.where] = (
-                f"{row.path}: label {row.label!r} ({row.split}) has no train rows; a class "
+                f"{row.path}: label {unknown[0]!r} ({row.split}) has no train rows; a class "
                 "nothing is trained on is unknown to the model"
             )
     return kept
 
 
-def _table(path: Path, rows: list[_Row], has_split: bool, skipped: dict[str, str]) -> LabelTable:
-    classes = sorted({row.label for row in rows})  # as folders: the class index by sorted name
+def _table(
+    path: Path, rows: list[_Row], has_split: bool, skipped: dict[str, str], multilabel: bool
+) -> LabelTable:
+    # as folders: the class index by sorted name
+    classes = sorted({label for row in rows for label in row.labels})
     index = {name: i for i, name in enumerate(classes)}
-    samples = sorted(((row.path, index[row.label]) for row in rows), key=_order)
+    if multilabel and len(classes) > MAX_CLASSES:
+        raise DataError(
+            f"{path}: {len(classes)} classes; multi-label training takes at most {MAX_CLASSES}"
+        )
+
+    def target(row: _Row) -> int:
+        if multilabel:
+            return encode(index[label] for label in row.labels)
+        return index[row.labels[0]]
+
+    samples = sorted(((row.path, target(row)) for row in rows), key=_order)
     if not has_split:
         return LabelTable(path, classes, samples, None, skipped)
     splits: dict[str, list[Sample]] = {}
     for row in rows:
         assert row.split is not None
-        splits.setdefault(row.split, []).append((row.path, index[row.label]))
+        splits.setdefault(row.split, []).append((row.path, target(row)))
     for items in splits.values():
         items.sort(key=_order)
     return LabelTable(path, classes, samples, splits, skipped)

@@ -53,6 +53,7 @@ def _from_label_file(d: DataConfig) -> Resolved:
         split_column=d.split_column,
         on_bad=d.on_bad,
         links=d.links,
+        label_sep=d.label_sep if d.task == "multilabel" else None,
     )
     root = Path(d.root)
     if table.splits is None:
@@ -65,6 +66,7 @@ def _from_label_file(d: DataConfig) -> Resolved:
         manifest = given_splits(
             root, table.classes, table.splits, d.val_fraction, d.split_seed, "labels"
         )
+    manifest.task = d.task
     return Resolved(manifest, table.skipped)
 
 

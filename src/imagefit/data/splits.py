@@ -39,9 +39,13 @@ class SplitManifest:
     layout: str  # "folders" (root/{train,val,test}) or "stratified" (split by us)
     seed: int | None = None
     fractions: dict[str, float] | None = None
+    # multilabel: each label is the bit set of the image's classes (data.multilabel)
+    task: str = "single"
 
     def to_json(self) -> dict:
+        task = {"task": self.task} if self.task != "single" else {}  # single: as ever
         return {
+            **task,
             "version": 1,
             "root": str(self.root),
             "layout": self.layout,
@@ -105,8 +109,13 @@ class SplitManifest:
             raise _Invalid(f"unknown split(s) {unknown}; the splits are {list(SPLITS)}")
         if "train" not in named:
             raise _Invalid("no 'train' split")
-        splits = {name: _samples(name, items, base, len(classes)) for name, items in named.items()}
-        return cls(base, classes, splits, layout, seed, fractions)
+        task = raw.get("task", "single")
+        if task not in ("single", "multilabel"):
+            raise _Invalid(f"'task' must be single or multilabel, got {task!r}")
+        # a multi-label label is a bit set of the classes
+        limit = 2 ** len(classes) if task == "multilabel" else len(classes)
+        splits = {name: _samples(name, items, base, limit) for name, items in named.items()}
+        return cls(base, classes, splits, layout, seed, fractions, task)
 
 
 class _Invalid(Exception):

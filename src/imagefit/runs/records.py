@@ -44,6 +44,7 @@ class HistoryRow(_Record):
     val_accuracy: float | None = None
     val_top5_accuracy: float | None = None
     val_f1_macro: float | None = None
+    val_map: float | None = None  # multi-label: mean average precision
     lr: float | None = None
     phase: str | None = None  # freeze | partial | full
     time_s: float | None = None
