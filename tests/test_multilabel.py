@@ -15,7 +15,9 @@ from imagefit.data.labelfile import read_label_file
 from imagefit.data.multilabel import decode, encode, multi_hot
 from imagefit.errors import ConfigError, DataError
 from imagefit.evaluate.multilabel import frequency_baseline_map, multilabel_metrics
-from imagefit.export.predict import predict
+from imagefit.evaluate.report import write_report
+from imagefit.export.onnx import export_onnx
+from imagefit.export.predict import label_scores, load_predictor, predict
 from imagefit.train.losses import MultiLabelLoss
 from imagefit.workflow import train
 
@@ -103,7 +105,6 @@ def test_multilabel_end_to_end_on_photo_mosaics(tmp_path: Path) -> None:
     train_codes = [label for _, label in split["splits"]["train"]]
     test_codes = [label for _, label in split["splits"]["test"]]
     baseline = frequency_baseline_map(train_codes, test_codes, len(classes))
-    print("mAP", metrics["map"], "baseline", baseline)
     assert metrics["map"] > baseline + 0.1, (metrics["map"], baseline)
     assert set(metrics["per_class"]) == set(classes)
 
@@ -123,3 +124,21 @@ def test_multilabel_end_to_end_on_photo_mosaics(tmp_path: Path) -> None:
         for row, code in zip(predicted, test_codes, strict=True)
     ]
     assert np.mean(hits) == pytest.approx(metrics["subset_accuracy"])
+
+    # plots and the report show AP bars and PR curves instead of a confusion matrix
+    plots = sorted(p.name for p in (result.run_dir / "plots").iterdir())
+    assert "per_class_ap.png" in plots and "precision_recall.png" in plots
+    assert not any(name.startswith("confusion") for name in plots)
+    page = write_report([result.run_dir], tmp_path / "report.html").read_text()
+    assert "Multi-label test metrics" in page and "per class ap" in page
+
+    # the ONNX file carries the task and the thresholds; predict and serving read them
+    onnx = tmp_path / "model.onnx"
+    export_onnx(result.run_dir, onnx, batch_sizes=(1,))
+    from_onnx = predict(onnx, files[:8])
+    assert [r["labels"] for r in from_onnx] == [r["labels"] for r in predicted[:8]]
+    served = load_predictor(onnx)
+    assert served.meta["task"] == "multilabel"
+    assert served.meta["thresholds"] == pytest.approx(thresholds)
+    answer = label_scores(np.array([9.0, -9.0, 9.0]), served.meta, top_k=3)
+    assert answer["labels"] == [classes[0], classes[2]]

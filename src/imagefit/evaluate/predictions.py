@@ -139,7 +139,8 @@ def split_predictions(
         source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
     )
     precision = Precision(dev, channels_last=cfg.train.channels_last)
-    targets, logits, loss = evaluate(model, loader, precision, desc=split)
+    multilabel = meta.get("task") == "multilabel"
+    targets, logits, loss = evaluate(model, loader, precision, split, multilabel)
     kept = kept[: len(targets)]  # --limit-batches evaluates a prefix
     if len(kept) != len(targets):
         raise DataError(f"{checkpoint}: {len(targets)} predictions for {len(kept)} files")

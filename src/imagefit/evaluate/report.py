@@ -241,6 +241,8 @@ def _run_section(record: RunRecord, name: str, out: Path, curves: bool) -> str:
     if record.missing:
         parts.append(f'<p class="note warn">Missing: {_e(", ".join(record.missing))}</p>')
     figures = plots.run_figures(record)
+    if record.metrics.get("task") == "multilabel":
+        return "".join(parts) + _multilabel_section(record, figures, curves)
     # Counts read best when they fit in the cells; with many classes the row fractions do.
     few = len(record.classes) <= plots.ANNOTATE_MAX
     matrix = "confusion_matrix.png" if few else "confusion_matrix_normalized.png"
@@ -261,6 +263,44 @@ def _run_section(record: RunRecord, name: str, out: Path, curves: bool) -> str:
         parts.append(
             f"<details><summary>Classification report</summary><pre>{_e(report)}</pre></details>"
         )
+    return "".join(parts)
+
+
+def _multilabel_section(record: RunRecord, figures: Mapping[str, Figure], curves: bool) -> str:
+    """A multi-label run: its test mAP and F1s, per-class AP bars and PR curves, and the
+    per-class thresholds (the accuracy column above is the exact-match rate)."""
+    m = record.metrics
+    rows = [
+        [f"<td>{_e(label)}</td>", f'<td class="num">{_pct(m.get(key))}</td>']
+        for label, key in (
+            ("mAP", "map"),
+            ("F1 micro", "f1_micro"),
+            ("F1 macro", "f1_macro"),
+            ("subset accuracy", "subset_accuracy"),
+        )
+    ]
+    parts = ["<h3>Multi-label test metrics</h3>", _table(["Metric", "Test"], rows)]
+    wanted = [*(["training_curves.png"] if curves else []), "per_class_ap.png"]
+    wanted.append("precision_recall.png")
+    for filename in wanted:
+        if filename in figures:
+            parts.append(_img(figures[filename], filename.removesuffix(".png").replace("_", " ")))
+    per_class = m.get("per_class") or {}
+    if per_class:
+        header = ["Class", "AP", "Precision", "Recall", "Threshold", "Support"]
+        table = [
+            [f"<td>{_e(name)}</td>"]
+            + [
+                f'<td class="num">{_pct(values.get(key))}</td>'
+                for key in ("ap", "precision", "recall")
+            ]
+            + [
+                '<td class="num">{:.3f}</td>'.format(values.get("threshold", 0.0)),
+                f'<td class="num">{_int(values.get("support"))}</td>',
+            ]
+            for name, values in per_class.items()
+        ]
+        parts.append(_table(header, table))
     return "".join(parts)
 
 

@@ -234,6 +234,9 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
     }
     if meta.get("temperature") is not None:  # fitted by calibration: probabilities = softmax(z/T)
         values["temperature"] = float(meta["temperature"])
+    if meta.get("task") == "multilabel":  # sigmoid per class; a class is shown at its threshold
+        values["task"] = "multilabel"
+        values["thresholds"] = [float(t) for t in meta["thresholds"]]
     return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
@@ -254,6 +257,9 @@ def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
     meta["input"] = custom.get(META_PREFIX + "input", INPUT)
     if META_PREFIX + "temperature" in custom:
         meta["temperature"] = float(custom[META_PREFIX + "temperature"])
+    if custom.get(META_PREFIX + "task") == "multilabel":
+        meta["task"] = "multilabel"
+        meta["thresholds"] = json.loads(custom[META_PREFIX + "thresholds"])
     return meta
 
 

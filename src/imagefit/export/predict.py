@@ -138,6 +138,14 @@ def _predict_batch(
     return results
 
 
+def label_scores(logits: np.ndarray, meta: dict[str, Any], top_k: int) -> dict[str, Any]:
+    """One image's logits (K,) as a served answer: the top classes by softmax, or, for a
+    multi-label model, by sigmoid with every class above its threshold in ``labels``."""
+    if meta.get("task") == "multilabel":
+        return _above(sigmoid(logits), meta["classes"], meta["thresholds"], top_k)
+    return _top(softmax(logits[None])[0], meta["classes"], top_k)
+
+
 def _above(
     scores: np.ndarray, classes: list[str], thresholds: Sequence[float], k: int
 ) -> dict[str, Any]:
