@@ -98,6 +98,7 @@ def test_multilabel_end_to_end_on_photo_mosaics(tmp_path: Path) -> None:
     )
     result = train(cfg)
     assert result.summary.monitor == "val_map"
+    assert all(row["val_map"] is not None for row in result.history)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     split = json.loads((result.run_dir / "split.json").read_text())
     assert split["task"] == "multilabel"

@@ -35,7 +35,9 @@ class _Record:
 
 @dataclass
 class HistoryRow(_Record):
-    """One epoch of ``history.json`` / ``history.csv``; ``val_*`` are None without a val split."""
+    """One epoch of ``history.json`` / ``history.csv``; ``val_*`` are None without a val split.
+
+    A multi-label run adds ``val_map`` (in ``extra``), so single-label files keep their columns."""
 
     epoch: int | None = None  # 1-based
     train_loss: float | None = None
@@ -44,7 +46,6 @@ class HistoryRow(_Record):
     val_accuracy: float | None = None
     val_top5_accuracy: float | None = None
     val_f1_macro: float | None = None
-    val_map: float | None = None  # multi-label: mean average precision
     lr: float | None = None
     phase: str | None = None  # freeze | partial | full
     time_s: float | None = None

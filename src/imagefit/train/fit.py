@@ -276,10 +276,10 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
         val_accuracy=val["accuracy"],
         val_top5_accuracy=val.get("top5_accuracy"),
         val_f1_macro=val["f1_macro"],
-        val_map=val.get("map"),
         lr=lr,
         phase=run.phase(epoch),
         time_s=p.seconds,
+        extra={"val_map": val["map"]} if run.multilabel else {},
     ).to_dict()
 
 
