@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from imagefit.config import config_from_dict
+from imagefit.config import check_task, config_from_dict
 from imagefit.data.labelfile import read_label_file
+from imagefit.data.loaders import build_data
 from imagefit.data.multilabel import decode, encode, multi_hot
 from imagefit.errors import ConfigError, DataError
 from imagefit.evaluate.multilabel import frequency_baseline_map, multilabel_metrics
@@ -51,10 +52,15 @@ def test_label_file_rows_with_several_labels(tmp_path: Path) -> None:
 def test_multilabel_config_refuses_what_needs_one_class(tmp_path: Path) -> None:
     base = {"data": {"task": "multilabel", "labels": "x.csv"}}
     assert config_from_dict(base).train.monitor == "val_map"
+    check_task(config_from_dict(base))
     with pytest.raises(ConfigError, match="augment.cutmix=0.5 does not go with"):
-        config_from_dict({**base, "augment": {"cutmix": 0.5}})
+        check_task(config_from_dict({**base, "augment": {"cutmix": 0.5}}))
     with pytest.raises(ConfigError, match="needs data.labels"):
-        config_from_dict({"data": {"task": "multilabel"}})
+        check_task(config_from_dict({"data": {"task": "multilabel"}}))
+    # refused when the data is built, before any image is decoded
+    cfg = config_from_dict({"data": {"task": "multilabel", "root": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="needs data.labels"):
+        build_data(cfg, torch.device("cpu"))
 
 
 def test_metrics_and_thresholds_on_known_scores() -> None:

@@ -77,7 +77,7 @@ class DataConfig(Section):
     # single: one class per image (softmax); multilabel: any number of classes per image
     # (sigmoid per class, thresholds tuned on val); needs data.labels
     task: Literal["single", "multilabel"] = "single"
-    label_sep: str = Field("|", min_length=1)  # multilabel: separates an image's labels
+    label_sep: str = "|"  # multilabel: separates an image's labels (checked when data is built)
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
@@ -242,38 +242,45 @@ class Config(Section):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
-    def _multilabel(self) -> Config:
-        if self.data.task != "multilabel":
-            return self
-        if not self.data.labels:
-            raise ValueError(
-                "data.task=multilabel needs data.labels, a label file listing each image's "
-                "labels (class folders give one class per image)"
-            )
-        refused = {
-            "augment.mixup": (
-                self.data.augment and self.augment.mixup > 0,
-                "mixup mixes one class per image",
-            ),
-            "augment.cutmix": (
-                self.data.augment and self.augment.cutmix > 0,
-                "cutmix mixes one class per image",
-            ),
-            "data.sampler": (self.data.sampler == "balanced", "classes are not exclusive"),
-            "train.class_weights": (self.train.class_weights != "none", "classes not exclusive"),
-            "train.label_smoothing": (self.train.label_smoothing > 0, "smooths a softmax"),
-        }
-        for key, (wrong, why) in refused.items():
-            if wrong:
-                value = dotted.get(self.to_dict(), key)
-                raise ValueError(f"{key}={value} does not go with data.task=multilabel: {why}")
-        if "monitor" not in self.train.model_fields_set:
+    def _multilabel_monitor(self) -> Config:
+        if self.data.task == "multilabel" and "monitor" not in self.train.model_fields_set:
             self.train.monitor = "val_map"  # accuracy of a top-1 guess means nothing here
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe: tuples become lists)."""
         return self.model_dump(mode="json")
+
+
+def check_task(cfg: Config) -> None:
+    """Refuse settings that assume one class per image in a multi-label config.
+
+    Checked when the data is built, not when the file loads: each key is valid on its own, and
+    a config may be loaded and overridden step by step before it is used."""
+    if cfg.data.task != "multilabel":
+        return
+    if not cfg.data.labels:
+        raise ConfigError(
+            "data.task=multilabel needs data.labels, a label file listing each image's "
+            "labels (class folders give one class per image)"
+        )
+    if not cfg.data.label_sep.strip():
+        raise ConfigError(
+            f"data.label_sep={cfg.data.label_sep!r}: multi-label rows need a separator that is "
+            "not empty or blank, such as '|'"
+        )
+    mixing = cfg.data.augment
+    refused = {
+        "augment.mixup": (mixing and cfg.augment.mixup > 0, "mixup mixes one class per image"),
+        "augment.cutmix": (mixing and cfg.augment.cutmix > 0, "cutmix mixes one class per image"),
+        "data.sampler": (cfg.data.sampler == "balanced", "classes are not exclusive"),
+        "train.class_weights": (cfg.train.class_weights != "none", "classes are not exclusive"),
+        "train.label_smoothing": (cfg.train.label_smoothing > 0, "it smooths a softmax"),
+    }
+    for key, (wrong, why) in refused.items():
+        if wrong:
+            value = dotted.get(cfg.to_dict(), key)
+            raise ConfigError(f"{key}={value} does not go with data.task=multilabel: {why}")
 
 
 # --------------------------------------------------------------------------- errors

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imagefit.config import Config, DataConfig
+from imagefit.config import Config, DataConfig, check_task
 from imagefit.data.augment import BatchAugment
 from imagefit.data.balance import balanced_sample_weights
 from imagefit.data.cache import CacheUnavailable, decode_cached, decoded_bytes
@@ -367,6 +367,7 @@ def build_data(
     ``shard`` (rank, world size): this process's part of every split (distributed training).
     """
     d, t = cfg.data, cfg.train
+    check_task(cfg)
     resolved = resolve_data(d)
     manifest, skipped = resolved.manifest, dict(resolved.skipped)
     if d.skip_list:
