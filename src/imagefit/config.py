@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from imagefit import dotted
@@ -44,6 +45,7 @@ HistoryMetric = Literal[
     "val_loss",
     "val_top5_accuracy",
     "val_f1_macro",
+    "val_map",  # multi-label: mean average precision over the classes
     "train_accuracy",
     "train_loss",
 ]
@@ -65,6 +67,17 @@ class DataConfig(Section):
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     split_manifest: str | None = None  # use an existing split.json instead of splitting
+    # a label file (.csv, .jsonl or .parquet) instead of class folders: one row per image, its
+    # path (relative to data.root, or absolute inside it) and its label; a split column, when
+    # the file has one, fixes the split (train/val/test), else the rows are split as a folder
+    labels: str | None = None
+    path_column: str = "path"  # data.labels: the column of image paths
+    label_column: str = "label"  # data.labels: the column of class names
+    split_column: str = "split"  # data.labels: the optional column naming each row's split
+    # single: one class per image (softmax); multilabel: any number of classes per image
+    # (sigmoid per class, thresholds tuned on val); needs data.labels
+    task: Literal["single", "multilabel"] = "single"
+    label_sep: str = "|"  # multilabel: separates an image's labels (checked when data is built)
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
@@ -166,6 +179,9 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the model (slow first steps, faster later ones)
     sync_bn: bool = False  # distributed: batch-norm statistics over the global batch
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # the multi-label loss: bce (binary cross-entropy per class) or asl (asymmetric loss, which
+    # down-weights the many easy negatives); single-label training uses cross-entropy
+    loss: Literal["bce", "asl"] = "bce"
     # balanced: weight the training loss by n / (classes * count[class]) of the train split
     class_weights: Literal["none", "balanced"] = "none"
     grad_clip: float | None = Field(None, gt=0)
@@ -225,9 +241,46 @@ class Config(Section):
     export: ExportConfig = ExportConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _multilabel_monitor(self) -> Config:
+        if self.data.task == "multilabel" and "monitor" not in self.train.model_fields_set:
+            self.train.monitor = "val_map"  # accuracy of a top-1 guess means nothing here
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe: tuples become lists)."""
         return self.model_dump(mode="json")
+
+
+def check_task(cfg: Config) -> None:
+    """Refuse settings that assume one class per image in a multi-label config.
+
+    Checked when the data is built, not when the file loads: each key is valid on its own, and
+    a config may be loaded and overridden step by step before it is used."""
+    if cfg.data.task != "multilabel":
+        return
+    if not cfg.data.labels:
+        raise ConfigError(
+            "data.task=multilabel needs data.labels, a label file listing each image's "
+            "labels (class folders give one class per image)"
+        )
+    if not cfg.data.label_sep.strip():
+        raise ConfigError(
+            f"data.label_sep={cfg.data.label_sep!r}: multi-label rows need a separator that is "
+            "not empty or blank, such as '|'"
+        )
+    mixing = cfg.data.augment
+    refused = {
+        "augment.mixup": (mixing and cfg.augment.mixup > 0, "mixup mixes one class per image"),
+        "augment.cutmix": (mixing and cfg.augment.cutmix > 0, "cutmix mixes one class per image"),
+        "data.sampler": (cfg.data.sampler == "balanced", "classes are not exclusive"),
+        "train.class_weights": (cfg.train.class_weights != "none", "classes are not exclusive"),
+        "train.label_smoothing": (cfg.train.label_smoothing > 0, "it smooths a softmax"),
+    }
+    for key, (wrong, why) in refused.items():
+        if wrong:
+            value = dotted.get(cfg.to_dict(), key)
+            raise ConfigError(f"{key}={value} does not go with data.task=multilabel: {why}")
 
 
 # --------------------------------------------------------------------------- errors
@@ -515,6 +568,18 @@ def absolute_paths(config: Config) -> None:
     init = config.model.init
     if init != "scratch" and not init.startswith("hub:"):
         config.model.init = str(Path(init).expanduser().absolute())
+
+
+def write_overrides(path: str | Path, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``key.sub=value`` overrides to the YAML file ``path`` itself (as ``--set`` would
+    to a run) and write it back; the file keeps its own keys (defaults stay implicit), but
+    not its comments. The result is validated before the file is replaced."""
+    tree = read_yaml(path)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    config = config_from_dict(tree, source=str(path))
+    atomic_write(path, yaml.safe_dump(tree, sort_keys=False), what="the config")
+    return config
 
 
 def dump_config(config: Config) -> str:

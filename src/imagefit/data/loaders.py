@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imagefit.config import Config, DataConfig
+from imagefit.config import Config, DataConfig, check_task
 from imagefit.data.augment import BatchAugment
 from imagefit.data.balance import balanced_sample_weights
 from imagefit.data.cache import CacheUnavailable, decode_cached, decoded_bytes
 from imagefit.data.decode import decode_array
 from imagefit.data.disk import DiskArraySource
 from imagefit.data.folder import Sample
-from imagefit.data.splits import SplitManifest, resolve_splits
+from imagefit.data.sources import resolve_data
+from imagefit.data.splits import SplitManifest
 from imagefit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -270,12 +271,8 @@ def _read_skip_list(path: str) -> set[Path]:
 
 
 def load_manifest(cfg: Config) -> SplitManifest:
-    d = cfg.data
-    if d.split_manifest:
-        return SplitManifest.load(d.split_manifest, d.root)
-    if not d.root:
-        raise DataError("data.root is not set: point it at an ImageFolder (--set data.root=DIR)")
-    return resolve_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, links=d.links)
+    """The split of ``cfg.data`` (a saved manifest, a label file or folders: data.sources)."""
+    return resolve_data(cfg.data).manifest
 
 
 def _apply_skip_list(manifest: SplitManifest, path: str, skipped: dict[str, str]) -> None:
@@ -370,8 +367,9 @@ def build_data(
     ``shard`` (rank, world size): this process's part of every split (distributed training).
     """
     d, t = cfg.data, cfg.train
-    manifest = load_manifest(cfg)
-    skipped: dict[str, str] = {}
+    check_task(cfg)
+    resolved = resolve_data(d)
+    manifest, skipped = resolved.manifest, dict(resolved.skipped)
     if d.skip_list:
         _apply_skip_list(manifest, d.skip_list, skipped)
     total = sum(len(items) for items in manifest.splits.values())

@@ -40,9 +40,13 @@ class SplitManifest:
     layout: str  # "folders" (root/{train,val,test}) or "stratified" (split by us)
     seed: int | None = None
     fractions: dict[str, float] | None = None
+    # multilabel: each label is the bit set of the image's classes (data.multilabel)
+    task: str = "single"
 
     def to_json(self) -> dict:
+        task = {"task": self.task} if self.task != "single" else {}  # single: as ever
         return {
+            **task,
             "version": 1,
             "root": str(Path(self.root).absolute()),  # a run stores data paths absolute
             "layout": self.layout,
@@ -106,8 +110,13 @@ class SplitManifest:
             raise _Invalid(f"unknown split(s) {unknown}; the splits are {list(SPLITS)}")
         if "train" not in named:
             raise _Invalid("no 'train' split")
-        splits = {name: _samples(name, items, base, len(classes)) for name, items in named.items()}
-        return cls(base, classes, splits, layout, seed, fractions)
+        task = raw.get("task", "single")
+        if task not in ("single", "multilabel"):
+            raise _Invalid(f"'task' must be single or multilabel, got {task!r}")
+        # a multi-label label is a bit set of the classes
+        limit = 2 ** len(classes) if task == "multilabel" else len(classes)
+        splits = {name: _samples(name, items, base, limit) for name, items in named.items()}
+        return cls(base, classes, splits, layout, seed, fractions, task)
 
 
 class _Invalid(Exception):
@@ -254,41 +263,65 @@ def resolve_splits(
     dirs = _split_dirs(root)
     if not dirs:
         index = scan_folder(root, links=links)
-        fractions = {
-            "train": 1 - val_fraction - test_fraction,
-            "val": val_fraction,
-            "test": test_fraction,
-        }
-        if fractions["train"] <= 0:
-            raise DataError(f"val_fraction + test_fraction = {val_fraction + test_fraction} >= 1")
-        splits = stratified_split(index.samples, fractions, seed)
-        manifest = SplitManifest(root, index.classes, splits, "stratified", seed, fractions)
-    else:
-        if "train" not in dirs:
-            raise DataError(f"{root}: has {sorted(dirs)} split folders but no 'train'")
-        classes = find_classes(dirs["train"])
-        splits = {
-            name: scan_folder(path, classes, links, within=root).samples
-            for name, path in dirs.items()
-        }
-        _refuse_shared_files(root, splits)
-        fractions = None
-        if "val" not in splits and val_fraction == 0:
-            splits["val"] = []
-        elif "val" not in splits:
-            carved = stratified_split(
-                splits["train"], {"train": 1 - val_fraction, "val": val_fraction}, seed
-            )
-            splits.update(carved)
-            fractions = {"val_of_train": val_fraction}
-            log.info(
-                "%s: no val split; carved %d images from train (seed %d)",
-                root,
-                len(splits["val"]),
-                seed,
-            )
-        splits.setdefault("test", [])
-        manifest = SplitManifest(root, classes, splits, "folders", seed, fractions)
+        return split_samples(root, index.classes, index.samples, val_fraction, test_fraction, seed)
+    if "train" not in dirs:
+        raise DataError(f"{root}: has {sorted(dirs)} split folders but no 'train'")
+    classes = find_classes(dirs["train"])
+    splits = {
+        name: scan_folder(path, classes, links, within=root).samples for name, path in dirs.items()
+    }
+    _refuse_shared_files(root, splits)
+    return given_splits(root, classes, splits, val_fraction, seed, "folders")
+
+
+def split_samples(
+    root: Path,
+    classes: list[str],
+    samples: list[Sample],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> SplitManifest:
+    """The manifest of ``samples`` split per class (stratified, seeded) into train/val/test."""
+    fractions = {
+        "train": 1 - val_fraction - test_fraction,
+        "val": val_fraction,
+        "test": test_fraction,
+    }
+    if fractions["train"] <= 0:
+        raise DataError(f"val_fraction + test_fraction = {val_fraction + test_fraction} >= 1")
+    splits = stratified_split(samples, fractions, seed)
+    manifest = SplitManifest(root, classes, splits, "stratified", seed, fractions)
+    _check(manifest, need_val=val_fraction > 0)
+    return manifest
+
+
+def given_splits(
+    root: Path,
+    classes: list[str],
+    splits: dict[str, list[Sample]],
+    val_fraction: float,
+    seed: int,
+    layout: str,
+) -> SplitManifest:
+    """The manifest of splits fixed by the dataset; a missing val is carved from train."""
+    fractions = None
+    if "val" not in splits and val_fraction == 0:
+        splits["val"] = []
+    elif "val" not in splits:
+        carved = stratified_split(
+            splits["train"], {"train": 1 - val_fraction, "val": val_fraction}, seed
+        )
+        splits.update(carved)
+        fractions = {"val_of_train": val_fraction}
+        log.info(
+            "%s: no val split; carved %d images from train (seed %d)",
+            root,
+            len(splits["val"]),
+            seed,
+        )
+    splits.setdefault("test", [])
+    manifest = SplitManifest(root, classes, splits, layout, seed, fractions)
     _check(manifest, need_val=val_fraction > 0)
     return manifest
 

@@ -200,12 +200,17 @@ def calibrate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
     checkpoint = resolve_checkpoint(run_dir)
     run_dir = checkpoint.parent
     try:
-        val, _, _ = split_predictions(checkpoint, "val", device=device)
+        val, meta, _ = split_predictions(checkpoint, "val", device=device)
     except DataError as exc:
         raise DataError(
             f"{run_dir}: cannot calibrate without a validation split ({exc}); a temperature "
             "fitted on the test split would be tuned on the numbers it reports"
         ) from None
+    if meta.get("task") == "multilabel":
+        raise DataError(
+            f"{checkpoint}: a multi-label model; temperature scaling calibrates one softmax "
+            "over exclusive classes (its per-class thresholds were tuned on val instead)"
+        )
     temperature = fit_temperature(val.logits, val.labels)
     result: dict[str, Any] = {
         "temperature": temperature,

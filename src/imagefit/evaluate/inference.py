@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imagefit.data.loaders import Loader
+from imagefit.data.multilabel import multi_hot
 from imagefit.errors import ConfigError
 
 
@@ -65,9 +66,16 @@ class Precision:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Loader, precision: Precision, desc: str = "eval"
+    model: nn.Module,
+    loader: Loader,
+    precision: Precision,
+    desc: str = "eval",
+    multilabel: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(targets (N,), logits (N, C) float32, mean cross-entropy) over the whole loader."""
+    """(targets (N,), logits (N, C) float32, mean cross-entropy) over the whole loader.
+
+    ``multilabel``: targets are bit sets of the classes (data.multilabel) and the loss is the
+    binary cross-entropy per class (mean over images and classes)."""
     model.eval()
     all_logits, all_targets = [], []
     loss_sum = torch.zeros((), dtype=torch.float64, device=precision.device)
@@ -81,7 +89,16 @@ def evaluate(
     ):
         with precision.autocast():
             logits = model(precision.prepare(x)).float()
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
+        if multilabel:
+            hot = multi_hot(targets, logits.shape[1])
+            loss_sum += (
+                nn.functional.binary_cross_entropy_with_logits(
+                    logits, hot, reduction="sum"
+                ).double()
+                / logits.shape[1]
+            )
+        else:
+            loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
         all_logits.append(logits)
         all_targets.append(targets)
     if not all_logits:

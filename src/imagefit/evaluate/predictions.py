@@ -20,7 +20,8 @@ import numpy as np
 from imagefit.config import Config, config_from_dict
 from imagefit.data.cache import file_digest
 from imagefit.data.loaders import Loader, make_source
-from imagefit.data.splits import SplitManifest, resolve_splits
+from imagefit.data.sources import resolve_data
+from imagefit.data.splits import SplitManifest
 from imagefit.errors import DataError
 from imagefit.evaluate.inference import Precision, evaluate, select_device
 from imagefit.fileio import atomic_open
@@ -107,7 +108,8 @@ def run_manifest(checkpoint: Path, cfg: Config, data_root: str | None) -> SplitM
         raise DataError(
             f"{checkpoint}: no {layout.SPLIT} beside it and no data root: pass --data ROOT"
         )
-    return resolve_splits(root, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+    # The run's own source (folders or a label file), moved to ``root`` when one is given.
+    return resolve_data(cfg.data.model_copy(update={"root": root})).manifest
 
 
 def split_predictions(
@@ -140,7 +142,8 @@ def split_predictions(
         source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
     )
     precision = Precision(dev, channels_last=cfg.train.channels_last)
-    targets, logits, loss = evaluate(model, loader, precision, desc=split)
+    multilabel = meta.get("task") == "multilabel"
+    targets, logits, loss = evaluate(model, loader, precision, split, multilabel)
     kept = kept[: len(targets)]  # --limit-batches evaluates a prefix
     if len(kept) != len(targets):
         raise DataError(f"{checkpoint}: {len(targets)} predictions for {len(kept)} files")

@@ -526,6 +526,50 @@ def _config(record: RunRecord) -> str:
     )
 
 
+def _multilabel_section(record: RunRecord, figures: Mapping[str, Figure]) -> str:
+    """A multi-label run: its test mAP and F1s, per-class AP bars and PR curves, and the
+    per-class thresholds (the accuracy column above is the exact-match rate)."""
+    m = record.metrics
+    rows = [
+        [f"<td>{_e(label)}</td>", f'<td class="num">{_pct(m.get(key))}</td>']
+        for label, key in (
+            ("mAP", "map"),
+            ("F1 micro", "f1_micro"),
+            ("F1 macro", "f1_macro"),
+            ("subset accuracy", "subset_accuracy"),
+        )
+    ]
+    parts = ["<h3>Multi-label test metrics</h3>", _table(["Metric", "Test"], rows)]
+    for filename in ("per_class_ap.png", "precision_recall.png"):
+        if filename in figures:
+            parts.append(_img(figures[filename], filename.removesuffix(".png").replace("_", " ")))
+    per_class = m.get("per_class") or {}
+    if per_class:
+        header = ["Class", "AP", "Precision", "Recall", "Threshold", "Support"]
+        table = [
+            [f"<td>{_e(name)}</td>"]
+            + [
+                f'<td class="num">{_pct(values.get(key))}</td>'
+                for key in ("ap", "precision", "recall")
+            ]
+            + [
+                '<td class="num">{:.3f}</td>'.format(values.get("threshold", 0.0)),
+                f'<td class="num">{_int(values.get("support"))}</td>',
+            ]
+            for name, values in per_class.items()
+        ]
+        parts.append(_table(header, table))
+    return "".join(parts)
+
+
+def _classes_section(record: RunRecord, figures: Mapping[str, Figure]) -> str:
+    """The confusion matrix; a multi-label run has none (its classes overlap): its per-class
+    AP, PR curves and thresholds instead."""
+    if record.metrics.get("task") == "multilabel":
+        return _section("multilabel", "Per-class results", _multilabel_section(record, figures))
+    return _section("confusion", "Confusion matrix", _confusion(record, figures))
+
+
 def _single_run_body(record: RunRecord, name: str, out: Path) -> list[str]:
     evidence = read_evidence(record.path)
     figures = plots.run_figures(record)
@@ -542,7 +586,7 @@ def _single_run_body(record: RunRecord, name: str, out: Path) -> list[str]:
             + _headline(record, evidence),
         ),
         _section("curves", "Learning curves", curves),
-        _section("confusion", "Confusion matrix", _confusion(record, figures)),
+        _classes_section(record, figures),
         _section("mistakes", "Mistakes", _mistakes(evidence)),
         _section("calibration", "Calibration", _calibration(record, evidence)),
         _section("config", "Configuration", _config(record)),

@@ -305,6 +305,9 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
     }
     if meta.get("temperature") is not None:  # fitted by calibration: probabilities = softmax(z/T)
         values["temperature"] = float(meta["temperature"])
+    if meta.get("task") == "multilabel":  # sigmoid per class; a class is shown at its threshold
+        values["task"] = "multilabel"
+        values["thresholds"] = [float(t) for t in meta["thresholds"]]
     return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
@@ -337,6 +340,14 @@ def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
     meta.update({k: custom[META_PREFIX + k] for k in TEXT_KEYS if META_PREFIX + k in custom})
     # absent in exports older than the field: nothing says they are untrained
     meta["trained"] = custom.get(META_PREFIX + "trained", "true") != "false"
+    if custom.get(META_PREFIX + "task") == "multilabel":
+        meta["task"] = "multilabel"
+        try:
+            meta["thresholds"] = json.loads(custom[META_PREFIX + "thresholds"])
+        except (KeyError, ValueError):
+            raise MetadataError(
+                f"{source}: a multilabel model needs valid {META_PREFIX}thresholds JSON"
+            ) from None
     return validate_meta(meta, source)
 
 

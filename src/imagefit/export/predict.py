@@ -5,7 +5,9 @@ or an exported file's ``imagefit.*`` metadata, so nothing has to be repeated on 
 line. A file that cannot be read gets an ``error`` entry; the other files are still predicted.
 A model calibrated by :func:`imagefit.evaluate.calibration.calibrate_run` carries a
 ``temperature``; its probabilities are ``softmax(logits / temperature)`` (``calibrated: true``),
-and ``abstain_below`` marks predictions whose probability falls under it.
+and ``abstain_below`` marks predictions whose probability falls under it. A multi-label model
+(``task: multilabel``) scores each class with a sigmoid and lists in ``labels`` every class
+whose score reaches its threshold.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from imagefit.data.images import load_array
 from imagefit.data.inputs import Problem, expand_images, normalise
 from imagefit.errors import CheckpointError, DataError
+from imagefit.evaluate.multilabel import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +133,37 @@ def _predict_batch(
             )
     if good:
         x = normalise(np.stack([pixels for _, pixels in good]), meta["mean"], meta["std"])
+        if meta.get("task") == "multilabel":
+            scores = sigmoid(predictor.logits(x))
+            for (position, _), row in zip(good, scores, strict=True):
+                results[position].update(_above(row, meta["classes"], meta["thresholds"], top_k))
+            return results
         temperature = meta.get("temperature")
         probs = softmax(predictor.logits(x) / (temperature or 1.0))
         for (position, _), row in zip(good, probs, strict=True):
             results[position].update(_top(row, meta["classes"], top_k))
             results[position]["calibrated"] = temperature is not None
     return results
+
+
+def label_scores(logits: np.ndarray, meta: dict[str, Any], top_k: int) -> dict[str, Any]:
+    """One image's logits (K,) as a served answer: the top classes by softmax, or, for a
+    multi-label model, by sigmoid with every class above its threshold in ``labels``."""
+    if meta.get("task") == "multilabel":
+        return _above(sigmoid(logits), meta["classes"], meta["thresholds"], top_k)
+    return _top(softmax(logits[None])[0], meta["classes"], top_k)
+
+
+def _above(
+    scores: np.ndarray, classes: list[str], thresholds: Sequence[float], k: int
+) -> dict[str, Any]:
+    """Multi-label: every class whose sigmoid score reaches its threshold (tuned on val),
+    best first; ``top_k`` and ``label`` as for one class per image."""
+    result = _top(scores, classes, k)
+    order = np.argsort(-scores, kind="stable")
+    result["labels"] = [classes[i] for i in order if scores[i] >= thresholds[i]]
+    result["thresholds"] = {name: float(t) for name, t in zip(classes, thresholds, strict=True)}
+    return result
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

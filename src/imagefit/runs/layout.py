@@ -42,6 +42,10 @@ GALLERY = "gallery"  # confident mistakes and confused pairs, with Grad-CAM over
 RESUME = "resume.json"  # each resume: when, at which epoch, the config.yaml edits it applied
 GALLERY_JSON = "gallery.json"  # in GALLERY: the entries the report shows
 VS_BASELINE = "vs_baseline.json"  # a sweep folder's variants against its baseline variant
+# `imagefit lr-find`: its folder (under output.dir unless --out) holds only these two
+LR_FIND = "lr_find"
+LR_FIND_JSON = "lr_find.json"  # the ramp's lrs and losses, and the suggested lr
+LR_FIND_PLOT = "lr_find.png"  # loss against lr (log scale), the suggestion marked
 
 
 def epoch_checkpoint(epoch: int) -> str:

@@ -35,7 +35,9 @@ class _Record:
 
 @dataclass
 class HistoryRow(_Record):
-    """One epoch of ``history.json`` / ``history.csv``; ``val_*`` are None without a val split."""
+    """One epoch of ``history.json`` / ``history.csv``; ``val_*`` are None without a val split.
+
+    A multi-label run adds ``val_map`` (in ``extra``), so single-label files keep their columns."""
 
     epoch: int | None = None  # 1-based
     train_loss: float | None = None

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagefit.errors import ImageError
-from imagefit.export.predict import _top, softmax
+from imagefit.export.predict import label_scores
 from imagefit.serve.batching import Batcher
 from imagefit.serve.metrics import CONTENT_TYPE, Metrics
 from imagefit.serve.model import ServedModel, decode_upload, load_served_model
@@ -101,8 +101,8 @@ def build_app(model: ServedModel, settings: Settings, drain: threading.Event) ->
         top_k = _top_k(request)
         name, data = (await _uploads(request, max_body, single=True))[0]
         x = await _decode(data, name, model)
-        probs = softmax((await batcher.submit(x))[None])[0]
-        return JSONResponse({"model": identity, **_top(probs, model.meta["classes"], top_k)})
+        scores = label_scores(await batcher.submit(x), model.meta, top_k)
+        return JSONResponse({"model": identity, **scores})
 
     async def predict_batch(request: Request) -> Response:
         top_k = _top_k(request)
@@ -119,8 +119,7 @@ def build_app(model: ServedModel, settings: Settings, drain: threading.Event) ->
             elif isinstance(x, BaseException):
                 raise x
             else:
-                probs = softmax(next(rows)[None])[0]
-                results.append({"file": name, **_top(probs, model.meta["classes"], top_k)})
+                results.append({"file": name, **label_scores(next(rows), model.meta, top_k)})
         return JSONResponse({"model": identity, "results": results})
 
     async def health(request: Request) -> Response:

@@ -27,6 +27,7 @@ from imagefit.errors import CheckpointError, ConfigError, Interrupted
 from imagefit.evaluate.inference import Precision, evaluate
 from imagefit.evaluate.ledger import note_test_use, record_split
 from imagefit.evaluate.metrics import compute_metrics
+from imagefit.evaluate.multilabel import multilabel_metrics
 from imagefit.fileio import remove_partial_writes as remove_partial_records
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, count_parameters
@@ -81,6 +82,11 @@ class Run:
     wrap: TrainingModule = field(
         default_factory=lambda: TrainingModule(Distributed())
     )  # DDP, compile
+    thresholds: list[float] | None = None  # multi-label: per class, tuned on the last val
+
+    @property
+    def multilabel(self) -> bool:
+        return self.cfg.data.task == "multilabel"
 
     @property
     def layout(self) -> RunLayout:
@@ -107,6 +113,8 @@ class Run:
             # relative to the checkpoint's own folder, so it stays true when the folder moves
             "run_dir": ".",
             "init": getattr(self.model, "imagefit_init", {"init": self.cfg.model.init}),
+            # multi-label models predict every class whose sigmoid reaches its threshold
+            **({"task": "multilabel", "thresholds": self.thresholds} if self.multilabel else {}),
         }
 
     def state(self) -> dict[str, Any]:
@@ -260,23 +268,28 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     run.train_seconds += p.seconds
     run.train_images += p.count
     run.dist.sync_buffers(run.model)
-    val = dict.fromkeys(("loss", "accuracy", "top5_accuracy", "f1_macro"))  # no val split: None
+    val = dict.fromkeys(("loss", "accuracy", "top5_accuracy", "f1_macro", "map"))  # no val
     if run.data.val is not None:
         targets, logits, loss = run.dist.gather_predictions(
-            *evaluate(run.model, run.data.val, run.precision, desc="val")
+            *evaluate(run.model, run.data.val, run.precision, "val", run.multilabel)
         )
-        val = compute_metrics(targets, logits, run.data.classes, loss)
+        if run.multilabel:
+            val = multilabel_metrics(targets, logits, run.data.classes, loss)
+            run.thresholds = val["thresholds"]
+        else:
+            val = compute_metrics(targets, logits, run.data.classes, loss)
     return HistoryRow(
         epoch=epoch + 1,
         train_loss=p.loss,
         train_accuracy=p.accuracy,
         val_loss=val["loss"],
         val_accuracy=val["accuracy"],
-        val_top5_accuracy=val["top5_accuracy"],
+        val_top5_accuracy=val.get("top5_accuracy"),
         val_f1_macro=val["f1_macro"],
         lr=lr,
         phase=run.phase(epoch),
         time_s=p.seconds,
+        extra={"val_map": val["map"]} if run.multilabel else {},
     ).to_dict()
 
 
@@ -362,9 +375,14 @@ def _finish(run: Run) -> RunResult:
     metrics = None
     split, loader = _reported(run)
     if split is not None and loader is not None:
-        evaluated = evaluate(run.model, loader, run.precision, desc=split)
+        evaluated = evaluate(run.model, loader, run.precision, split, run.multilabel)
         targets, logits, loss = run.dist.gather_predictions(*evaluated)
-        metrics = {"split": split, **compute_metrics(targets, logits, run.data.classes, loss)}
+        if run.multilabel:  # the thresholds tuned on val with the best weights, never on test
+            cuts = load_checkpoint(run.layout.best)["meta"].get("thresholds")
+            found = multilabel_metrics(targets, logits, run.data.classes, loss, cuts)
+        else:
+            found = compute_metrics(targets, logits, run.data.classes, loss)
+        metrics = {"split": split, **found}
     summary = Summary.finished(
         name=run.run_dir.name,
         model=run.cfg.model.name,

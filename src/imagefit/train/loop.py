@@ -16,9 +16,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imagefit.data.loaders import Loader
+from imagefit.data.multilabel import multi_hot
 from imagefit.errors import TrainingStopped
 from imagefit.evaluate.inference import Precision, bars_disabled
 from imagefit.models.transfer import freeze_frozen_norms
+from imagefit.train.losses import MultiLabelLoss
 from imagefit.train.progress import ProgressLog
 
 # (step finite: 0-dim bool tensor, stop requested here) -> (finite on every process, stop
@@ -141,9 +143,8 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
-        hard = targets.argmax(1) if targets.ndim == 2 else targets
         loss_sum.add_(loss.detach(), alpha=len(x))
-        correct.add_((logits.argmax(1) == hard).sum())
+        correct.add_(_correct(logits.detach(), targets, criterion))
         count += len(x)
         progress.batch = step + 1
         ticker.step(progress.batch, len(x), loss_sum, count)
@@ -153,3 +154,12 @@ def train_one_epoch(
     progress.loss_sum, progress.correct = float(loss_sum), float(correct)
     progress.count = count
     return progress
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    """Images guessed right: the top class; multi-label, every class right at score 0.5."""
+    if isinstance(criterion, MultiLabelLoss):
+        hot = multi_hot(targets, logits.shape[1]) if targets.ndim == 1 else targets
+        return ((logits > 0) == (hot > 0.5)).all(1).sum()
+    hard = targets.argmax(1) if targets.ndim == 2 else targets
+    return (logits.argmax(1) == hard).sum()
