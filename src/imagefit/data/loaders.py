@@ -223,7 +223,13 @@ class Loader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start..`` of ``epoch``: images (B, 3, S, S) float, targets (B,) or (B, K)."""
         batches = self.index_batches(epoch)[start:]
-        for offset, (pixels, labels) in enumerate(self.source.batches(batches)):
+        yield from self.prepare(self.source.batches(batches), epoch, start)
+
+    def prepare(
+        self, batches: Iterator[Batch], epoch: int, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 batches ``start..`` of ``epoch`` -> device, augmented (training), normalised."""
+        for offset, (pixels, labels) in enumerate(batches):
             if len(labels) == 0:
                 continue  # every file of this batch was a skipped bad image
             pixels = pixels.to(self.device, non_blocking=True)
@@ -370,6 +376,10 @@ def build_data(
     ``shard`` (rank, world size): this process's part of every split (distributed training).
     """
     d, t = cfg.data, cfg.train
+    if d.shards:  # no files, no random access: streamed loaders of their own
+        from imagefit.data.stream import build_shard_data
+
+        return build_shard_data(cfg, device, batch_size=batch_size, shard=shard)
     manifest = load_manifest(cfg)
     skipped: dict[str, str] = {}
     if d.skip_list:
