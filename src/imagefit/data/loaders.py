@@ -278,7 +278,11 @@ def _read_skip_list(path: str) -> set[Path]:
 def load_manifest(cfg: Config) -> SplitManifest:
     d = cfg.data
     if d.split_manifest:
-        return SplitManifest.load(d.split_manifest, d.root)
+        return SplitManifest.load(d.split_manifest, d.hf or d.root)
+    if d.hf:
+        from imagefit.data.hf import hf_manifest
+
+        return hf_manifest(d)
     if not d.root:
         raise DataError("data.root is not set: point it at an ImageFolder (--set data.root=DIR)")
     return resolve_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, links=d.links)
@@ -352,6 +356,22 @@ def make_source(
     return ArraySource(decoded.pixels, labels, device), kept
 
 
+def hf_source(
+    d: DataConfig, samples: list[Sample], size: int, device: torch.device, budget_count: int
+) -> PixelSource:
+    """Rows of ``data.hf``: decoded once into memory within the budget, else per batch.
+
+    The dataset's own Arrow files are already a memory-mapped cache of the encoded images, so
+    imagefit's image cache (keyed by file) is not used for it.
+    """
+    from imagefit.data.hf import HFSource
+
+    rows = HFSource(d, samples, size)
+    if d.cache == "never" or over_budget(d, budget_count, size):
+        return rows
+    return ArraySource(rows.decode_all(), rows.labels, device)
+
+
 def _stream(d: DataConfig, samples: list[Sample], size: int, device: torch.device) -> StreamSource:
     return StreamSource(
         samples,
@@ -387,7 +407,9 @@ def build_data(
     total = sum(len(items) for items in manifest.splits.values())
     cache = d.cache != "never"
     where = "streamed from files"
-    if cache:
+    if d.hf:
+        cache, where = False, "decoded from a Hugging Face dataset"
+    elif cache:
         big = d.cache == "mmap" or over_budget(d, total, d.image_size)
         where = "decoded once into the image cache, " + ("read per batch" if big else "in memory")
     log.info(
@@ -401,7 +423,10 @@ def build_data(
     for name, items in manifest.splits.items():
         if not items:
             continue
-        source, kept = make_source(d, items, d.image_size, device, skipped, budget_count=total)
+        if d.hf:
+            source, kept = hf_source(d, items, d.image_size, device, total), items
+        else:
+            source, kept = make_source(d, items, d.image_size, device, skipped, budget_count=total)
         manifest.splits[name] = kept
         train = name == "train"
         augment = None
