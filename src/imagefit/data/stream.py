@@ -45,6 +45,7 @@ from imagefit.data.shards import ShardEntry, ShardIndex, index_manifest, read_in
 from imagefit.errors import DataError
 
 log = logging.getLogger(__name__)
+keys_log = logging.getLogger(__name__ + ".keys")  # DEBUG: the sample keys of every training step
 
 CHUNK = 16  # images a loader worker sends at once: fewer, larger messages between processes
 _IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) + ("img",)
@@ -282,10 +283,13 @@ class ShardLoader(Loader):
                 yield pixels[:size], labels[:size], keys[:size]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches: Iterator[Batch] = (
-            (pixels, labels) for pixels, labels, _ in self.sample_batches(epoch, start)
-        )
-        yield from self.prepare(batches, epoch, start)
+        def batches() -> Iterator[Batch]:
+            for step, (pixels, labels, keys) in enumerate(self.sample_batches(epoch, start), start):
+                if self.shuffle:  # which samples each training step saw, to audit an epoch
+                    keys_log.debug("epoch %d step %d rank %d: %s", epoch, step, self.shard[0], keys)
+                yield pixels, labels
+
+        yield from self.prepare(batches(), epoch, start)
 
 
 def resolve_shards(spec: str) -> tuple[ShardIndex, list[ShardEntry]]:
