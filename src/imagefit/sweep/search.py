@@ -14,6 +14,7 @@ import os
 import socket
 import statistics
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,14 +142,16 @@ def _storage(url: str, search: SearchSpec) -> Any:
     optuna = _optuna()
     if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
         return url  # journal files, in-memory: no heartbeat there
-    retry = optuna.storages.RetryFailedTrialCallback(
-        max_retry=search.retries, inherit_intermediate_values=True
-    )
+    # Optuna 4.9 renamed the callback and its argument; older releases have the first names.
+    kind = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    argument = "heartbeat_stale_trial_callback" if kind else "failed_trial_callback"
+    kind = kind or optuna.storages.RetryFailedTrialCallback
+    retry = kind(max_retry=search.retries, inherit_intermediate_values=True)
     return optuna.storages.RDBStorage(
         url,
         heartbeat_interval=search.heartbeat_s,
         grace_period=3 * search.heartbeat_s,
-        failed_trial_callback=retry,
+        **{argument: retry},
         # SQLite shared by processes: wait for a lock rather than fail at once
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
     )
@@ -158,7 +161,8 @@ def _storage(url: str, search: SearchSpec) -> Any:
 def heartbeat(study: Any, trial: Any, seconds: int) -> Iterator[None]:
     """Beat for ``trial`` while the block runs (``study.optimize`` does this; ask/tell does not)."""
     storage = study._storage
-    if not hasattr(storage, "record_heartbeat") or not storage.is_heartbeat_enabled():
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not hasattr(storage, "record_heartbeat") or interval is None:
         yield
         return
     done = threading.Event()
@@ -183,14 +187,25 @@ def heartbeat(study: Any, trial: Any, seconds: int) -> Iterator[None]:
 
 def run_number(trial: Any) -> int:
     """The trial number that names the run folder: a retried trial continues its original's."""
+    if not hasattr(trial, "system_attrs"):  # a live Trial: its attributes are in the storage
+        trial = trial.study._storage.get_trial(trial._trial_id)
     history = trial.system_attrs.get("retry_history") or []
     return int(history[0]) if history else int(trial.number)
 
 
-def counted(trials: list[Any]) -> int:
-    """Trials that count towards ``n_trials``: not queued, and not a failure being retried."""
+def counted(trials: list[Any]) -> list[int]:
+    """Numbers of the trials that count towards ``n_trials``: not queued, not a failure being
+    retried, not a surplus one."""
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
-    return sum(t.state.name != "WAITING" and t.number not in retried for t in trials)
+    return [
+        t.number
+        for t in trials
+        if t.state.name != "WAITING" and t.number not in retried and not _surplus(t)
+    ]
+
+
+def _surplus(trial: Any) -> bool:
+    return bool(trial.user_attrs.get("surplus"))
 
 
 def _alive(pid: int) -> bool:
@@ -294,6 +309,16 @@ def past_records(spec: SweepSpec, search: SearchSpec, frozen: Any) -> list[dict[
 
 
 def run_search(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
+    """:func:`search`, without Optuna's notes that heartbeats with ask/tell and
+    ``fail_stale_trials`` are experimental: this module does what ``optimize`` would."""
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        search(spec, records)
+
+
+def search(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
     """Run the search until the study holds ``n_trials`` trials; interrupted trials of this
     sweep folder resume first, from their ``last.pt``.
 
@@ -308,7 +333,7 @@ def run_search(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
         study.sampler.reseed_rng()
     space = distributions(search, str(spec.path))
     for frozen in study.get_trials(deepcopy=False):
-        if frozen.state.is_finished():
+        if frozen.state.is_finished() and not _surplus(frozen):
             if frozen.state.name != "FAIL" or not _retried(study, frozen):
                 records.extend(past_records(spec, search, frozen))
         elif is_stale(frozen, spec):
@@ -323,9 +348,15 @@ def run_search(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
                         run_trial(spec, search, study, trial, records)
     while True:
         optuna.storages.fail_stale_trials(study)  # a killed worker's trial: queued again
-        if counted(study.get_trials(deepcopy=False)) >= search.n_trials:
+        if len(counted(study.get_trials(deepcopy=False))) >= search.n_trials:
             break
         trial = study.ask(space)
+        if trial.number not in counted(study.get_trials(deepcopy=False))[: search.n_trials]:
+            # Another worker asked in the same moment for the last trial of the budget: the
+            # higher number gives way (marked, so that no table or count includes it).
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            break
         for key, value in {**_owner(), "out": str(spec.out.resolve())}.items():
             trial.set_user_attr(key, value)
         with claimed(spec.out, f"trial-{run_number(trial):03d}") as mine:
@@ -340,6 +371,7 @@ def run_search(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
         # Trials other workers ran after this one started (their folders are on a shared path).
         if (
             frozen.state.is_finished()
+            and not _surplus(frozen)
             and frozen.number not in gathered
             and (frozen.state.name != "FAIL" or not _retried(study, frozen))
         ):
