@@ -207,3 +207,33 @@ def test_torchrun_two_processes_two_workers_see_each_sample_once(
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert "epoch 2, batch 2" in reports[0]["interrupted"]
     assert reports[0]["resumed"] == reports[0]["a"]
+
+
+def test_config_keys_of_shards_and_hf(tmp_path: Path) -> None:
+    from imagefit.config import load_config
+    from imagefit.errors import ConfigError
+
+    cfg = load_config(None, ["data.shards=s3://b/train-{000000..000009}.tar", "data.hf_split=x"])
+    assert cfg.data.shuffle_buffer == 1000 and cfg.data.hf_image_column == "image"
+    with pytest.raises(ConfigError, match="data.shards and data.hf"):
+        load_config(None, ["data.shards=a", "data.hf=b"])
+    with pytest.raises(ConfigError, match="torchvision"):
+        load_config(None, ["data.shards=a", "data.decoder=torchvision"])
+    with pytest.raises(ConfigError, match="balanced"):
+        load_config(None, ["data.hf=a", "data.sampler=balanced"])
+
+
+def test_hf_columns_are_checked(photos: Path, tmp_path: Path, monkeypatch) -> None:
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    plain = datasets.Dataset.from_dict({"image": [b"x"], "label": [0]})
+    plain.save_to_disk(str(tmp_path / "plain"))
+    cfg = tiny_config(photos, tmp_path, data={"hf": str(tmp_path / "plain")})
+    with pytest.raises(DataError, match="not a ClassLabel"):
+        build_data(cfg, CPU)
+    cfg = tiny_config(
+        photos, tmp_path, data={"hf": str(tmp_path / "plain"), "hf_label_column": "y"}
+    )
+    with pytest.raises(DataError, match="no column 'y'"):
+        build_data(cfg, CPU)

@@ -106,25 +106,25 @@ def hf_manifest(d: DataConfig) -> SplitManifest:
         return SplitManifest(root, classes, splits, "stratified", d.split_seed, fractions)
     found: dict[str, list[Sample]] = {}
     for split, aliases in SPLIT_ALIASES.items():
-        name = next((a for a in aliases if a in parts), None)
-        if name is not None:
-            if _classes(parts[name], d) != classes:
-                raise DataError(f"data.hf={d.hf}: split '{name}' has other class names")
-            found[split] = _rows(name, parts[name], root, d.hf_label_column)
+        alias = next((a for a in aliases if a in parts), None)
+        if alias is not None:
+            if _classes(parts[alias], d) != classes:
+                raise DataError(f"data.hf={d.hf}: split '{alias}' has other class names")
+            found[split] = _rows(alias, parts[alias], root, d.hf_label_column)
     if "train" not in found:
         raise DataError(
             f"data.hf={d.hf}: no train split among {', '.join(parts)}; set data.hf_split"
         )
-    fractions = None
+    carved_from: dict[str, float] | None = None
     if "val" not in found and d.val_fraction > 0:
         carved = stratified_split(
             found["train"], {"train": 1 - d.val_fraction, "val": d.val_fraction}, d.split_seed
         )
         found.update(carved)
-        fractions = {"val_of_train": d.val_fraction}
+        carved_from = {"val_of_train": d.val_fraction}
     found.setdefault("val", [])
     found.setdefault("test", [])
-    return SplitManifest(root, classes, found, "folders", d.split_seed, fractions)
+    return SplitManifest(root, classes, found, "folders", d.split_seed, carved_from)
 
 
 class HFSource:

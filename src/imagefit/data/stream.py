@@ -53,7 +53,8 @@ _IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) + ("img",)
 
 def deal(counts: Sequence[int], order: Sequence[int], slots: int) -> list[list[int]]:
     """Give each item of ``order`` (indices into ``counts``) to the slot holding least so far."""
-    held, out = [0] * slots, [[] for _ in range(slots)]
+    held = [0] * slots
+    out: list[list[int]] = [[] for _ in range(slots)]
     for item in order:
         slot = min(range(slots), key=lambda s: (held[s], s))
         out[slot].append(item)
@@ -206,6 +207,7 @@ class ShardLoader(Loader):
         self.shards, self.image_size, self.min_size = list(shards), image_size, min_size
         self.workers, self.buffer = workers, buffer
         self.pin_memory = device.type == "cuda"
+        self.current_epoch = 0
 
     @property
     def num_samples(self) -> int:
@@ -231,7 +233,8 @@ class ShardLoader(Loader):
         return [self.batch_size] * full + ([rest] if rest else [])
 
     def __len__(self) -> int:
-        steps = len(self.batch_sizes(self.plan(0)))
+        """Steps of the epoch last started (the deal, hence the count, changes per epoch)."""
+        steps = len(self.batch_sizes(self.plan(self.current_epoch)))
         return min(steps, self.limit) if self.limit else steps
 
     def index_batches(self, epoch: int) -> list[np.ndarray]:
@@ -242,7 +245,7 @@ class ShardLoader(Loader):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """uint8 batches ``start..`` of ``epoch`` with their sample keys (pixels, labels, keys)."""
         plan = self.plan(epoch)
-        sizes = self.batch_sizes(plan)[: len(self)]
+        sizes = self.batch_sizes(plan)[: self.limit or None]
         skips, drop = resume_point(plan.worker_counts, sum(sizes[:start]))
         rank = self.shard[0]
         seeds = [derive_seed(self.seed, epoch, 3, rank, w) for w in range(len(plan.workers))]
@@ -283,13 +286,16 @@ class ShardLoader(Loader):
                 yield pixels[:size], labels[:size], keys[:size]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Not a generator itself: len() must see this epoch before the first batch is drawn.
+        self.current_epoch = epoch
+
         def batches() -> Iterator[Batch]:
             for step, (pixels, labels, keys) in enumerate(self.sample_batches(epoch, start), start):
                 if self.shuffle:  # which samples each training step saw, to audit an epoch
                     keys_log.debug("epoch %d step %d rank %d: %s", epoch, step, self.shard[0], keys)
                 yield pixels, labels
 
-        yield from self.prepare(batches(), epoch, start)
+        return self.prepare(batches(), epoch, start)
 
 
 def resolve_shards(spec: str) -> tuple[ShardIndex, list[ShardEntry]]:
