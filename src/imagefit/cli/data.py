@@ -36,7 +36,7 @@ def split(
 @app.command("shards")
 def shards(
     source: Annotated[
-        str, typer.Argument(help="ImageFolder root, or a split.json (its split is kept).")
+        str, typer.Argument(help="ImageFolder root, or a split manifest (JSON; its split is kept).")
     ],
     out: Annotated[Path, typer.Argument(help="New folder for the tar shards and index.json.")],
     shard_size: Annotated[

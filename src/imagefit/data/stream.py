@@ -336,7 +336,7 @@ def build_shard_data(
     index, train = resolve_shards(d.shards)
     manifest = index_manifest(index)
     if manifest is None:
-        raise DataError(f"{index.base}: the shard index names no split.json")
+        raise DataError(f"{index.base}: the shard index names no split manifest")
     log.info(
         "data: %s, %d classes, %s images, streamed from tar shards",
         d.shards,
