@@ -19,7 +19,7 @@ import pytest
 from imagefit.sweep import load_sweep, run_sweep
 from imagefit.sweep.claims import CLAIMS, try_claim
 
-from test_sweep import base_tree, quick_pictures, read, search_sweep, write_sweep  # noqa: F401
+from helpers.sweeps import base_tree, read, search_sweep, write_sweep
 
 TESTS = Path(__file__).parent
 
@@ -104,7 +104,7 @@ def test_claims_are_exclusive_and_abandoned_ones_taken_over(tmp_path: Path) -> N
 def test_a_killed_workers_trial_is_run_again(
     pattern_root: Path,
     tmp_path: Path,
-    quick_pictures: list,  # noqa: F811
+    quick_pictures: list,
 ) -> None:
     """A trial whose worker stopped beating is failed, queued again and run by another."""
     from imagefit.sweep.search import distributions, open_study
