@@ -14,6 +14,7 @@ import os
 import socket
 import statistics
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -147,14 +148,25 @@ def _storage(url: str, search: SearchSpec) -> Any:
     argument = "heartbeat_stale_trial_callback" if kind else "failed_trial_callback"
     kind = kind or optuna.storages.RetryFailedTrialCallback
     retry = kind(max_retry=search.retries, inherit_intermediate_values=True)
-    return optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=search.heartbeat_s,
-        grace_period=3 * search.heartbeat_s,
-        **{argument: retry},
-        # SQLite shared by processes: wait for a lock rather than fail at once
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-    )
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=search.heartbeat_s,
+                grace_period=3 * search.heartbeat_s,
+                **{argument: retry},
+                # SQLite shared by processes: wait for a lock rather than fail at once
+                engine_kwargs=(
+                    {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+                ),
+            )
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors, from a racing worker
+            # Workers starting together all create the empty database's tables: the losers
+            # of that race fail once, and find the tables made when they try again.
+            if attempt == 4:
+                raise RuntimeError(f"cannot open {url}: {exc}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 @contextmanager
