@@ -103,6 +103,32 @@ class DataConfig(Section):
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # WebDataset tar shards (`imagefit data shards`) instead of files: a folder or any fsspec
+    # URL holding their index.json, or a brace pattern of one split's shards
+    # ("s3://bucket/train-{000000..000123}.tar"; the index must sit beside them)
+    shards: str | None = None
+    shuffle_buffer: int = Field(1000, ge=0)  # shards: samples each loader worker shuffles among
+    # a Hugging Face dataset instead of files: a save_to_disk folder, a local parquet/script
+    # folder, or a hub name (read through the `datasets` cache; HF_DATASETS_OFFLINE=1 works)
+    hf: str | None = None
+    # the dataset's split to use, split train/val/test by the fractions above; unset: its own
+    # train/validation/test splits (a missing validation is carved from train)
+    hf_split: str | None = None
+    hf_image_column: str = "image"
+    hf_label_column: str = "label"  # a ClassLabel column: its names are the classes
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        # Either one replaces data.root (which may stay set, e.g. from a base config).
+        if self.shards and self.hf:
+            raise ValueError("data.shards and data.hf name two datasets: set one")
+        if (self.shards or self.hf) and self.decoder != "pillow":
+            raise ValueError("data.decoder=torchvision decodes files; shards and hf use pillow")
+        if (self.shards or self.hf) and (self.sampler != "shuffle" or self.skip_list):
+            raise ValueError(
+                "data.sampler=balanced and data.skip_list need files: not with shards or hf"
+            )
+        return self
 
 
 class AugmentConfig(Section):

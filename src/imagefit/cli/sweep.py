@@ -16,7 +16,7 @@ from imagefit.cli.common import (
     print_result,
     with_limit,
 )
-from imagefit.errors import CheckpointError
+from imagefit.errors import CheckpointError, ConfigError
 from imagefit.fileio import FileWriteError
 from imagefit.runs.layout import REPORT, RunLayout
 
@@ -54,12 +54,24 @@ def sweep(
     ] = None,
     limit_batches: LimitOption = None,
     overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Optuna storage URL shared by workers [search.storage]."),
+    ] = None,
 ) -> None:
-    """Run every trial of a sweep (finished ones are skipped) and compare them."""
+    """Run every trial of a sweep (finished ones are skipped) and compare them.
+
+    Several processes (on one machine or many, the sweep folder on a shared path) may run the
+    same sweep at once: each takes the next trial nobody has taken.
+    """
     from imagefit.sweep.spec import load_sweep
 
     # Every trial's config is checked before torch is imported or a folder is made.
     spec = load_sweep(file, with_limit(overrides, limit_batches), out)
+    if storage is not None:
+        if spec.search is None:
+            raise ConfigError(f"--storage: {file} is a {spec.mode} sweep, not an Optuna search")
+        spec.search.storage = storage
     from imagefit.sweep import run_sweep
     from imagefit.sweep.table import groups_table, runs_table
 

@@ -224,7 +224,13 @@ class Loader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start..`` of ``epoch``: images (B, 3, S, S) float, targets (B,) or (B, K)."""
         batches = self.index_batches(epoch)[start:]
-        for offset, (pixels, labels) in enumerate(self.source.batches(batches)):
+        yield from self.prepare(self.source.batches(batches), epoch, start)
+
+    def prepare(
+        self, batches: Iterator[Batch], epoch: int, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 batches ``start..`` of ``epoch`` -> device, augmented (training), normalised."""
+        for offset, (pixels, labels) in enumerate(batches):
             if len(labels) == 0:
                 continue  # every file of this batch was a skipped bad image
             pixels = pixels.to(self.device, non_blocking=True)
@@ -343,6 +349,22 @@ def make_source(
     return ArraySource(decoded.pixels, labels, device), kept
 
 
+def hf_source(
+    d: DataConfig, samples: list[Sample], size: int, device: torch.device, budget_count: int
+) -> PixelSource:
+    """Rows of ``data.hf``: decoded once into memory within the budget, else per batch.
+
+    The dataset's own Arrow files are already a memory-mapped cache of the encoded images, so
+    imagefit's image cache (keyed by file) is not used for it.
+    """
+    from imagefit.data.hf import HFSource
+
+    rows = HFSource(d, samples, size)
+    if d.cache == "never" or over_budget(d, budget_count, size):
+        return rows
+    return ArraySource(rows.decode_all(), rows.labels, device)
+
+
 def _stream(d: DataConfig, samples: list[Sample], size: int, device: torch.device) -> StreamSource:
     return StreamSource(
         samples,
@@ -367,6 +389,10 @@ def build_data(
     ``shard`` (rank, world size): this process's part of every split (distributed training).
     """
     d, t = cfg.data, cfg.train
+    if d.shards:  # no files, no random access: streamed loaders of their own
+        from imagefit.data.stream import build_shard_data
+
+        return build_shard_data(cfg, device, batch_size=batch_size, shard=shard)
     check_task(cfg)
     resolved = resolve_data(d)
     manifest, skipped = resolved.manifest, dict(resolved.skipped)
@@ -375,7 +401,9 @@ def build_data(
     total = sum(len(items) for items in manifest.splits.values())
     cache = d.cache != "never"
     where = "streamed from files"
-    if cache:
+    if d.hf:
+        cache, where = False, "decoded from a Hugging Face dataset"
+    elif cache:
         big = d.cache == "mmap" or over_budget(d, total, d.image_size)
         where = "decoded once into the image cache, " + ("read per batch" if big else "in memory")
     log.info(
@@ -389,7 +417,10 @@ def build_data(
     for name, items in manifest.splits.items():
         if not items:
             continue
-        source, kept = make_source(d, items, d.image_size, device, skipped, budget_count=total)
+        if d.hf:
+            source, kept = hf_source(d, items, d.image_size, device, total), items
+        else:
+            source, kept = make_source(d, items, d.image_size, device, skipped, budget_count=total)
         manifest.splits[name] = kept
         train = name == "train"
         augment = None

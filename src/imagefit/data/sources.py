@@ -34,7 +34,7 @@ SOURCES: Registry[Callable[[DataConfig], Resolved]] = Registry("data source")
 @SOURCES.register("manifest")
 def _from_manifest(d: DataConfig) -> Resolved:
     assert d.split_manifest is not None
-    return Resolved(SplitManifest.load(d.split_manifest, d.root))
+    return Resolved(SplitManifest.load(d.split_manifest, d.hf or d.root))
 
 
 @SOURCES.register("labels")
@@ -70,6 +70,13 @@ def _from_label_file(d: DataConfig) -> Resolved:
     return Resolved(manifest, table.skipped)
 
 
+@SOURCES.register("hf")
+def _from_hf(d: DataConfig) -> Resolved:
+    from imagefit.data.hf import hf_manifest  # the datasets library, only when asked for
+
+    return Resolved(hf_manifest(d))
+
+
 @SOURCES.register("folder")
 def _from_folder(d: DataConfig) -> Resolved:
     if not d.root:
@@ -85,6 +92,8 @@ def source_name(d: DataConfig) -> str:
         return "manifest"
     if d.labels:
         return "labels"
+    if d.hf:
+        return "hf"
     return "folder"
 
 

@@ -82,6 +82,18 @@ class SplitManifest:
             raise DataError(f"{path}: not a valid split manifest: {exc}") from None
 
     @classmethod
+    def from_json_text(cls, text: str, root: str | Path | None = None) -> SplitManifest:
+        """A manifest from its JSON text (e.g. read through fsspec beside a dataset's shards)."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"not a valid split manifest ({exc})") from None
+        try:
+            return cls._from_json(raw, root)
+        except _Invalid as exc:
+            raise DataError(f"not a valid split manifest: {exc}") from None
+
+    @classmethod
     def _from_json(cls, raw: object, root: str | Path | None) -> SplitManifest:
         if not isinstance(raw, dict):
             raise _Invalid(f"expected a JSON object, got {_kind(raw)}")

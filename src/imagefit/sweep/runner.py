@@ -36,6 +36,7 @@ from imagefit.runs.layout import PLOTS, REPORT, RunLayout
 from imagefit.runs.reader import read_config, read_json, read_summary
 from imagefit.sweep import table
 from imagefit.sweep.baseline import run_hog_svm_baseline
+from imagefit.sweep.claims import CLAIMS, claimed
 from imagefit.sweep.spec import SweepSpec, Trial
 from imagefit.track.mlflow_sink import log_parent_artifacts, mlflow_parent
 from imagefit.train.hooks import EpochHook
@@ -176,9 +177,41 @@ def execute(spec: SweepSpec, trial: Trial, hook: EpochHook | None = None) -> dic
 
 
 def _run_planned(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
+    """Every planned trial this process can claim; then the others' trials as they stand.
+
+    Several processes may run one sweep folder: a claim file per trial makes each take the
+    next trial nobody runs (:mod:`imagefit.sweep.claims`)."""
     for index, trial in enumerate(spec.trials, 1):
-        log.info("sweep %s: trial %d/%d %s", spec.name, index, len(spec.trials), trial.name)
-        records.append(execute(spec, trial))
+        if trial_state(spec.out / "runs" / trial.name) in ("finished", "pruned"):
+            records.append(execute(spec, trial))  # skipped: it says so
+            continue
+        with claimed(spec.out, trial.name) as mine:
+            if not mine:
+                log.info("sweep %s: trial %s runs in another process", spec.name, trial.name)
+                continue
+            log.info("sweep %s: trial %d/%d %s", spec.name, index, len(spec.trials), trial.name)
+            records.append(execute(spec, trial))
+    records.extend(others_records(spec, records))
+
+
+def others_records(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of the planned trials other processes ran (``running`` while a claim is held)."""
+    done = {r["name"] for r in records}
+    result = []
+    for trial in spec.trials:
+        if trial.name in done:
+            continue
+        run_dir = spec.out / "runs" / trial.name
+        state = trial_state(run_dir)
+        own = read_json(RunLayout(run_dir).trial) or {}
+        if state in ("finished", "pruned"):
+            status = state
+        elif (spec.out / CLAIMS / trial.name).exists():
+            status = "running"
+        else:
+            status = own.get("status") or ("interrupted" if state == "resume" else "pending")
+        result.append(table.run_record(trial, run_dir, spec.out, status, own.get("error")))
+    return result
 
 
 def _visuals(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
