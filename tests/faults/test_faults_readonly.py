@@ -123,7 +123,7 @@ def test_read_only_run_folder_resume_report_export(
     read_only(run)
     for args, culprit in (
         (["train", "--resume", str(run)], str(run)),
-        (["report", str(run)], str(run / "plots")),
+        (["report", str(run)], str(run / "report.html")),  # the page is written first
         (["export", str(run), "--onnx"], str(run)),
         (["export", str(run), "--onnx", "--out", str(tmp_path / "m.onnx")], str(run)),
     ):
