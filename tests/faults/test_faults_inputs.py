@@ -102,6 +102,8 @@ def test_resume_architecture_mismatch(lab: dict) -> None:
     state = checkpoint(run / "last.pt")
     state["config"]["model"]["name"] = "test_resnet"  # weights of simple_cnn, config of another
     torch.save(state, run / "last.pt")
+    config = (run / "config.yaml").read_text().replace("name: simple_cnn", "name: test_resnet")
+    (run / "config.yaml").write_text(config)  # the folder agrees with the checkpoint's config
     with pytest.raises(CheckpointError, match=r"last\.pt does not fit test_resnet"):
         fit(resume=run)
 
