@@ -603,7 +603,7 @@ def _comparison_table(
     out: Path,
 ) -> str:
     tests = [_test_accuracy(r) for r in records]
-    top = max((t for t in tests if _is_number(t)), default=None)
+    top = max((t for t in tests if t is not None and _is_number(t)), default=None)
     top5 = any(r.metrics.get("top5_accuracy") is not None for r in records)
     header = [
         "Run",

@@ -196,8 +196,9 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], path: Path, opset: int) -
         try:
             exporter = _torch_export(model, meta["image_size"], tmp, opset)
         except Exception as exc:  # torch raises many types here; say which arch and opset failed
-            if _os_error(exc) is not None:  # the file system, not the model
-                raise write_error(path, _os_error(exc), "the ONNX file") from None
+            os_error = _os_error(exc)
+            if os_error is not None:  # the file system, not the model
+                raise write_error(path, os_error, "the ONNX file") from None
             # The details (often a dump of the TorchScript graph) go to the debug log only.
             log.debug(
                 "torch.onnx.export of %s at opset %d failed", meta["arch"], opset, exc_info=exc
@@ -332,7 +333,7 @@ def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
         text = custom[META_PREFIX + key]
         try:
             meta[key] = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             shown = text if len(text) <= 40 else text[:37] + "..."
             raise MetadataError(
                 f"{source}: metadata {META_PREFIX}{key} is not valid JSON ({exc.msg}): {shown!r}"

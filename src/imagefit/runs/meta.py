@@ -12,6 +12,7 @@ and the key.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -67,8 +68,7 @@ class ModelMeta(BaseModel):
     @field_validator("classes")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
-        seen: set[str] = set()
-        repeated = sorted({c for c in value if c in seen or seen.add(c)})
+        repeated = sorted(name for name, n in Counter(value).items() if n > 1)
         if repeated:
             raise ValueError(f"class names must be unique (repeated: {_shown(repeated)})")
         return value
@@ -111,7 +111,7 @@ def validate_meta(data: Any, source: str | Path, what: str = "metadata") -> dict
     try:
         return ModelMeta.model_validate(data).to_dict()
     except ValidationError as exc:
-        problems = [_problem(error) for error in exc.errors(include_url=False)]
+        problems = [_problem(dict(error)) for error in exc.errors(include_url=False)]
         raise MetadataError(f"{source}: {what} {'; '.join(problems[:3])}") from None
 
 

@@ -298,7 +298,7 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
     """Write all_results.json, results.md and results.csv into ``spec.out``."""
     groups = group_records(records) if spec.seeds else []
     search = vars(spec.search) if spec.search else None
-    doc = {
+    doc: dict[str, Any] = {
         "sweep": spec.name,
         "file": str(spec.path),
         "base": str(spec.base),

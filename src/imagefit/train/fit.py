@@ -510,7 +510,11 @@ def _resume_artifact(stored: str | None, written: dict[str, Any] | None) -> bool
     earlier version put there on resume (relative to that day's working folder), where
     ``config.yaml`` (written at the start) has none."""
     asked = ((written or {}).get("data") or {}).get("split_manifest")
-    return stored is not None and asked is None and Path(stored).name == RunLayout(".").split.name
+    return (
+        stored is not None
+        and asked is None
+        and Path(stored).name == RunLayout(Path(".")).split.name
+    )
 
 
 def _resume_state(run_dir: Path, clean: bool = True) -> dict[str, Any]:
