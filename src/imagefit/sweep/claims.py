@@ -27,7 +27,8 @@ BEAT_S = 5.0  # the owner touches its claim this often
 STALE_S = 60.0  # a claim untouched this long belongs to a process that is gone
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
@@ -43,7 +44,7 @@ def _abandoned(path: Path) -> bool:
         age = time.time() - path.stat().st_mtime
     except (OSError, ValueError):
         return False  # vanished or half-written: its owner is alive enough to be racing
-    if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1))):
+    if owner.get("host") == socket.gethostname() and not alive(int(owner.get("pid", -1))):
         return True
     return age > STALE_S
 

@@ -25,7 +25,7 @@ from imagefit.errors import ConfigError, ImagefitError
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.reader import read_history
 from imagefit.sweep import table
-from imagefit.sweep.claims import claimed
+from imagefit.sweep.claims import alive, claimed
 from imagefit.sweep.runner import execute
 from imagefit.sweep.spec import SearchSpec, SweepSpec, Trial
 from imagefit.train.hooks import EpochHook
@@ -220,16 +220,6 @@ def _surplus(trial: Any) -> bool:
     return bool(trial.user_attrs.get("surplus"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
-
-
 def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
@@ -243,7 +233,7 @@ def is_stale(frozen: Any, spec: SweepSpec) -> bool:
     if attrs.get("out") != str(spec.out.resolve()):
         return False
     # This process is between trials here, so a trial it claims is not running either.
-    return attrs.get("pid") == os.getpid() or not _alive(int(attrs.get("pid", -1)))
+    return attrs.get("pid") == os.getpid() or not alive(int(attrs.get("pid", -1)))
 
 
 def _runs(spec: SweepSpec, number: int, params: dict[str, Any]) -> list[Trial]:
