@@ -16,7 +16,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import StopAfter  # this script's folder is on sys.path
+from helpers.distributed import stop_rank_1_then_resume  # this script's folder is on sys.path
 
 
 @contextmanager
@@ -35,28 +35,15 @@ def key_log(path: Path):
 
 def main(config: str, out: Path, stop_after: int) -> None:
     from imagefit.config import load_config
-    from imagefit.errors import Interrupted
     from imagefit.train import fit as fit_module
 
     rank = int(os.environ["RANK"])
     report: dict[str, object] = {}
     with key_log(out / f"a-rank{rank}.log"):
         report["a"] = fit_module.fit(load_config(config, [f"output.dir={out / 'a'}"])).metrics
-    original = fit_module.graceful_stop
-
-    @contextmanager
-    def stop_on_rank_1():
-        yield StopAfter(stop_after if rank == 1 else 10**9)
-
     with key_log(out / f"b-rank{rank}.log"):
-        fit_module.graceful_stop = stop_on_rank_1
-        try:
-            fit_module.fit(load_config(config, [f"output.dir={out / 'b'}"]))
-            report["interrupted"] = None
-        except Interrupted as exc:
-            report["interrupted"] = str(exc)
-        fit_module.graceful_stop = original
-        report["resumed"] = fit_module.fit(resume=out / "b" / "run").metrics
+        b = load_config(config, [f"output.dir={out / 'b'}"])
+        report.update(stop_rank_1_then_resume(b, out / "b" / "run", rank, stop_after))
     (out / f"rank{rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
 
