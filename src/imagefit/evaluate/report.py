@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from imagefit import dotted
 from imagefit.config import Config
 from imagefit.evaluate import plots
+from imagefit.evaluate.compare import verdict
 from imagefit.evaluate.evidence import RunEvidence, read_evidence, read_vs_baseline
 from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs import layout
@@ -658,17 +659,10 @@ def _vs_baseline_table(rows: Sequence[Mapping[str, Any]]) -> str:
             cells = ["—", "—", "baseline"]
         else:
             low, high = r["interval"]
-            verdict = (
-                "<b>beats baseline at 95%</b>"
-                if r.get("beats_baseline")
-                else "worse than baseline at 95%"
-                if r.get("worse_than_baseline")
-                else "no clear difference at 95%"
-            )
             cells = [
                 _signed_pct(r["difference"]),
                 f"{_signed_pct(low)} … {_signed_pct(high)}",
-                verdict,
+                f"<b>{verdict(r)}</b>" if r.get("beats_baseline") else verdict(r),
             ]
         body.append(
             [f"<td>{_e(r.get('name'))}</td>", f'<td class="num">{_int(r.get("seeds"))}</td>']
