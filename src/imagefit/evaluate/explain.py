@@ -36,11 +36,11 @@ from imagefit.evaluate.predictions import run_test_predictions
 from imagefit.fileio import atomic_open, make_dirs, write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs import layout
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 MIN_SHOWN = 224  # overlays of small inputs are enlarged to this many px to be readable
-GALLERY = layout.GALLERY
 
 
 class ExplainError(ImagefitError):
@@ -196,7 +196,7 @@ def mistakes_gallery(
     the report), ``overlays/*.png`` and ``gallery.json``. Returns gallery.json's content.
     """
     checkpoint = resolve_checkpoint(run_dir)
-    out = Path(out) if out is not None else checkpoint.parent / GALLERY
+    out = Path(out) if out is not None else RunLayout(checkpoint.parent).gallery
     make_dirs(out / "overlays")
     explainer = _Explainer(checkpoint)
     preds = run_test_predictions(checkpoint.parent)

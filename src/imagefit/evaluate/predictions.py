@@ -31,8 +31,6 @@ from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
-TEST_PREDICTIONS = layout.TEST_PREDICTIONS
-
 
 @dataclass
 class SplitPredictions:
@@ -165,7 +163,7 @@ def run_test_predictions(run_dir: str | Path, data_root: str | None = None) -> S
     """The run's test predictions: ``RUN/test_predictions.npz`` when it belongs to the current
     ``best.pt``, else computed from ``best.pt`` and ``split.json`` (and saved)."""
     checkpoint = resolve_checkpoint(run_dir)
-    saved = checkpoint.parent / TEST_PREDICTIONS
+    saved = RunLayout(checkpoint.parent).test_predictions
     if saved.is_file() and data_root is None:
         stored = SplitPredictions.load(saved)
         if stored.checkpoint_sha256 == file_digest(checkpoint).hex():
@@ -179,4 +177,4 @@ def run_test_predictions(run_dir: str | Path, data_root: str | None = None) -> S
 def save_test_predictions(run_dir: str | Path) -> Path:
     """Post-run step: write ``RUN/test_predictions.npz`` (path, label, logits per test image)."""
     run_test_predictions(run_dir)
-    return resolve_checkpoint(run_dir).parent / TEST_PREDICTIONS
+    return RunLayout(resolve_checkpoint(run_dir).parent).test_predictions

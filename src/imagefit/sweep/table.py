@@ -18,7 +18,7 @@ import yaml
 
 from imagefit.errors import ImagefitError
 from imagefit.fileio import atomic_open, atomic_write, write_json
-from imagefit.runs.layout import VS_BASELINE
+from imagefit.runs.layout import VS_BASELINE, RunLayout
 from imagefit.runs.reader import read_history, read_json, read_metrics, read_summary
 from imagefit.sweep.spec import SweepSpec, Trial
 
@@ -261,11 +261,10 @@ def _vs_baseline(out: Path, records: list[dict[str, Any]]) -> str:
     (computing them is an evaluation per run: ``imagefit diff SWEEP_DIR`` does it on request);
     its rows also go to ``vs_baseline.json``, which the sweep's report shows."""
     from imagefit.evaluate.compare import sweep_vs_baseline, vs_baseline_markdown
-    from imagefit.evaluate.predictions import TEST_PREDICTIONS
 
     done = [r for r in records if r["status"] == "finished"]
     if len({r["group"] for r in done}) < 2 or not all(
-        (out / r["run_dir"] / TEST_PREDICTIONS).is_file() for r in done
+        RunLayout(out / r["run_dir"]).test_predictions.is_file() for r in done
     ):
         return ""
     try:
