@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def read_ledger(run_dir: str | Path) -> dict[str, Any]:
     """The run's ledger, or an empty one when it has none (or it is unreadable: warned)."""
-    path = RunLayout(run_dir).ledger
+    path = RunLayout(Path(run_dir)).ledger
     if not path.is_file():
         return {}
     try:
