@@ -93,6 +93,9 @@ class Summary(_Record):
     early_stopped: bool | None = None
     skipped_files: int | None = None
     status: str | None = None
+    # the pixels it trained and evaluated on: mean, std, crop_pct, interpolation, store_size,
+    # and `why` (per key: config, the timm pretrained config, or a default)
+    preprocessing: dict[str, Any] | None = None
 
     @classmethod
     def finished(
@@ -112,6 +115,7 @@ class Summary(_Record):
         train_images: int,
         early_stopped: bool,
         skipped_files: int,
+        preprocessing: dict[str, Any] | None = None,
     ) -> Summary:
         """The summary of a run that ended normally: the one place that derives its numbers."""
         total, trainable = params
@@ -135,6 +139,7 @@ class Summary(_Record):
             early_stopped=early_stopped,
             skipped_files=skipped_files,
             status="finished",
+            preprocessing=preprocessing,
         )
 
 
