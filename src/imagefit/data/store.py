@@ -14,8 +14,10 @@ Why the longer side: one square canvas per image keeps the array rectangular and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,15 +67,19 @@ class PixelSpec:
     store: bool = False  # the whole image on a canvas, for training crops
 
     @classmethod
-    def from_meta(cls, meta: dict) -> PixelSpec:
+    def from_meta(cls, meta: Mapping[str, Any], decoder: str = "pillow") -> PixelSpec:
         """The evaluation pixels of a trained model's meta (checkpoint or ONNX); meta written
         before crop_pct and interpolation were recorded evaluated with 1.0 and bilinear."""
         return cls(
             int(meta["image_size"]),
             float(meta.get("crop_pct") or 1.0),
             str(meta.get("interpolation") or "bilinear"),
-            str(meta.get("decoder") or "pillow"),
+            decoder,
         )
+
+    def array(self, path: str | Path, min_size: int = 1) -> np.ndarray:
+        """File -> (S, S, 3) uint8 (the pixels without the valid box)."""
+        return self.decode(path, min_size)[0]
 
     def tag(self) -> str:
         """The cache key's part for this spec; today's evaluation default keeps the old form."""

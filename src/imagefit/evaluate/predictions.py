@@ -21,6 +21,7 @@ from imagefit.config import Config, config_from_dict
 from imagefit.data.cache import file_digest
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest, resolve_splits
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError
 from imagefit.evaluate.inference import Precision, evaluate, select_device
 from imagefit.fileio import atomic_open
@@ -132,7 +133,8 @@ def split_predictions(
     if not samples:
         raise DataError(f"{manifest.root}: split '{split}' is empty or absent")
     skipped: dict[str, str] = {}
-    source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped)
+    spec = PixelSpec.from_meta(meta, cfg.data.decoder)  # the run's evaluation pixels
+    source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped, spec=spec)
     loader = Loader(
         source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
     )

@@ -138,7 +138,8 @@ def decode_upload(data: bytes, name: str, meta: dict[str, Any]) -> np.ndarray:
     """Uploaded bytes -> (3, S, S) float32 model input; raises ImageError (with ``kind``)."""
     size = meta["image_size"]
     image = load_rgb(io.BytesIO(data), name=name)
-    pixels = np.asarray(resize_center_crop(image, size), dtype=np.uint8)
+    crop_pct, interpolation = meta.get("crop_pct") or 1.0, meta.get("interpolation") or "bilinear"
+    pixels = np.asarray(resize_center_crop(image, size, crop_pct, interpolation), dtype=np.uint8)
     return normalise_hwc(pixels, meta["mean"], meta["std"])
 
 
