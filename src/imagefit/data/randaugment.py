@@ -59,13 +59,13 @@ def _contrast(x: torch.Tensor, factor: torch.Tensor, fill: torch.Tensor) -> torc
     return _blend(mean.expand_as(x), x, factor)
 
 
-_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13
-
-
 def _sharpness(x: torch.Tensor, factor: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    # Pillow's SMOOTH filter rounds to the nearest level and leaves the 1-pixel border as it is.
-    kernel = _SMOOTH.to(x).view(1, 1, 3, 3).expand(x.shape[1], 1, 3, 3)
-    smooth = torch.floor(F.conv2d(x, kernel, groups=x.shape[1]) + 0.5)
+    # Pillow's SMOOTH filter ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13) rounds to the nearest
+    # level and leaves the 1-pixel border as it is; the 3x3 sum as shifted adds (a grouped
+    # conv2d is several times slower on a CPU).
+    rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]
+    box = rows[:, :, :, :-2] + rows[:, :, :, 1:-1] + rows[:, :, :, 2:]
+    smooth = torch.floor((box + 4 * x[:, :, 1:-1, 1:-1]) / 13 + 0.5)
     degenerate = x.clone()
     degenerate[:, :, 1:-1, 1:-1] = smooth
     return _blend(degenerate, x, factor)
