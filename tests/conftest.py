@@ -111,3 +111,26 @@ def tiny_config(root: Path, out: Path, **sections: dict) -> Config:
     for section, values in sections.items():
         tree.setdefault(section, {}).update(values)
     return config_from_dict(tree)
+
+
+@pytest.fixture
+def quick_pictures(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Stand-ins for the plotting functions (matplotlib takes ~1 s a figure on this CPU, and
+    plots have their own tests); returns the calls made."""
+    calls: list[tuple] = []
+
+    def plot_comparison(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+        calls.append(("plot_comparison", [Path(d) for d in run_dirs], Path(out_dir)))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "comparison.png").write_bytes(b"png")
+        return [Path(out_dir) / "comparison.png"]
+
+    def write_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
+        calls.append(("write_report", [Path(d) for d in run_dirs], Path(out)))
+        Path(out).write_text("<html></html>")
+        return Path(out)
+
+    monkeypatch.setattr("imagefit.evaluate.plots.plot_run", lambda run_dir: [])
+    monkeypatch.setattr("imagefit.evaluate.plots.plot_comparison", plot_comparison)
+    monkeypatch.setattr("imagefit.evaluate.report.write_report", write_report)
+    return calls

@@ -23,23 +23,8 @@ from imagefit.export import onnx as onnx_export
 from imagefit.export.onnx import compare_logits, export_onnx, ort_session, verify_onnx
 from imagefit.models.trained import load_trained
 from imagefit.runs.checkpoint import save_checkpoint
-from imagefit.train.fit import fit
 
-from conftest import tiny_config
-
-
-def train_digits_run(out: Path, digits_root: Path) -> Path:
-    """SimpleCNN on digits at 32 px, 3 short epochs (seconds): a real run folder to ship."""
-    cfg = tiny_config(
-        digits_root,
-        out,
-        data={"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
-        augment={"hflip": 0.0},
-        train={"epochs": 3, "batch_size": 32, "limit_batches": 12},
-    )
-    run = fit(cfg).run_dir
-    # limit_batches also capped the test evaluation; the export checks use whole splits.
-    return run
+from helpers.runs import train_digits_run
 
 
 @pytest.fixture(scope="module")

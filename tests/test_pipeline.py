@@ -24,7 +24,6 @@ from imagefit.pipeline import load_pipeline, run_pipeline
 from imagefit.train.fit import fit
 
 from conftest import interrupt_after
-from test_sweep import quick_pictures  # noqa: F401 - a fixture
 
 OFFICIAL = Path(__file__).parent / "data" / "fractaldb1k-official-params"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -209,7 +208,7 @@ def _digest(path: Path) -> str:
 def test_pipeline_end_to_end_and_rerun_skips_finished_steps(
     tmp_path: Path,
     digits_root: Path,
-    quick_pictures: list[tuple],  # noqa: F811
+    quick_pictures: list[tuple],
 ) -> None:
     spec = load_pipeline(write_pipeline(tmp_path, digits_root))
     result = run_pipeline(spec)
@@ -260,7 +259,7 @@ def test_an_interrupted_pipeline_resumes_its_training(
     tmp_path: Path,
     digits_root: Path,
     monkeypatch: pytest.MonkeyPatch,
-    quick_pictures: list[tuple],  # noqa: F811
+    quick_pictures: list[tuple],
 ) -> None:
     path = write_pipeline(tmp_path, digits_root, finetune={"config": "target.yaml", "seeds": [0]})
     interrupt_after(monkeypatch, 2)  # a signal at the end of the pretraining's first epoch

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from matplotlib.figure import Figure
 from PIL import Image
 
 from imagefit.evaluate import plots
-from imagefit.evaluate.metrics import compute_metrics
 from imagefit.runs.reader import load_run
+
+from helpers.runs import write_run
 
 RUN_PLOTS = {
     "training_curves.png",
@@ -25,67 +23,6 @@ RUN_PLOTS = {
     "per_class_accuracy_top_bottom.png",
     "top_confused_pairs.png",
 }
-
-
-def write_run(
-    run_dir: Path,
-    num_classes: int = 10,
-    epochs: int = 5,
-    seed: int = 0,
-    lr: float = 0.001,
-    model: str = "resnet18",
-    files: set[str] | None = None,
-) -> Path:
-    """A run folder as the trainer leaves it (without checkpoints), made by hand."""
-    rng = np.random.default_rng(seed)
-    classes = [f"class_{i:03d}" for i in range(num_classes)]
-    targets = np.repeat(np.arange(num_classes), 6)
-    logits = rng.normal(size=(len(targets), num_classes))
-    logits[np.arange(len(targets)), targets] += 2.0  # mostly right, some mistakes
-    history = [
-        {
-            "epoch": e,
-            "train_loss": 2.0 / e,
-            "train_accuracy": 1 - 0.5 / e,
-            "val_loss": 2.2 / e,
-            "val_accuracy": 1 - 0.6 / e,
-            "lr": lr * 0.5 ** (e - 1),
-            "time_s": 1.5,
-        }
-        for e in range(1, epochs + 1)
-    ]
-    contents: dict[str, Any] = {
-        "config.yaml": yaml.safe_dump(
-            {
-                "model": {"name": model, "pretrained": True},
-                "optim": {"name": "adamw", "lr": lr},
-                "data": {"image_size": 64, "root": "data/x"},
-            }
-        ),
-        "history.json": json.dumps(history),
-        "metrics.json": json.dumps(
-            {"split": "test", **compute_metrics(targets, logits, classes, 0.9)}
-        ),
-        "summary.json": json.dumps(
-            {
-                "name": run_dir.name,
-                "model": model,
-                "params_total": 11_689_512,
-                "params_trainable": 5_000,
-                "epochs_run": epochs,
-                "best_epoch": epochs,
-                "best_val_accuracy": history[-1]["val_accuracy"],
-                "wall_time_s": 3725.0,
-                "train_images_per_s": 812.5,
-                "status": "finished",
-            }
-        ),
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in contents.items():
-        if files is None or name in files:
-            (run_dir / name).write_text(text, encoding="utf-8")
-    return run_dir
 
 
 def check_png(path: Path, min_side: int = 300, max_side: int = 4000) -> None:

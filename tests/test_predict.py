@@ -25,7 +25,7 @@ from imagefit.export.onnx import export_onnx
 from imagefit.export.predict import predict
 from imagefit.models.trained import load_trained
 
-from test_export import train_digits_run
+from helpers.runs import train_digits_run
 
 
 @pytest.fixture(scope="module")

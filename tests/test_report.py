@@ -16,7 +16,7 @@ import yaml
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.evaluate.report import config_differences, flatten_config, write_report
 
-from test_plots import write_run
+from helpers.runs import write_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from imagefit.config import config_from_dict
-from imagefit.train.fit import fit
+from imagefit.workflow import train
 
 from conftest import write_pattern_folder
 from faultkit import (
@@ -42,7 +42,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The data, an uninterrupted reference run, and every scenario's outcome."""
     base = tmp_path_factory.mktemp("signals")
     root = write_pattern_folder(base / "patterns")
-    reference = fit(
+    reference = train(  # what `imagefit train` runs: fit and the post-run steps
         config_from_dict(run_tree(root, base / "reference", base / "cache-ref"))
     ).run_dir
     split = json.loads((reference / "split.json").read_text())
@@ -244,7 +244,7 @@ def test_sigkill_anywhere_then_resume_is_exact(lab: dict, name: str) -> None:
             assert last["epoch"] == int(where[1]) - 2
         else:  # best.pt goes first, so last.pt is still the epoch before
             assert last["epoch"] == lab["improved"][int(where[1]) - 1] - 1
-    fit(resume=run)
+    train(resume=run)
     assert not partial_writes(run)
     assert_same_run(run, lab["reference"])
 
@@ -267,7 +267,7 @@ def test_first_signal_saves_and_exits_75_then_resume_is_exact(lab: dict, name: s
         assert outcome.saw(trigger.replace("enter", "leave"))
         assert state["batch"] == 0
     assert not partial_writes(run)
-    fit(resume=run)
+    train(resume=run)
     assert_same_run(run, lab["reference"])
 
 
@@ -289,6 +289,6 @@ def test_second_signal_exits_at_once_and_the_run_stays_resumable(lab: dict, name
             outcome.scenario.trigger.replace("enter", "leave")
         )
     checkpoint(run / "last.pt")  # whole: the write in progress never replaced it
-    fit(resume=run)
+    train(resume=run)
     assert not partial_writes(run)
     assert_same_run(run, lab["reference"])
