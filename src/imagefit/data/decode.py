@@ -27,7 +27,7 @@ from PIL import Image
 from imagefit.data.images import _refuse_bomb, load_array, load_rgb, resize_plan
 from imagefit.errors import ConfigError, ImageError
 
-ArrayDecoder = Callable[[str | Path, int, int, float, str], np.ndarray]
+ArrayDecoder = Callable[[str | Path, int, int, float, str, bool], np.ndarray]
 
 
 def _jpeg_tensor(path: Path, min_size: int) -> torch.Tensor | None:
@@ -76,10 +76,14 @@ def resize_tensor(image: torch.Tensor, width: int, height: int, interpolation: s
 
 
 def resize_center_crop_tensor(
-    image: torch.Tensor, size: int, crop_pct: float = 1.0, interpolation: str = "bilinear"
+    image: torch.Tensor,
+    size: int,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    legacy: bool = False,
 ) -> torch.Tensor:
     """(1, 3, H, W) uint8 -> (1, 3, S, S): the box of ``resize_center_crop``, torch's filter."""
-    plan = resize_plan(image.shape[3], image.shape[2], size, crop_pct)
+    plan = resize_plan(image.shape[3], image.shape[2], size, crop_pct, legacy)
     if plan is None:
         return image
     new_w, new_h, left, top = plan
@@ -105,13 +109,15 @@ def load_array_torchvision(
     min_size: int = 1,
     crop_pct: float = 1.0,
     interpolation: str = "bilinear",
+    legacy: bool = False,
 ) -> np.ndarray:
     """File -> (size, size, 3) uint8 with torchvision's JPEG decoder and torch's resize."""
-    out = resize_center_crop_tensor(rgb_tensor(path, min_size), size, crop_pct, interpolation)
+    image = rgb_tensor(path, min_size)
+    out = resize_center_crop_tensor(image, size, crop_pct, interpolation, legacy)
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
-# (path, size, min_size, crop_pct, interpolation) -> (size, size, 3) uint8 evaluation pixels
+# (path, size, min_size, crop_pct, interpolation, legacy) -> (size, size, 3) uint8 pixels
 DECODERS: dict[str, ArrayDecoder] = {"pillow": load_array, "torchvision": load_array_torchvision}
 
 
@@ -128,6 +134,7 @@ def decode_array(
     decoder: str = "pillow",
     crop_pct: float = 1.0,
     interpolation: str = "bilinear",
+    legacy: bool = False,
 ) -> np.ndarray:
     """File -> (size, size, 3) uint8 evaluation pixels by ``decoder`` (see the module docstring)."""
-    return get_decoder(decoder)(path, size, min_size, crop_pct, interpolation)
+    return get_decoder(decoder)(path, size, min_size, crop_pct, interpolation, legacy)

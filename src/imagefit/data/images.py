@@ -131,7 +131,7 @@ def resize_size(size: int, crop_pct: float = 1.0) -> int:
 
 
 def resize_plan(
-    width: int, height: int, size: int, crop_pct: float = 1.0
+    width: int, height: int, size: int, crop_pct: float = 1.0, legacy: bool = False
 ) -> tuple[int, int, int, int] | None:
     """(new width, new height, left, top) of :func:`resize_center_crop`; None: no resize.
 
@@ -139,10 +139,18 @@ def resize_plan(
     ``CenterCrop(size)`` to the pixel: the longer side becomes ``int(target * long / short)``
     and the crop starts at ``int(round((new - size) / 2))``. Shared with the torch resize of
     :mod:`imagefit.data.decode` and the ONNX graph of ``export.graph_preprocess``.
+
+    ``legacy``: the arithmetic of models trained before crop_pct was recorded (crop_pct 1,
+    the longer side rounded, the crop at ``(new - size) // 2``), so they evaluate and predict
+    on the pixels they were trained and tested on.
     """
     target = resize_size(size, crop_pct)
     if (width, height) == (size, size) and target == size:
         return None
+    if legacy:
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
     if width <= height:
         new_w, new_h = target, int(target * height / width)
     else:
@@ -151,11 +159,16 @@ def resize_plan(
 
 
 def resize_center_crop(
-    image: Image.Image, size: int, crop_pct: float = 1.0, interpolation: str = "bilinear"
+    image: Image.Image,
+    size: int,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    legacy: bool = False,
 ) -> Image.Image:
     """The evaluation pixels: shorter side to ``int(size / crop_pct)`` (antialiased
-    ``interpolation``), then a centred ``size`` x ``size`` crop."""
-    plan = resize_plan(*image.size, size, crop_pct)
+    ``interpolation``), then a centred ``size`` x ``size`` crop (``legacy``: see
+    :func:`resize_plan`)."""
+    plan = resize_plan(*image.size, size, crop_pct, legacy)
     if plan is not None:
         new_w, new_h, left, top = plan
         if (new_w, new_h) != image.size:
@@ -170,7 +183,8 @@ def load_array(
     min_size: int = 1,
     crop_pct: float = 1.0,
     interpolation: str = "bilinear",
+    legacy: bool = False,
 ) -> np.ndarray:
     """File -> (size, size, 3) uint8, the evaluation preprocessing before normalisation."""
-    image = resize_center_crop(load_rgb(path, min_size), size, crop_pct, interpolation)
+    image = resize_center_crop(load_rgb(path, min_size), size, crop_pct, interpolation, legacy)
     return np.asarray(image, dtype=np.uint8)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from imagefit.data.decode import decode_array, resize_tensor, rgb_tensor
-from imagefit.data.images import FILTERS, load_rgb
+from imagefit.data.images import FILTERS, load_rgb, resize_center_crop
 
 Box = tuple[int, int]  # (width, height) of the image on its canvas, from the top-left corner
 
@@ -65,16 +65,26 @@ class PixelSpec:
     interpolation: str = "bilinear"
     decoder: str = "pillow"
     store: bool = False  # the whole image on a canvas, for training crops
+    legacy: bool = False  # models from before crop_pct was recorded (images.resize_plan)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], decoder: str = "pillow") -> PixelSpec:
         """The evaluation pixels of a trained model's meta (checkpoint or ONNX); meta written
-        before crop_pct and interpolation were recorded evaluated with 1.0 and bilinear."""
+        before crop_pct and interpolation were recorded evaluated with 1.0, bilinear and the
+        arithmetic of their time (``legacy``)."""
         return cls(
             int(meta["image_size"]),
             float(meta.get("crop_pct") or 1.0),
             str(meta.get("interpolation") or "bilinear"),
             decoder,
+            legacy="crop_pct" not in meta,
+        )
+
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """An RGB image (an upload) -> its (S, S, 3) uint8 evaluation pixels."""
+        return np.asarray(
+            resize_center_crop(image, self.size, self.crop_pct, self.interpolation, self.legacy),
+            dtype=np.uint8,
         )
 
     def array(self, path: str | Path, min_size: int = 1) -> np.ndarray:
@@ -86,13 +96,19 @@ class PixelSpec:
         tag = "" if self.decoder == "pillow" else f":{self.decoder}"
         if self.crop_pct != 1.0 or self.interpolation != "bilinear":
             tag += f":crop{self.crop_pct!r}:{self.interpolation}"
-        return tag + (":store" if self.store else "")
+        return tag + (":store" if self.store else "") + (":legacy" if self.legacy else "")
 
     def decode(self, path: str | Path, min_size: int = 1) -> tuple[np.ndarray, Box]:
         """File -> ((S, S, 3) uint8, valid (width, height)); raises ImageError naming it."""
         if not self.store:
             pixels = decode_array(
-                path, self.size, min_size, self.decoder, self.crop_pct, self.interpolation
+                path,
+                self.size,
+                min_size,
+                self.decoder,
+                self.crop_pct,
+                self.interpolation,
+                self.legacy,
             )
             return pixels, (self.size, self.size)
         if self.decoder == "torchvision":

@@ -239,9 +239,10 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
         "input": INPUT,
         "output": OUTPUT,
         "preprocessing": preprocessing_text(meta),
-        "crop_pct": float(meta.get("crop_pct") or 1.0),
-        "interpolation": str(meta.get("interpolation") or "bilinear"),
     }
+    if "crop_pct" in meta:  # a model from before they were recorded goes without (legacy pixels)
+        values["crop_pct"] = float(meta["crop_pct"])
+        values["interpolation"] = str(meta.get("interpolation") or "bilinear")
     if meta.get("temperature") is not None:  # fitted by calibration: probabilities = softmax(z/T)
         values["temperature"] = float(meta["temperature"])
     return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
@@ -262,9 +263,11 @@ def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
         ) from None
     meta["arch"] = custom.get(META_PREFIX + "arch", "?")
     meta["input"] = custom.get(META_PREFIX + "input", INPUT)
-    # files exported before these were recorded evaluated with crop_pct 1 and bilinear
-    meta["crop_pct"] = float(json.loads(custom.get(META_PREFIX + "crop_pct", "1.0")))
-    meta["interpolation"] = custom.get(META_PREFIX + "interpolation", "bilinear")
+    # files exported before these were recorded have neither: PixelSpec.from_meta then gives
+    # the pixels of their time
+    if META_PREFIX + "crop_pct" in custom:
+        meta["crop_pct"] = float(json.loads(custom[META_PREFIX + "crop_pct"]))
+        meta["interpolation"] = custom.get(META_PREFIX + "interpolation", "bilinear")
     if META_PREFIX + "temperature" in custom:
         meta["temperature"] = float(custom[META_PREFIX + "temperature"])
     return meta
