@@ -97,6 +97,12 @@ class Summary(_Record):
     # and `why` (per key: config, the timm pretrained config, or a default)
     preprocessing: dict[str, Any] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out.get("preprocessing") is None:  # summaries from before it was recorded read back
+            out.pop("preprocessing", None)  # as they were written
+        return out
+
     @classmethod
     def finished(
         cls,
