@@ -152,3 +152,6 @@ def test_sweep_table_gains_the_baseline_comparison(tmp_path: Path) -> None:
     assert low <= rows[1]["difference"] <= high
     run_sweep(spec)  # finished trials are skipped; the table now has the predictions it needs
     assert "Difference to the first variant" in (spec.out / "results.md").read_text()
+    page = (spec.out / "report.html").read_text(encoding="utf-8")  # the sweep's report shows it
+    baseline = page[page.index('<section id="baseline">') :]
+    assert "<td>b</td>" in baseline and "at 95%" in baseline

@@ -42,12 +42,27 @@ def test_top_confused_pairs_from_a_known_matrix() -> None:
 
 
 def test_plot_run_writes_seed_002_set(tmp_path: Path) -> None:
-    run = write_run(tmp_path / "run")
+    run = write_run(tmp_path / "run", num_classes=2 * plots.TOP_BOTTOM_K + 1)
     paths = plots.plot_run(run)
     assert {p.name for p in paths} == RUN_PLOTS
     assert all(p.parent == run / "plots" for p in paths)
     for path in paths:
         check_png(path)
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "left_out"),
+    [
+        (2, {"per_class_accuracy_top_bottom.png", "top_confused_pairs.png"}),
+        (2 * plots.TOP_BOTTOM_K, {"per_class_accuracy_top_bottom.png"}),
+        (2 * plots.TOP_BOTTOM_K + 1, set()),
+    ],
+)
+def test_panels_that_say_nothing_at_this_size_are_left_out(
+    tmp_path: Path, num_classes: int, left_out: set[str]
+) -> None:
+    figures = plots.run_figures(load_run(write_run(tmp_path / "run", num_classes=num_classes)))
+    assert set(figures) == RUN_PLOTS - left_out
 
 
 def test_confusion_matrix_with_120_classes_stays_readable(tmp_path: Path) -> None:

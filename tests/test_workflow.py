@@ -45,6 +45,7 @@ def test_train_runs_the_post_run_steps_in_order(pattern_root: Path, tmp_path: Pa
     assert recorder.events == [("step", "finished", "run")]
     assert (result.run_dir / "plots" / "training_curves.png").is_file()
     assert (
+        workflow.trust_step,  # first: the export carries the fitted temperature
         workflow.plots_step,
         workflow.export_step,
         workflow.tracking_step,  # last: MLflow logs the plots and the ONNX file

@@ -90,9 +90,10 @@ def _diff_sweep(sweep: Path, baseline: str | None, as_json: bool) -> None:
 
     from imagefit.evaluate.compare import sweep_vs_baseline, vs_baseline_markdown
     from imagefit.fileio import atomic_write, write_json
+    from imagefit.runs.layout import VS_BASELINE
 
     rows = sweep_vs_baseline(sweep, baseline)
-    write_json(sweep / "vs_baseline.json", rows)
+    write_json(sweep / VS_BASELINE, rows)
     atomic_write(sweep / "vs_baseline.md", vs_baseline_markdown(rows))
     if as_json:
         typer.echo(json.dumps(rows, indent=1))

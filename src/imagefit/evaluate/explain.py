@@ -264,7 +264,7 @@ def mistakes_gallery(
             name: name for name in ("mistakes.png", "confused_pairs.png") if (out / name).is_file()
         },
     }
-    write_json(out / "gallery.json", result)
+    write_json(out / layout.GALLERY_JSON, result)
     return result
 
 

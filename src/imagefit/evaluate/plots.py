@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 History = Sequence[Mapping[str, Any]]
 
 ANNOTATE_MAX = 20  # above this many classes, per-cell numbers are unreadable
+TOP_BOTTOM_K = 10  # classes in each of the best / worst panels
 TICKS_MAX = 60  # above this many classes, label only every n-th tick
 DPI = 100
 NO_SAMPLES = "#bbbbbb"
@@ -246,7 +247,14 @@ def top_confused_pairs_figure(
 
 
 def run_figures(record: RunRecord) -> dict[str, Figure]:
-    """The figures that ``record``'s files allow, by file name (seed 002's set)."""
+    """The figures that ``record``'s files allow and that say something at its number of
+    classes, by file name (seed 002's set).
+
+    Left out: the best / worst classes with no more than ``2 * TOP_BOTTOM_K`` classes (the
+    all-classes panel already shows each one, and with two classes "best 1 / worst 1" is the
+    whole problem twice), and the confused pairs with two classes or no mistakes (the
+    confusion matrix's off-diagonal cells are then the whole list).
+    """
     figures: dict[str, Figure] = {}
     if record.history:
         figures["training_curves.png"] = training_curves_figure(record.history, record.name)
@@ -259,10 +267,12 @@ def run_figures(record: RunRecord) -> dict[str, Figure]:
     accuracy = per_class.get("accuracy") or _recall(matrix)
     support = per_class.get("support") or np.asarray(matrix).sum(axis=1).tolist()
     figures["per_class_accuracy_all.png"] = per_class_accuracy_figure(accuracy, classes, support)
-    figures["per_class_accuracy_top_bottom.png"] = per_class_top_bottom_figure(
-        accuracy, classes, support=support
-    )
-    figures["top_confused_pairs.png"] = top_confused_pairs_figure(matrix, classes)
+    if sum(s > 0 for s in support) > 2 * TOP_BOTTOM_K:
+        figures["per_class_accuracy_top_bottom.png"] = per_class_top_bottom_figure(
+            accuracy, classes, TOP_BOTTOM_K, support
+        )
+    if len(classes) > 2 and top_confused_pairs(matrix, 1):
+        figures["top_confused_pairs.png"] = top_confused_pairs_figure(matrix, classes)
     return figures
 
 

@@ -39,6 +39,8 @@ TEST_PREDICTIONS = "test_predictions.npz"  # per-image logits of the test split
 CALIBRATION = "calibration.json"  # the fitted temperature, ECE and NLL before and after
 LEDGER = "ledger.json"  # content hashes of the split's files; test evaluations counted
 GALLERY = "gallery"  # confident mistakes and confused pairs, with Grad-CAM overlays
+GALLERY_JSON = "gallery.json"  # in GALLERY: the entries the report shows
+VS_BASELINE = "vs_baseline.json"  # a sweep folder's variants against its baseline variant
 
 
 def epoch_checkpoint(epoch: int) -> str:

@@ -18,6 +18,7 @@ import yaml
 
 from imagefit.errors import ImagefitError
 from imagefit.fileio import atomic_open, atomic_write, write_json
+from imagefit.runs.layout import VS_BASELINE
 from imagefit.runs.reader import read_history, read_json, read_metrics, read_summary
 from imagefit.sweep.spec import SweepSpec, Trial
 
@@ -256,7 +257,8 @@ def write_sweep_file(spec: SweepSpec) -> Path:
 
 def _vs_baseline(out: Path, records: list[dict[str, Any]]) -> str:
     """The paired-bootstrap section, when every finished run has its test predictions saved
-    (computing them is an evaluation per run: ``imagefit diff SWEEP_DIR`` does it on request)."""
+    (computing them is an evaluation per run: ``imagefit diff SWEEP_DIR`` does it on request);
+    its rows also go to ``vs_baseline.json``, which the sweep's report shows."""
     from imagefit.evaluate.compare import sweep_vs_baseline, vs_baseline_markdown
     from imagefit.evaluate.predictions import TEST_PREDICTIONS
 
@@ -270,6 +272,7 @@ def _vs_baseline(out: Path, records: list[dict[str, Any]]) -> str:
     except ImagefitError as exc:  # a table must not fail over a comparison it cannot make
         log.warning("%s: no comparison to the baseline (%s)", out, exc)
         return ""
+    write_json(out / VS_BASELINE, rows)
     return (
         "\n## Difference to the first variant (paired bootstrap over seeds and test images)\n\n"
         + vs_baseline_markdown(rows)
