@@ -101,8 +101,22 @@ class DataConfig(Section):
     # shuffle: each image once per epoch; balanced: draw the epoch (same length) with
     # replacement, each class equally likely, for imbalanced data
     sampler: Literal["shuffle", "balanced"] = "shuffle"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # Preprocessing. None: not set here, so chosen when the run starts
+    # (imagefit.data.preprocessing): the timm pretrained config of the weights when they come
+    # from timm (model.init hub:<name>, or a .safetensors/.pth/.bin weights file of a timm
+    # architecture), else the defaults named below; summary.json's `preprocessing` block
+    # records which applied and why. None rather than a default value, so that a config
+    # written into a run folder and read back on resume still says "not set".
+    mean: tuple[float, float, float] | None = None  # default: ImageNet's
+    std: tuple[float, float, float] | None = None  # default: ImageNet's
+    # evaluation: shorter side to int(image_size / crop_pct), then a centred image_size crop;
+    # default 0.875 at image_size >= 96 (photos), 1.0 below (digits, CIFAR: nothing to spare)
+    crop_pct: float | None = Field(None, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic"] | None = None  # antialiased; default bilinear
+    # training store: each image whole, its longer side at store_size on a square canvas, so
+    # the random-resized crop sees the full image; default image_size when crop_pct is 1, else
+    # ceil(int(image_size / crop_pct) * 4 / 3) (a 4:3 photo keeps the evaluation resolution)
+    store_size: int | None = Field(None, ge=8)
     # WebDataset tar shards (`imagefit data shards`) instead of files: a folder or any fsspec
     # URL holding their index.json, or a brace pattern of one split's shards
     # ("s3://bucket/train-{000000..000123}.tar"; the index must sit beside them)

@@ -24,8 +24,9 @@ import torch
 
 from imagefit.config import DataConfig
 from imagefit.data.folder import Sample
-from imagefit.data.images import load_rgb, resize_center_crop
+from imagefit.data.images import load_rgb
 from imagefit.data.splits import SPLIT_ALIASES, SplitManifest, stratified_split
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def hf_manifest(d: DataConfig) -> SplitManifest:
 class HFSource:
     """Rows of an HF dataset decoded per batch (a :class:`PixelSource`)."""
 
-    def __init__(self, d: DataConfig, samples: Sequence[Sample], size: int):
+    def __init__(self, d: DataConfig, samples: Sequence[Sample], spec: PixelSpec):
         datasets = _datasets()
         assert d.hf is not None
         opened = open_dataset(d.hf)
@@ -140,7 +141,8 @@ class HFSource:
         }
         self.rows = [(path.parent.name, int(path.name)) for path, _ in samples]
         self.labels = [label for _, label in samples]
-        self.column, self.size, self.min_size = d.hf_image_column, size, d.min_size
+        self.column, self.spec, self.min_size = d.hf_image_column, spec, d.min_size
+        self.size = spec.size
         self.where = d.hf
 
     def __len__(self) -> int:
@@ -159,7 +161,7 @@ class HFSource:
             rgb = load_rgb(io.BytesIO(data), self.min_size, name=label)
         except OSError as exc:
             raise ImageError(f"{label}: cannot read image ({exc})", kind="unreadable") from None
-        return np.asarray(resize_center_crop(rgb, self.size), dtype=np.uint8)
+        return self.spec.crop(rgb)  # the run's evaluation pixels (crop_pct, interpolation)
 
     def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
         for indices in index_batches:

@@ -39,9 +39,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from imagefit.config import Config
 from imagefit.data.augment import BatchAugment
-from imagefit.data.images import IMAGE_EXTENSIONS, load_rgb, resize_center_crop
+from imagefit.data.images import IMAGE_EXTENSIONS, load_rgb
 from imagefit.data.loaders import Batch, DataBundle, Loader, _ignore_stop_signals, derive_seed
+from imagefit.data.preprocessing import resolve_preprocessing
 from imagefit.data.shards import ShardEntry, ShardIndex, index_manifest, read_index
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -131,14 +133,14 @@ def _tar_samples(urls: Sequence[str]) -> Iterator[dict]:
     yield from group_by_keys(tar_file_expander(opened()))
 
 
-def decode_sample(sample: dict, size: int, min_size: int) -> tuple[np.ndarray, int]:
+def decode_sample(sample: dict, spec: PixelSpec, min_size: int) -> tuple[np.ndarray, int]:
     """A shard sample -> ((S, S, 3) uint8, label), with the decoding files get (load_rgb)."""
     name = f"{sample.get('__url__', '?')}:{sample['__key__']}"
     image = next((sample[key] for key in _IMAGE_KEYS if key in sample), None)
     if image is None or "cls" not in sample:
         raise DataError(f"{name}: shard sample has no image or no .cls label ({sorted(sample)})")
     rgb = load_rgb(io.BytesIO(image), min_size, name=name)
-    return np.asarray(resize_center_crop(rgb, size), dtype=np.uint8), int(sample["cls"])
+    return spec.crop(rgb), int(sample["cls"])
 
 
 class _ShardSamples(IterableDataset):
@@ -150,13 +152,13 @@ class _ShardSamples(IterableDataset):
         skips: list[int],
         buffer: int,
         seeds: list[int],
-        size: int,
+        spec: PixelSpec,
         min_size: int,
     ):
         super().__init__()
         self.urls = [[entry.url for entry in shards] for shards in plan.workers]
         self.skips, self.buffer, self.seeds = skips, buffer, seeds
-        self.size, self.min_size = size, min_size
+        self.spec, self.min_size = spec, min_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         info = get_worker_info()
@@ -172,7 +174,7 @@ class _ShardSamples(IterableDataset):
         for position, sample in enumerate(samples):
             if position < skip:
                 continue  # trained on before the resume: read, never decoded
-            pixels, label = decode_sample(sample, self.size, self.min_size)
+            pixels, label = decode_sample(sample, self.spec, self.min_size)
             chunk.append((pixels, label, sample["__key__"]))
             if len(chunk) == CHUNK:
                 yield _stack(chunk)
@@ -197,14 +199,14 @@ class ShardLoader(Loader):
         batch_size: int,
         device: torch.device,
         *,
-        image_size: int,
+        spec: PixelSpec,
         min_size: int = 1,
         workers: int = 0,
         buffer: int = 1000,
         **options,
     ):
         super().__init__(None, batch_size, device, **options)  # type: ignore[arg-type]
-        self.shards, self.image_size, self.min_size = list(shards), image_size, min_size
+        self.shards, self.spec, self.min_size = list(shards), spec, min_size
         self.workers, self.buffer = workers, buffer
         self.pin_memory = device.type == "cuda"
         self.current_epoch = 0
@@ -250,7 +252,7 @@ class ShardLoader(Loader):
         rank = self.shard[0]
         seeds = [derive_seed(self.seed, epoch, 3, rank, w) for w in range(len(plan.workers))]
         dataset = _ShardSamples(
-            plan, skips, self.buffer if self.shuffle else 0, seeds, self.image_size, self.min_size
+            plan, skips, self.buffer if self.shuffle else 0, seeds, self.spec, self.min_size
         )
         loader = DataLoader(
             dataset,
@@ -343,6 +345,10 @@ def build_shard_data(
         len(index.classes),
         {name: index.count(name) for name in index.splits},
     )
+    # Shards hold encoded files in stream order: every split gets the evaluation pixels, and
+    # training crops are drawn from them (no whole-image store without random access).
+    pre = resolve_preprocessing(cfg)
+    spec = PixelSpec(d.image_size, pre.crop_pct, pre.interpolation)
     loaders: dict[str, Loader] = {}
     for name, entries in {**index.splits, "train": train}.items():
         if not entries or not sum(e.count for e in entries):
@@ -351,21 +357,21 @@ def build_shard_data(
         augment = None
         if is_train and d.augment:
             classes = len(index.classes)
-            augment = BatchAugment(cfg.augment, d.image_size, classes, mean=d.mean, std=d.std)
+            augment = BatchAugment(cfg.augment, d.image_size, classes, mean=pre.mean, std=pre.std)
         size = (batch_size or t.batch_size) if is_train else (t.eval_batch_size or t.batch_size)
         loaders[name] = ShardLoader(
             entries,
             size,
             device,
-            image_size=d.image_size,
+            spec=spec,
             min_size=d.min_size,
             workers=d.num_workers,
             buffer=d.shuffle_buffer,
             shuffle=is_train,
             augment=augment,
             seed=t.seed,
-            mean=d.mean,
-            std=d.std,
+            mean=pre.mean,
+            std=pre.std,
             limit=t.limit_batches,
             shard=shard,
         )
@@ -376,4 +382,5 @@ def build_shard_data(
         loaders.get("val"),
         loaders.get("test"),
         cached=False,
+        preprocessing=pre,
     )

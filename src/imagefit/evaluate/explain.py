@@ -29,8 +29,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
-from imagefit.data.images import load_array
 from imagefit.data.inputs import Problem, expand_images, normalise
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError, ImagefitError
 from imagefit.evaluate.predictions import run_test_predictions
 from imagefit.fileio import atomic_open, make_dirs, write_json
@@ -128,6 +128,7 @@ class _Explainer:
         self.checkpoint = resolve_checkpoint(target)
         self.model, self.meta, _ = load_trained(self.checkpoint)
         self.size = self.meta["image_size"]
+        self.spec = PixelSpec.from_meta(self.meta)  # the run's evaluation pixels
         self.layer_name, self.layer = target_layer(self.model, self.meta["arch"], self.size)
         self.temperature = float(self.meta.get("temperature") or 1.0)
 
@@ -164,7 +165,7 @@ def explain_images(
             results.append({"file": str(problem[0]), "error": problem[1]})
             continue
         try:
-            pixels = load_array(item, explainer.size)
+            pixels = explainer.spec.array(item)
         except DataError as exc:
             results.append({"file": str(item), "error": str(exc)})
             continue
@@ -214,7 +215,7 @@ def mistakes_gallery(
     classes = preds.classes
     for i in chosen:
         try:
-            pixels = load_array(preds.file(i), explainer.size)
+            pixels = explainer.spec.array(preds.file(i))
         except DataError as exc:
             log.warning("gallery: skipped %s", exc)
             continue

@@ -22,6 +22,7 @@ from imagefit.data.cache import file_digest
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.sources import resolve_data
 from imagefit.data.splits import SplitManifest
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError
 from imagefit.evaluate.inference import Precision, evaluate, select_device
 from imagefit.fileio import atomic_open
@@ -135,7 +136,8 @@ def split_predictions(
         hint = f"; it has {', '.join(present)}: use --split {present[0]}" if present else ""
         raise DataError(f"{manifest.root}: split '{split}' is empty or absent{hint}")
     skipped: dict[str, str] = {}
-    source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped)
+    spec = PixelSpec.from_meta(meta, cfg.data.decoder)  # the run's evaluation pixels
+    source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped, spec=spec)
     loader = Loader(
         source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
     )

@@ -25,7 +25,9 @@ from torch import nn
 
 import imagefit
 from imagefit.config import Config
+from imagefit.data.images import resize_size
 from imagefit.data.inputs import normalise
+from imagefit.data.store import PixelSpec
 from imagefit.errors import MetadataError
 from imagefit.export import ExportError
 from imagefit.export.preprocess import real_inputs
@@ -42,10 +44,16 @@ META_PREFIX = "imagefit."
 # rtol 1e-3, atol 1e-5 (torchvision's test_onnx likewise); anything looser hides real bugs.
 RTOL, ATOL = 1e-3, 1e-5
 VERIFY_IMAGES = 16
-PREPROCESSING = (
-    "RGB; shorter side resized to image_size (bilinear, antialiased); centre crop "
-    "image_size x image_size; (pixel - 255*mean) / (255*std); NCHW float32"
-)
+
+
+def preprocessing_text(meta: dict[str, Any]) -> str:
+    """What a consumer does to an image before the model: the run's evaluation pixels."""
+    spec = PixelSpec.from_meta(meta)
+    return (
+        f"RGB; shorter side resized to int(image_size / crop_pct) = "
+        f"{resize_size(spec.size, spec.crop_pct)} ({spec.interpolation}, antialiased); centre "
+        "crop image_size x image_size; (pixel - 255*mean) / (255*std); NCHW float32"
+    )
 
 
 def export_onnx(
@@ -300,10 +308,13 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
         "std": list(meta["std"]),
         "input": INPUT,
         "output": OUTPUT,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing_text(meta),
         # false: weights with no finished epoch (--allow-untrained); consumers refuse or label
         "trained": bool(meta.get("trained", True)),
     }
+    if "crop_pct" in meta:  # a model from before they were recorded goes without (legacy pixels)
+        values["crop_pct"] = float(meta["crop_pct"])
+        values["interpolation"] = str(meta.get("interpolation") or "bilinear")
     if meta.get("temperature") is not None:  # fitted by calibration: probabilities = softmax(z/T)
         values["temperature"] = float(meta["temperature"])
     if meta.get("task") == "multilabel":  # sigmoid per class; a class is shown at its threshold
@@ -388,7 +399,9 @@ def run_session(session: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
 def _verification_inputs(meta: dict[str, Any], run_dir: Path, count: int) -> tuple[str, np.ndarray]:
     """Real images of the run (val, else test, else train), else seeded noise with a warning."""
     size = meta["image_size"]
-    split, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), count, size)
+    split, pixels, _ = real_inputs(
+        run_dir, ("val", "test", "train"), count, PixelSpec.from_meta(meta)
+    )
     if len(pixels):
         return f"{split} split of {RunLayout(run_dir).split}", normalise(
             pixels, meta["mean"], meta["std"]

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imagefit.data.images import load_array
 from imagefit.data.inputs import Problem, expand_images, normalise
+from imagefit.data.store import PixelSpec
 from imagefit.errors import CheckpointError, DataError
 from imagefit.evaluate.multilabel import sigmoid
 
@@ -120,12 +120,13 @@ def _predict_batch(
     meta = predictor.meta
     results: list[dict[str, Any]] = []
     good: list[tuple[int, np.ndarray]] = []
+    spec = PixelSpec.from_meta(meta)  # the run's evaluation pixels
     for item in items:
         if isinstance(item, tuple):
             results.append({"file": str(item[0]), "error": item[1], "kind": item[2]})
             continue
         try:
-            good.append((len(results), load_array(item, meta["image_size"])))
+            good.append((len(results), spec.array(item)))
             results.append({"file": str(item)})
         except DataError as exc:
             results.append(

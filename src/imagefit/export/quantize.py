@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from imagefit.data.inputs import normalise
+from imagefit.data.store import PixelSpec
 from imagefit.evaluate.metrics import compute_metrics
 from imagefit.export import ExportError
 from imagefit.export.onnx import INPUT, metadata_props, ort_session, run_session
@@ -54,7 +55,7 @@ def quantize_int8(
 ) -> dict[str, Any]:
     """Write ``<fp32 stem>.int8.onnx`` and report accuracy (test split, else val), size, latency."""
     out = out or int8_name(fp32)
-    _, pixels, _ = real_inputs(run_dir, ("train",), calibration_images, meta["image_size"])
+    _, pixels, _ = real_inputs(run_dir, ("train",), calibration_images, PixelSpec.from_meta(meta))
     if not len(pixels):
         raise ExportError(
             f"{run_dir}: INT8 calibration needs the run's training images "
@@ -126,7 +127,7 @@ def quantize_file(fp32: Path, out: Path, calibration: np.ndarray, meta: dict[str
 def _accuracy(fp32: Path, int8: Path, meta: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Both models' accuracy on the whole test split (else val), through compute_metrics."""
     split, samples = split_samples(run_dir, ("test", "val"))
-    pixels, labels = load_samples(samples, meta["image_size"])
+    pixels, labels = load_samples(samples, PixelSpec.from_meta(meta))
     if not len(pixels):
         log.warning("%s: no test or val images to measure the INT8 accuracy on", run_dir)
         return {"eval_split": None, "eval_images": 0, "fp32_accuracy": None, "int8_accuracy": None}

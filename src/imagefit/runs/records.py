@@ -104,6 +104,15 @@ class Summary(_Record):
     early_stopped: bool | None = None
     skipped_files: int | None = None
     status: str | None = None
+    # the pixels it trained and evaluated on: mean, std, crop_pct, interpolation, store_size,
+    # and `why` (per key: config, the timm pretrained config, or a default)
+    preprocessing: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out.get("preprocessing") is None:  # summaries from before it was recorded read back
+            out.pop("preprocessing", None)  # as they were written
+        return out
 
     @classmethod
     def finished(
@@ -123,6 +132,7 @@ class Summary(_Record):
         train_images: int,
         early_stopped: bool,
         skipped_files: int,
+        preprocessing: dict[str, Any] | None = None,
     ) -> Summary:
         """The summary of a run that ended normally: the one place that derives its numbers."""
         total, trainable = params
@@ -148,6 +158,7 @@ class Summary(_Record):
             early_stopped=early_stopped,
             skipped_files=skipped_files,
             status="finished",
+            preprocessing=preprocessing,
             # With no test split the final metrics are on val: the summary says so as a person
             # should read it (split_label). Only then: a run tested on test keeps the keys of
             # the first versions.

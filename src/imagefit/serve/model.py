@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from imagefit.data.images import load_rgb, resize_center_crop
+from imagefit.data.images import load_rgb
+from imagefit.data.store import PixelSpec
 from imagefit.errors import ImagefitError
 from imagefit.export.onnx import session_metadata
 from imagefit.runs import layout
@@ -62,6 +63,8 @@ class ServedModel:
             "preprocessing": {
                 "description": meta.get("preprocessing", ""),
                 "image_size": meta["image_size"],
+                "crop_pct": meta.get("crop_pct", 1.0),
+                "interpolation": meta.get("interpolation", "bilinear"),
                 "mean": meta["mean"],
                 "std": meta["std"],
             },
@@ -142,9 +145,8 @@ def _run_folder(path: Path) -> str | None:
 
 def decode_upload(data: bytes, name: str, meta: dict[str, Any]) -> np.ndarray:
     """Uploaded bytes -> (3, S, S) float32 model input; raises ImageError (with ``kind``)."""
-    size = meta["image_size"]
     image = load_rgb(io.BytesIO(data), name=name)
-    pixels = np.asarray(resize_center_crop(image, size), dtype=np.uint8)
+    pixels = PixelSpec.from_meta(meta).crop(image)  # the run's evaluation pixels
     return normalise_hwc(pixels, meta["mean"], meta["std"])
 
 

@@ -366,10 +366,11 @@ def _input_example(run_dir: Path, meta: dict[str, Any]) -> Any:
     import numpy as np
 
     from imagefit.data.inputs import normalise
+    from imagefit.data.store import PixelSpec
     from imagefit.export.preprocess import real_inputs
 
     size = meta["image_size"]
-    _, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), 2, size)
+    _, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), 2, PixelSpec.from_meta(meta))
     if len(pixels) < 2:
         pixels = np.zeros((2, size, size, 3), np.uint8)
     return normalise(pixels, meta["mean"], meta["std"])

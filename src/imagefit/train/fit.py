@@ -101,14 +101,18 @@ class Run:
 
     def meta(self) -> dict[str, Any]:
         """What travels with the weights: enough to rebuild and preprocess without the config."""
-        d = self.cfg.data
+        d, pre = self.cfg.data, self.data.preprocessing
+        assert pre is not None  # build_data always resolves it
         return {
             "arch": self.cfg.model.name,
             "classes": self.data.classes,
             "num_classes": len(self.data.classes),
             "image_size": d.image_size,
-            "mean": list(d.mean),
-            "std": list(d.std),
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            # evaluation pixels: shorter side int(image_size / crop_pct), centre crop
+            "crop_pct": pre.crop_pct,
+            "interpolation": pre.interpolation,
             "decoder": d.decoder,
             # relative to the checkpoint's own folder, so it stays true when the folder moves
             "run_dir": ".",
@@ -398,6 +402,7 @@ def _finish(run: Run) -> RunResult:
         train_images=run.train_images,
         early_stopped=run.stopper.should_stop,
         skipped_files=len(run.data.skipped),
+        preprocessing=run.data.preprocessing.to_dict() if run.data.preprocessing else None,
     )
     if run.dist.is_main:
         if metrics is not None:
