@@ -44,7 +44,7 @@ from imagefit.config import (
     validate,
 )
 from imagefit.errors import ConfigError, Interrupted, TrainingStopped
-from imagefit.fileio import atomic_write, write_json
+from imagefit.fileio import atomic_write, make_dirs, write_json
 from imagefit.runs.layout import RunLayout
 
 if TYPE_CHECKING:  # the sweep runner imports torch: loading a pipeline file must not
@@ -233,7 +233,7 @@ def _write_sweep(
         "variants": variants,
         **({"seeds": seeds} if seeds else {}),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     atomic_write(target, yaml.safe_dump(sweep, sort_keys=False))
     return target
 
@@ -270,7 +270,7 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
     from imagefit.sweep import load_sweep, run_sweep
 
     f, out = spec.file, spec.out
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     pretrain_set = dict(f.pretrain.set)
     if f.fractal is not None:
         pretrain_set["data.root"] = str(generate_fractals(f.fractal, out / "fractal").resolve())
@@ -313,6 +313,7 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
         "pretrain_run": str(checkpoint.parent),
         "finetune_results": str(finetuned.files.get("all_results", fine.out)),
         **compare(finetuned),
+        "failed": finetuned.failed,  # fine-tune trials that raised: the comparison lacks them
     }
     write_json(out / "pipeline.json", comparison)
     return PipelineResult(out, pretrained, finetuned, comparison)

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from imagefit.data.loaders import Loader
+from imagefit.data.multilabel import multi_hot
 from imagefit.errors import ConfigError
 from imagefit.evaluate.tta import average_logits, view_count, views
 
@@ -70,14 +71,21 @@ Evaluated = tuple[np.ndarray, np.ndarray, float]  # (targets (N,), logits (N, C)
 
 
 def evaluate(
-    model: nn.Module, loader: Loader, precision: Precision, desc: str = "eval", tta: str = "none"
+    model: nn.Module,
+    loader: Loader,
+    precision: Precision,
+    desc: str = "eval",
+    multilabel: bool = False,
+    tta: str = "none",
 ) -> Evaluated:
-    """(targets (N,), logits (N, C) float32, mean cross-entropy) over the whole loader.
+    """(targets (N,), logits (N, C) float32, mean loss) over the whole loader.
 
-    ``tta`` (:data:`imagefit.evaluate.tta.VIEWS`): the logits are those of the averaged
-    probabilities over the views of each batch.
+    ``multilabel``: targets are bit sets of the classes (data.multilabel) and the loss is the
+    binary cross-entropy per class (mean over images and classes). ``tta``
+    (:data:`imagefit.evaluate.tta.VIEWS`): the logits are those of the averaged probabilities
+    over the views of each batch.
     """
-    return evaluate_modes(model, loader, precision, (tta,), desc)[tta]
+    return evaluate_modes(model, loader, precision, (tta,), desc, multilabel)[tta]
 
 
 @torch.no_grad()
@@ -87,8 +95,11 @@ def evaluate_modes(
     precision: Precision,
     modes: Sequence[str] = ("none",),
     desc: str = "eval",
+    multilabel: bool = False,
 ) -> dict[str, Evaluated]:
     """:func:`evaluate` under several TTA modes, in one pass over the data: ``{mode: result}``."""
+    if multilabel and set(modes) != {"none"}:
+        raise ConfigError("TTA averages softmax probabilities: not for multi-label models")
     counts = {mode: view_count(mode) for mode in modes}
     widest = max(counts, key=counts.__getitem__)
     model.eval()
@@ -111,7 +122,7 @@ def evaluate_modes(
                 outputs.append(model(precision.prepare(view)).float())
         for mode in modes:
             logits = average_logits(outputs[: counts[mode]])
-            loss_sums[mode] += F.cross_entropy(logits, targets, reduction="sum").double()
+            loss_sums[mode] += _loss_sum(logits, targets, multilabel)
             all_logits[mode].append(logits)
         all_targets.append(targets)
     if not all_targets:
@@ -126,3 +137,13 @@ def evaluate_modes(
         )
         for mode in modes
     }
+
+
+def _loss_sum(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """The batch's summed loss in float64: cross-entropy, or for multi-label the binary
+    cross-entropy averaged over the classes."""
+    if multilabel:
+        hot = multi_hot(targets, logits.shape[1])
+        total = F.binary_cross_entropy_with_logits(logits, hot, reduction="sum").double()
+        return total / logits.shape[1]
+    return F.cross_entropy(logits, targets, reduction="sum").double()

@@ -17,9 +17,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imagefit.data.loaders import Loader
+from imagefit.data.multilabel import multi_hot
 from imagefit.errors import TrainingStopped
 from imagefit.evaluate.inference import Precision, bars_disabled
 from imagefit.models.transfer import freeze_frozen_norms
+from imagefit.train.losses import MultiLabelLoss
+from imagefit.train.progress import ProgressLog
 
 # (step finite: 0-dim bool tensor, stop requested here) -> (finite on every process, stop
 # requested on any): what all processes of a distributed run agree on, in one all-reduce.
@@ -130,6 +133,10 @@ def train_one_epoch(
         leave=False,
         disable=bars_disabled(),
     )
+    # No bar (output redirected): a log line every so often instead; rank 0 speaks for all.
+    ticker = ProgressLog(
+        epoch, len(loader), progress.batch, bool(bar.disable) and not bars_disabled()
+    )
     for step, (x, targets) in enumerate(bar, start=progress.batch):
         group, last = accumulation_group(step, batches, accum_steps)
         if step % accum_steps == 0:
@@ -168,14 +175,23 @@ def train_one_epoch(
                 optimizer.step()
             if after_step is not None:
                 after_step()
-        hard = targets.argmax(1) if targets.ndim == 2 else targets
         loss_sum.add_(loss.detach(), alpha=len(x))
-        correct.add_((logits.argmax(1) == hard).sum())
+        correct.add_(_correct(logits.detach(), targets, criterion))
         count += len(x)
         progress.batch = step + 1
+        ticker.step(progress.batch, len(x), loss_sum, count)
         if stop and progress.batch < batches:
             progress.interrupted = True
             break
     progress.loss_sum, progress.correct = float(loss_sum), float(correct)
     progress.count = count
     return progress
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    """Images guessed right: the top class; multi-label, every class right at score 0.5."""
+    if isinstance(criterion, MultiLabelLoss):
+        hot = multi_hot(targets, logits.shape[1]) if targets.ndim == 1 else targets
+        return ((logits > 0) == (hot > 0.5)).all(1).sum()
+    hard = targets.argmax(1) if targets.ndim == 2 else targets
+    return (logits.argmax(1) == hard).sum()
