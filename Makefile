@@ -22,6 +22,7 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
 
 bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import StopAfter  # this script's folder is on sys.path
+from helpers.distributed import stop_rank_1_then_resume  # this script's folder is on sys.path
 
 
 def run_cli(*args: str) -> int:
@@ -37,26 +36,13 @@ def run_cli(*args: str) -> int:
 
 def main(digits: str, patterns: str, out: Path, stop_after: int) -> None:
     from imagefit.config import load_config
-    from imagefit.errors import Interrupted
     from imagefit.train import fit as fit_module
 
     rank = int(os.environ["RANK"])
     report: dict[str, object] = {"cli_exit": run_cli("train", digits)}
     report["a"] = fit_module.fit(load_config(patterns, [f"output.dir={out / 'a'}"])).metrics
-    original = fit_module.graceful_stop
-
-    @contextmanager
-    def stop_on_rank_1():
-        yield StopAfter(stop_after if rank == 1 else 10**9)
-
-    fit_module.graceful_stop = stop_on_rank_1
-    try:
-        fit_module.fit(load_config(patterns, [f"output.dir={out / 'b'}"]))
-        report["interrupted"] = None
-    except Interrupted as exc:
-        report["interrupted"] = str(exc)
-    fit_module.graceful_stop = original
-    report["resumed"] = fit_module.fit(resume=out / "b" / "run").metrics
+    b = load_config(patterns, [f"output.dir={out / 'b'}"])
+    report.update(stop_rank_1_then_resume(b, out / "b" / "run", rank, stop_after))
     (out / f"rank{rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
 

@@ -20,9 +20,16 @@ from imagefit.errors import CheckpointError
 from imagefit.evaluate.evaluator import evaluate_checkpoint
 from imagefit.export import ExportError
 from imagefit.export import onnx as onnx_export
-from imagefit.export.onnx import compare_logits, export_onnx, ort_session, verify_onnx
+from imagefit.export.onnx import (
+    compare_logits,
+    export_onnx,
+    ort_session,
+    stored_paths,
+    verify_onnx,
+)
 from imagefit.models.trained import load_trained
 from imagefit.runs.checkpoint import save_checkpoint
+from imagefit.runs.layout import RunLayout
 
 from helpers.runs import train_digits_run
 
@@ -80,7 +87,10 @@ def test_int8_reports_accuracy_size_and_latency_next_to_fp32(
     assert q["latency_ms_batch1"]["int8"] > 0 and q["latency_ms_batch1"]["fp32"] > 0
     props = {p.key: p.value for p in onnx.load(q["onnx"]).metadata_props}
     assert "imagefit.quantization" in props and json.loads(props["imagefit.num_classes"]) == 10
-    assert json.loads((run_dir / "export.json").read_text()) == json.loads(json.dumps(exported))
+    # export.json stores the run's own files relative to the run folder
+    stored = stored_paths(exported, RunLayout(run_dir))
+    assert stored["onnx"] == "model.onnx" and stored["int8"]["onnx"] == "model.int8.onnx"
+    assert json.loads((run_dir / "export.json").read_text()) == json.loads(json.dumps(stored))
 
 
 def test_onnx_accuracy_is_the_eval_accuracy(exported: dict[str, Any], run_dir: Path) -> None:

@@ -90,7 +90,8 @@ def test_export_writes_a_verified_uint8_model(run_dir: Path) -> None:
     assert check["passed"] and check["top1_agreement"] == 1.0 and check["images"] >= 3
     assert check["inputs"].startswith("val split of") and check["max_abs_diff"] < 1e-2
     assert pre["preprocessing"]["resize_size"] == 32 and pre["opset"] == 18
-    session = ort.InferenceSession(pre["onnx"], providers=["CPUExecutionProvider"])
+    # export.json names the run folder's own files relative to it
+    session = ort.InferenceSession(str(run_dir / pre["onnx"]), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert (inp.name, inp.type, inp.shape[2]) == ("image", "tensor(uint8)", 3)
     custom = session.get_modelmeta().custom_metadata_map

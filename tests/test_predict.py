@@ -18,6 +18,7 @@ from imagefit.cli import app
 from imagefit.config import config_from_dict
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest
+from imagefit.errors import ConfigError
 from imagefit.evaluate.evaluator import evaluate_checkpoint
 from imagefit.evaluate.inference import Precision, evaluate
 from imagefit.export import ExportError
@@ -134,3 +135,47 @@ def test_onnx_without_imagefit_metadata_is_refused(
     onnx.save(proto, str(tmp_path / "plain.onnx"))
     with pytest.raises(ExportError, match="not an ONNX file exported by imagefit"):
         predict(tmp_path / "plain.onnx", images["png"][:1])
+
+
+def _class_probabilities(result: dict) -> dict[str, float]:
+    return {entry["label"]: entry["probability"] for entry in result["top_k"]}
+
+
+@pytest.mark.parametrize("model", ["checkpoint", "onnx"])
+def test_predict_tta_averages_the_image_and_its_mirror(
+    model: str, run_dir: Path, images: dict, tmp_path: Path
+) -> None:
+    source = run_dir / "model.onnx" if model == "onnx" else run_dir
+    files = images["png"][:3]
+    mirrors = []
+    for index, file in enumerate(files):
+        mirror = tmp_path / f"mirror{index}.png"
+        Image.open(file).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
+        mirrors.append(mirror)
+    with_tta = predict(source, files, top_k=10, tta="flip")
+    plain, mirrored = predict(source, files, top_k=10), predict(source, mirrors, top_k=10)
+    for t, p, m in zip(with_tta, plain, mirrored, strict=True):
+        assert t["tta"] == "flip" and "tta" not in p
+        expected = {
+            k: (v + _class_probabilities(m)[k]) / 2 for k, v in _class_probabilities(p).items()
+        }
+        for label, probability in _class_probabilities(t).items():
+            assert probability == pytest.approx(expected[label], abs=1e-4)
+    with pytest.raises(ConfigError, match="rotate"):
+        predict(source, files, tta="rotate")
+
+
+def test_eval_cli_shows_accuracy_with_and_without_tta(run_dir: Path) -> None:
+    runner = CliRunner()
+    plain = json.loads(runner.invoke(app, ["eval", str(run_dir), "--json"]).stdout)
+    done = runner.invoke(app, ["eval", str(run_dir), "--json", "--tta", "flip+crops"])
+    assert done.exit_code == 0, done.output
+    both = json.loads(done.stdout)
+    assert both["accuracy"] == plain["accuracy"]  # the plain metrics are unchanged
+    assert both["tta"]["mode"] == "flip+crops" and 0 <= both["tta"]["accuracy"] <= 1
+    assert both["tta"]["loss"] != plain["loss"]
+    table = runner.invoke(app, ["eval", str(run_dir), "--tta", "flip"])
+    assert table.exit_code == 0 and "accuracy (tta flip)" in table.stdout
+    wrong = runner.invoke(app, ["eval", str(run_dir), "--tta", "rotate"])
+    # a ConfigError: `imagefit` (cli.main) exits 2 with its message, which lists the modes
+    assert isinstance(wrong.exception, ConfigError) and "flip+crops" in str(wrong.exception)

@@ -440,3 +440,15 @@ def test_chromium_check_catches_sideways_scroll_on_a_phone(tmp_path: Path) -> No
     assert render(page, tmp_path, DESKTOP)[0]["overflow"] == 0
     seen = render(page, tmp_path, PHONE)[0]
     assert seen["viewport"] == PHONE and seen["overflow"] > 0, seen
+
+
+def test_report_shows_test_accuracy_with_and_without_tta(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "runs" / "tta")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["tta"] = {"mode": "flip", "accuracy": 0.9375}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report([run], tmp_path / "one.html").read_text(encoding="utf-8")
+    assert "Test accuracy with TTA (flip)" in page and "93.75 %" in page
+    other = write_run(tmp_path / "runs" / "plain")
+    both = write_report([run, other], tmp_path / "two.html").read_text(encoding="utf-8")
+    assert f"{100 * metrics['accuracy']:.2f} % (flip: 93.75 %)" in both

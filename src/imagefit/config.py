@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from imagefit import dotted
@@ -37,6 +38,7 @@ SEED_LIMIT = 2**63  # numpy's SeedSequence takes no negative seed, torch none of
 # registry, so a typo fails when the file loads instead of after the data is decoded.
 OptimizerName = Literal["adam", "adamw", "sgd"]  # train.optim.OPTIMIZERS
 ScheduleName = Literal["none", "cosine", "step", "plateau"]  # train.optim.SHAPES
+TtaName = Literal["none", "flip", "flip+crops"]  # evaluate.tta.VIEWS
 # The per-epoch history columns (fit's history row) that best.pt, early stopping, plateau
 # schedules and searches can follow.
 HistoryMetric = Literal[
@@ -44,6 +46,7 @@ HistoryMetric = Literal[
     "val_loss",
     "val_top5_accuracy",
     "val_f1_macro",
+    "val_map",  # multi-label: mean average precision over the classes
     "train_accuracy",
     "train_loss",
 ]
@@ -65,6 +68,17 @@ class DataConfig(Section):
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     split_manifest: str | None = None  # use an existing split.json instead of splitting
+    # a label file (.csv, .jsonl or .parquet) instead of class folders: one row per image, its
+    # path (relative to data.root, or absolute inside it) and its label; a split column, when
+    # the file has one, fixes the split (train/val/test), else the rows are split as a folder
+    labels: str | None = None
+    path_column: str = "path"  # data.labels: the column of image paths
+    label_column: str = "label"  # data.labels: the column of class names
+    split_column: str = "split"  # data.labels: the optional column naming each row's split
+    # single: one class per image (softmax); multilabel: any number of classes per image
+    # (sigmoid per class, thresholds tuned on val); needs data.labels
+    task: Literal["single", "multilabel"] = "single"
+    label_sep: str = "|"  # multilabel: separates an image's labels (checked when data is built)
     min_size: int = Field(1, ge=1)  # images smaller than this (either side) are bad input
     on_bad: Literal["error", "skip"] = "error"
     skip_list: str | None = None  # a file listing image paths to leave out (counted, logged)
@@ -88,8 +102,36 @@ class DataConfig(Section):
     # shuffle: each image once per epoch; balanced: draw the epoch (same length) with
     # replacement, each class equally likely, for imbalanced data
     sampler: Literal["shuffle", "balanced"] = "shuffle"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # Preprocessing. None: not set here, so chosen when the run starts
+    # (imagefit.data.preprocessing): the timm pretrained config of the weights when they come
+    # from timm (model.init hub:<name>, or a .safetensors/.pth/.bin weights file of a timm
+    # architecture), else the defaults named below; summary.json's `preprocessing` block
+    # records which applied and why. None rather than a default value, so that a config
+    # written into a run folder and read back on resume still says "not set".
+    mean: tuple[float, float, float] | None = None  # default: ImageNet's
+    std: tuple[float, float, float] | None = None  # default: ImageNet's
+    # evaluation: shorter side to int(image_size / crop_pct), then a centred image_size crop;
+    # default 0.875 at image_size >= 96 (photos), 1.0 below (digits, CIFAR: nothing to spare)
+    crop_pct: float | None = Field(None, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic"] | None = None  # antialiased; default bilinear
+    # training store: each image whole, its longer side at store_size on a square canvas, so
+    # the random-resized crop sees the full image; default image_size when crop_pct is 1, else
+    # ceil(int(image_size / crop_pct) * 4 / 3) (a 4:3 photo keeps the evaluation resolution)
+    store_size: int | None = Field(None, ge=8)
+    # WebDataset tar shards (`imagefit data shards`) instead of files: a folder or any fsspec
+    # URL holding their index.json, or a brace pattern of one split's shards
+    # ("s3://bucket/train-{000000..000123}.tar"; the index must sit beside them)
+    shards: str | None = None
+    shuffle_buffer: int = Field(1000, ge=0)  # shards: samples each loader worker shuffles among
+    # a Hugging Face dataset instead of files: a save_to_disk folder, a local parquet/script
+    # folder, or a hub name (read through the `datasets` cache; HF_DATASETS_OFFLINE=1 works)
+    hf: str | None = None
+    # the dataset's split to use, split train/val/test by the fractions above; unset: its own
+    # train/validation/test splits (a missing validation is carved from train)
+    hf_split: str | None = None
+    hf_image_column: str = "image"
+    hf_label_column: str = "label"  # a ClassLabel column: its names are the classes
+
     # folder: images under data.root; fractal: formula-driven images rendered on the fly from
     # the category CSVs in data.fractal_params, new instances every epoch (pretraining that is
     # not limited by what was written to disk; imagefit.datasets.fractal.source)
@@ -105,6 +147,19 @@ class DataConfig(Section):
     fractal_flips: int = Field(4, ge=1, le=4)  # a random one of the first N FractalDB flips
     fractal_points: int = Field(20_000, ge=2)  # chaos-game iterations per image
     fractal_render_size: int | None = Field(None, ge=8)  # canvas px; default data.image_size
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        # Either one replaces data.root (which may stay set, e.g. from a base config).
+        if self.shards and self.hf:
+            raise ValueError("data.shards and data.hf name two datasets: set one")
+        if (self.shards or self.hf) and self.decoder != "pillow":
+            raise ValueError("data.decoder=torchvision decodes files; shards and hf use pillow")
+        if (self.shards or self.hf) and (self.sampler != "shuffle" or self.skip_list):
+            raise ValueError(
+                "data.sampler=balanced and data.skip_list need files: not with shards or hf"
+            )
+        return self
 
 
 class AugmentConfig(Section):
@@ -181,9 +236,20 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the model (slow first steps, faster later ones)
     sync_bn: bool = False  # distributed: batch-norm statistics over the global batch
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # the multi-label loss: bce (binary cross-entropy per class) or asl (asymmetric loss, which
+    # down-weights the many easy negatives); single-label training uses cross-entropy
+    loss: Literal["bce", "asl"] = "bce"
     # balanced: weight the training loss by n / (classes * count[class]) of the train split
     class_weights: Literal["none", "balanced"] = "none"
     grad_clip: float | None = Field(None, gt=0)
+    # micro-batches per optimizer step: the effective batch is batch_size x this (x processes)
+    grad_accum_steps: int = Field(1, ge=1)
+    # exponential moving average of the weights (timm's ModelEmaV3, with its warmup over
+    # optimizer steps); 0 = off. Validated each epoch beside the raw weights; best.pt holds
+    # whichever train.monitor prefers
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    # test-time augmentation for the final test evaluation (metrics with and without it)
+    tta: TtaName = "none"
     monitor: HistoryMetric = "val_accuracy"  # selects best.pt, drives early stopping, plateau
     patience: int | None = Field(None, ge=1)  # early stopping; None turns it off
     min_delta: float = Field(0.0, ge=0)
@@ -240,9 +306,49 @@ class Config(Section):
     export: ExportConfig = ExportConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _multilabel_monitor(self) -> Config:
+        if self.data.task == "multilabel" and "monitor" not in self.train.model_fields_set:
+            self.train.monitor = "val_map"  # accuracy of a top-1 guess means nothing here
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe: tuples become lists)."""
         return self.model_dump(mode="json")
+
+
+def check_task(cfg: Config) -> None:
+    """Refuse settings that assume one class per image in a multi-label config.
+
+    Checked when the data is built, not when the file loads: each key is valid on its own, and
+    a config may be loaded and overridden step by step before it is used."""
+    if cfg.data.task != "multilabel":
+        return
+    if not cfg.data.labels:
+        raise ConfigError(
+            "data.task=multilabel needs data.labels, a label file listing each image's "
+            "labels (class folders give one class per image)"
+        )
+    if not cfg.data.label_sep.strip():
+        raise ConfigError(
+            f"data.label_sep={cfg.data.label_sep!r}: multi-label rows need a separator that is "
+            "not empty or blank, such as '|'"
+        )
+    mixing = cfg.data.augment
+    refused = {
+        "augment.mixup": (mixing and cfg.augment.mixup > 0, "mixup mixes one class per image"),
+        "augment.cutmix": (mixing and cfg.augment.cutmix > 0, "cutmix mixes one class per image"),
+        "data.sampler": (cfg.data.sampler == "balanced", "classes are not exclusive"),
+        "train.class_weights": (cfg.train.class_weights != "none", "classes are not exclusive"),
+        "train.label_smoothing": (cfg.train.label_smoothing > 0, "it smooths a softmax"),
+        # the per-class thresholds are tuned on val for the raw weights
+        "train.ema_decay": (cfg.train.ema_decay > 0, "thresholds are tuned for the raw weights"),
+        "train.tta": (cfg.train.tta != "none", "TTA averages softmax probabilities"),
+    }
+    for key, (wrong, why) in refused.items():
+        if wrong:
+            value = dotted.get(cfg.to_dict(), key)
+            raise ConfigError(f"{key}={value} does not go with data.task=multilabel: {why}")
 
 
 # --------------------------------------------------------------------------- errors
@@ -512,6 +618,36 @@ def load_config(
     for assignment in overrides:
         apply_override(tree, assignment)
     return config_from_dict(tree, source=str(path) if path else "overrides")
+
+
+# The keys that name files outside the run folder. A run stores them absolute, so that a run
+# resumed, evaluated or exported from another working folder (or after its own folder moved)
+# reads the same files; the run's own files are found from its folder instead.
+DATA_PATH_KEYS = ("data.root", "data.split_manifest", "data.skip_list", "data.cache_dir")
+
+
+def absolute_paths(config: Config) -> None:
+    """Make :data:`DATA_PATH_KEYS` and a file ``model.init`` absolute, in place."""
+    for key in DATA_PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value:
+            setattr(getattr(config, section), name, str(Path(value).expanduser().absolute()))
+    init = config.model.init
+    if init != "scratch" and not init.startswith("hub:"):
+        config.model.init = str(Path(init).expanduser().absolute())
+
+
+def write_overrides(path: str | Path, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``key.sub=value`` overrides to the YAML file ``path`` itself (as ``--set`` would
+    to a run) and write it back; the file keeps its own keys (defaults stay implicit), but
+    not its comments. The result is validated before the file is replaced."""
+    tree = read_yaml(path)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    config = config_from_dict(tree, source=str(path))
+    atomic_write(path, yaml.safe_dump(tree, sort_keys=False), what="the config")
+    return config
 
 
 def dump_config(config: Config) -> str:

@@ -30,6 +30,15 @@ class CheckpointError(ImagefitError):
     """A checkpoint or run folder is missing, damaged, unsafe or does not fit."""
 
 
+class UntrainedRunError(CheckpointError):
+    """A run (or its checkpoint, or its export) has no finished epoch: its weights are the
+    initial ones, and metrics or predictions from it would look like a model's."""
+
+
+class MetadataError(CheckpointError):
+    """A model file, checkpoint or run folder says something malformed or out of bounds."""
+
+
 class TrainingStopped(ImagefitError):
     """Training stopped on purpose before its end (non-finite loss or gradient)."""
 

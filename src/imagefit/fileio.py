@@ -50,6 +50,43 @@ def write_error(path: Path, exc: OSError, what: str = "the file") -> FileWriteEr
     return FileWriteError(f"{path}: could not write {what}: {describe_os_error(exc)}{kept}")
 
 
+def make_dirs(path: str | Path, what: str = "the folder") -> Path:
+    """``mkdir -p`` whose failure (read-only, permission denied, ...) names the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else path
+        raise FileWriteError(
+            f"{where}: could not create {what}: {describe_os_error(exc)}"
+        ) from None
+    return path
+
+
+@contextmanager
+def write_errors(path: str | Path, what: str = "the file") -> Iterator[None]:
+    """Turn an OSError raised inside into :class:`FileWriteError` naming the path and reason,
+    for writers that cannot go through :func:`atomic_open` (a library that wants a file name)."""
+    try:
+        yield
+    except OSError as exc:  # named by the target, not by a temp file the reader never sees
+        raise write_error(Path(path), exc, what) from None
+
+
+def check_writable(folder: str | Path, what: str = "the folder") -> None:
+    """Raise :class:`FileWriteError` now when nothing can be written in ``folder``, before minutes
+    of work whose result could not be saved (or a library's error would hide the reason)."""
+    folder = make_dirs(folder, what)
+    probe = folder / f"{TEMP_PREFIX}write-check.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise FileWriteError(
+            f"{folder}: cannot write in {what}: {describe_os_error(exc)}"
+        ) from None
+    probe.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     # os.umask can only be read by setting it; set it straight back.
     mask = os.umask(0)

@@ -61,7 +61,7 @@ from imagefit.config import (
     validate,
 )
 from imagefit.errors import ConfigError, Interrupted, TrainingStopped
-from imagefit.fileio import atomic_write, write_json
+from imagefit.fileio import atomic_write, make_dirs, write_json
 from imagefit.runs.layout import RunLayout
 
 if TYPE_CHECKING:  # the sweep runner imports torch: loading a pipeline file must not
@@ -263,7 +263,7 @@ def _write_sweep(
         "variants": variants,
         **({"seeds": seeds} if seeds else {}),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     atomic_write(target, yaml.safe_dump(sweep, sort_keys=False))
     return target
 
@@ -397,7 +397,7 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
     from imagefit.sweep import load_sweep, run_sweep
 
     f, out = spec.file, spec.out
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     pretrain_set = dict(f.pretrain.set)
     pre_cfg = _check_step(spec.path, "pretrain", f.pretrain, spec.common)
     if f.fractal is not None:
@@ -448,6 +448,7 @@ def _run_steps(spec: PipelineSpec) -> PipelineResult:
         "recipes": {name: chosen[name] for name in inits},
         "recipe_search": search or None,
         **compare(finetuned),
+        "failed": finetuned.failed,  # fine-tune trials that raised: the comparison lacks them
     }
     write_json(out / "pipeline.json", comparison)
     return PipelineResult(out, pretrained, finetuned, comparison)

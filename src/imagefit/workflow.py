@@ -20,10 +20,13 @@ from imagefit.config import Config
 from imagefit.evaluate import plots
 from imagefit.evaluate.post_run import trust_steps
 from imagefit.export.onnx import export_after_training
+from imagefit.fileio import write_json
+from imagefit.runs import layout
 from imagefit.runs.records import RunResult
 from imagefit.track.base import Tracker
 from imagefit.train import fit as fitting
 from imagefit.train.hooks import EpochHook
+from imagefit.train.lr_find import LRFindResult, find_lr
 from imagefit.train.signals import graceful_stop
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,11 @@ def write_plots(run_dir: Path) -> None:
 
 
 def trust_step(done: Finished) -> None:
+    if done.config.data.task == "multilabel":
+        # Temperature scaling and the gallery of confident mistakes are about one softmax
+        # class per image; the per-image test scores feed the precision-recall plots.
+        trust_steps(done.run_dir, ("test_predictions",))
+        return
     trust_steps(done.run_dir)  # logs each failed check
 
 
@@ -98,3 +106,17 @@ def train(
             return result
         finally:
             tracker.close()  # MLflow marks the run FINISHED, KILLED or FAILED by how it ended
+
+
+def lr_find(
+    cfg: Config, start: float, end: float, steps: int, out: Path | None = None
+) -> tuple[LRFindResult, Path, Path]:
+    """The learning-rate range test of ``cfg``, its curve (``lr_find.json``) and plot
+    (``lr_find.png``) in ``out`` (default ``<output.dir>/lr_find``); nothing else is written."""
+    result = find_lr(cfg, start, end, steps)
+    folder = Path(out) if out is not None else Path(cfg.output.dir) / layout.LR_FIND
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / layout.LR_FIND_JSON, result.to_json())
+    figure = plots.lr_find_figure(result.lrs, result.losses, result.smoothed, result.suggestion)
+    plot = plots.save_figure(figure, folder / layout.LR_FIND_PLOT)
+    return result, folder / layout.LR_FIND_JSON, plot

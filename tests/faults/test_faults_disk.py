@@ -162,7 +162,7 @@ def tiny_tmpfs(tmp_path: Path):
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
     )
@@ -178,7 +178,7 @@ def tiny_tmpfs(tmp_path: Path):
 
 
 def test_real_full_filesystem(lab: dict, tiny_tmpfs: Path) -> None:
-    """Train on a 2 MiB filesystem until a checkpoint no longer fits; grow it; resume."""
+    """Train on a 1 MiB filesystem until a checkpoint no longer fits; grow it; resume."""
     with pytest.raises(
         CheckpointError, match=r"could not write the checkpoint: disk full \(ENOSPC\)"
     ) as info:

@@ -7,6 +7,7 @@ line with a non-zero exit code.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import Annotated
@@ -16,6 +17,16 @@ import typer
 from imagefit.cli import data, export, fractal, pipeline, run, serve, sweep, trust, tune
 from imagefit.cli.common import main_process
 from imagefit.errors import ImagefitError, Interrupted
+from imagefit.fileio import describe_os_error
+
+FILE_SYSTEM_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+}
 
 app = typer.Typer(
     add_completion=False,
@@ -61,4 +72,12 @@ def main() -> None:
         sys.exit(Interrupted.exit_code)
     except ImagefitError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        # A write the library did not wrap yet: the file system's refusal is the user's to fix
+        # (a read-only or full disk, a permission), so it gets one line too, not a traceback.
+        if exc.errno not in FILE_SYSTEM_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{describe_os_error(exc)}", err=True)
         sys.exit(2)

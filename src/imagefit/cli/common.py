@@ -25,9 +25,27 @@ console = _console()
 SetOption = Annotated[
     list[str], typer.Option("--set", "-s", help="Override: key.sub=value (repeatable).")
 ]
+TtaOption = Annotated[
+    str,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: none, flip, or flip+crops (flip and 4 corner zooms).",
+    ),
+]
 LimitOption = Annotated[
     int | None, typer.Option("--limit-batches", help="Cap batches per epoch and evaluation.")
 ]
+
+AllowUntrainedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-untrained",
+        help="Use a run with no finished epoch anyway (warned; the output is labelled).",
+    ),
+]
+UNTRAINED_BANNER = (
+    "warning: UNTRAINED MODEL: the run has no finished epoch; these are not a model's results"
+)
 
 
 def main_process() -> bool:
@@ -53,13 +71,15 @@ def metric_table(title: str, rows: list[tuple[str, Any]]) -> Table:
 def print_result(result: Any) -> None:
     """The short table every training command ends with."""
     s, m = result.summary, result.metrics or {}
+    split = m.get("split", "test")  # "val" when the dataset has no test split
     rows = [
         ("best epoch", s.best_epoch),
         ("best val accuracy", s.best_val_accuracy),
-        ("test accuracy", m.get("accuracy")),
-        ("test top-5 accuracy", m.get("top5_accuracy")),
-        ("test F1 macro", m.get("f1_macro")),
-        ("test loss", m.get("loss")),
+        ("reported on", s.extra.get("reported_on") if split != "test" else None),
+        (f"{split} accuracy", m.get("accuracy")),
+        (f"{split} top-5 accuracy", m.get("top5_accuracy")),
+        (f"{split} F1 macro", m.get("f1_macro")),
+        (f"{split} loss", m.get("loss")),
         ("parameters (trainable)", f"{s.params_total:,} ({s.params_trainable:,})"),
         ("train images/s", s.train_images_per_s),
         ("wall time s", s.wall_time_s),

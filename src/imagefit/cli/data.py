@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from imagefit.cli.common import console, metric_table
+from imagefit.cli.common import SetOption, console, metric_table
 from imagefit.runs.layout import SPLIT
 
 app = typer.Typer(no_args_is_help=True, help="Prepare datasets.")
@@ -31,6 +31,45 @@ def split(
     console.print(
         f"{out}: {counts} images in {len(manifest.classes)} classes; manifest {out / SPLIT}"
     )
+
+
+@app.command("shards")
+def shards(
+    source: Annotated[
+        str, typer.Argument(help="ImageFolder root, or a split manifest (JSON; its split is kept).")
+    ],
+    out: Annotated[Path, typer.Argument(help="New folder for the tar shards and index.json.")],
+    shard_size: Annotated[
+        str, typer.Option("--shard-size", help="Largest shard, e.g. 500MB, 1GB, 2GiB.")
+    ] = "1GB",
+    max_count: Annotated[int, typer.Option("--max-count", min=1, help="Most images per shard.")] = (
+        100_000
+    ),
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Take data.* (fractions, seed) from it.")
+    ] = None,
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """WebDataset tar shards of each split (OUT/<split>-NNNNNN.tar) plus OUT/index.json.
+
+    The split is the one training makes of SOURCE (data.val_fraction, data.test_fraction,
+    data.split_seed from --config/--set); train from them with --set data.shards=OUT.
+    """
+    from imagefit.config import load_config
+    from imagefit.data.loaders import load_manifest
+    from imagefit.data.shards import parse_size, write_shards
+
+    size = parse_size(shard_size)
+    key = "data.split_manifest" if source.endswith(".json") else "data.root"
+    cfg = load_config(config, [*overrides, f"{key}={source}"])
+    manifest = load_manifest(cfg)
+    d = cfg.data
+    index = write_shards(
+        manifest, out, size, max_count, min_size=d.min_size, skip_bad=d.on_bad == "skip"
+    )
+    for name, split in index["splits"].items():
+        console.print(f"{name}: {split['count']} images in {len(split['shards'])} shards")
+    console.print(f"index: {out / 'index.json'}")
 
 
 @app.command("digits")

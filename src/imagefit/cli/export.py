@@ -9,7 +9,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from imagefit.cli.common import console, metric_table
+from imagefit.cli.common import (
+    UNTRAINED_BANNER,
+    AllowUntrainedOption,
+    TtaOption,
+    console,
+    metric_table,
+)
 from imagefit.errors import ImagefitError
 from imagefit.runs.layout import ONNX
 
@@ -40,6 +46,7 @@ def export(
         Path | None,
         typer.Option("--web", help="Write a static page that runs the model in a browser here."),
     ] = None,
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Export a trained model; checks it and writes RUN/export.json."""
     from imagefit.export.onnx import export_onnx
@@ -48,8 +55,19 @@ def export(
         raise ImagefitError("choose an export format: --onnx and/or --web OUT")
     # The page feeds raw pixels: it needs the model with the preprocessing in its graph.
     pre = with_preprocessing or web is not None
-    result = export_onnx(target, out, opset=opset, int8=int8, verify=verify, with_preprocessing=pre)
-    console.print(metric_table(f"export of {result['checkpoint']}", export_rows(result)))
+    result = export_onnx(
+        target,
+        out,
+        opset=opset,
+        int8=int8,
+        verify=verify,
+        with_preprocessing=pre,
+        allow_untrained=allow_untrained,
+    )
+    if not result["trained"]:
+        typer.echo(UNTRAINED_BANNER + " (the file says imagefit.trained=false)", err=True)
+    untrained = "" if result["trained"] else "UNTRAINED "
+    console.print(metric_table(f"{untrained}export of {result['checkpoint']}", export_rows(result)))
     if web is not None:
         from imagefit.export.web import export_web
 
@@ -84,6 +102,23 @@ def export_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
 def _int8_rows(q: dict[str, Any]) -> list[tuple[str, Any]]:
     mb = 2**20
     ms = q["latency_ms_batch1"]
+    spread = q.get("latency_batch1")  # absent from files of earlier versions: one timing
+    latency = (
+        [
+            (f"{name.upper()} latency ms (batch 1), median [IQR] (min-max)", _spread(spread[name]))
+            for name in ("int8", "fp32")
+        ]
+        if spread
+        else [("INT8 / fp32 latency ms (batch 1)", _pair(ms["int8"], ms["fp32"]))]
+    )
+    speedup = q.get("speedup_batch1")
+    span = q.get("speedup_batch1_range")
+    rounds = f" over {spread['rounds']} rounds" if spread else ""
+    shown = (
+        "-"
+        if speedup is None
+        else f"{speedup:.2f}x" + (f" ({span[0]:.2f}-{span[1]:.2f}x){rounds}" if span else "")
+    )
     return [
         ("INT8 file", q["onnx"]),
         ("INT8 / fp32 size MiB", f"{q['size_bytes'] / mb:.2f} / {q['fp32_size_bytes'] / mb:.2f}"),
@@ -92,8 +127,13 @@ def _int8_rows(q: dict[str, Any]) -> list[tuple[str, Any]]:
             _pair(q["int8_accuracy"], q["fp32_accuracy"]),
         ),
         ("INT8 accuracy drop", q.get("accuracy_drop")),
-        ("INT8 / fp32 latency ms (batch 1)", _pair(ms["int8"], ms["fp32"])),
+        *latency,
+        ("INT8 speedup (batch 1), median (range)", shown),
     ]
+
+
+def _spread(s: dict[str, Any]) -> str:
+    return f"{s['median']:.3f} [{s['q1']:.3f}-{s['q3']:.3f}] ({s['min']:.3f}-{s['max']:.3f})"
 
 
 def _pair(a: float | None, b: float | None) -> str:
@@ -116,11 +156,22 @@ def predict(
             help="Mark predictions whose (calibrated) probability is under P.",
         ),
     ] = None,
+    tta: TtaOption = "none",
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Predict the class of images; exits 1 if any image could not be read."""
     from imagefit.export.predict import predict as run_predict
 
-    results = run_predict(model, images, top_k=top_k, abstain_below=abstain_below)
+    results = run_predict(
+        model,
+        images,
+        top_k=top_k,
+        abstain_below=abstain_below,
+        tta=tta,
+        allow_untrained=allow_untrained,
+    )
+    if any(r.get("trained") is False for r in results):
+        typer.echo(UNTRAINED_BANNER, err=True)
     if as_json:
         typer.echo(json.dumps(results, indent=1))
     else:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from imagefit.cli.common import LimitOption, console, with_limit
+from imagefit.cli.sweep import exit_if_failed
 
 
 def pipeline(
@@ -46,6 +47,7 @@ def pipeline(
     for name, path in result.finetune.files.items():
         console.print(f"{name}: {path}")
     console.print(f"summary: {result.out / 'pipeline.json'}")
+    exit_if_failed(result.comparison["failed"])
 
 
 def register(app: typer.Typer) -> None:

@@ -9,8 +9,11 @@ from typing import Annotated
 import typer
 
 from imagefit.cli.common import (
+    UNTRAINED_BANNER,
+    AllowUntrainedOption,
     LimitOption,
     SetOption,
+    TtaOption,
     console,
     main_process,
     metric_table,
@@ -62,15 +65,26 @@ def train(
 
 def eval_(
     target: Annotated[Path, typer.Argument(help="Run folder or checkpoint.")],
-    split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="test, val or train (default: the split the run reports)."),
+    ] = None,
     data: Annotated[str | None, typer.Option("--data", help="Dataset root (if moved).")] = None,
     limit_batches: LimitOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+    tta: TtaOption = "none",
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
-    """Evaluate a trained model on a split of its dataset."""
+    """Evaluate a trained model on a split of its dataset (with --tta: with and without TTA)."""
     from imagefit.evaluate.evaluator import evaluate_checkpoint
+    from imagefit.evaluate.tta import TTA_METRICS
 
-    metrics = evaluate_checkpoint(target, split, data, limit_batches=limit_batches)
+    metrics = evaluate_checkpoint(
+        target, split, data, limit_batches=limit_batches, tta=tta, allow_untrained=allow_untrained
+    )
+    split = metrics["split"]
+    if not metrics["trained"]:
+        typer.echo(UNTRAINED_BANNER, err=True)
     if as_json:  # the JSON holds changed_files and test_evaluations
         typer.echo(json.dumps(metrics, indent=1))
         return
@@ -88,9 +102,12 @@ def eval_(
         (key, metrics[key])
         for key in ("accuracy", "top5_accuracy", "f1_macro", "f1_weighted", "loss")
     ]
-    console.print(
-        metric_table(f"{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)", rows)
-    )
+    if "tta" in metrics:
+        with_tta = metrics["tta"]
+        rows += [(f"{key} (tta {with_tta['mode']})", with_tta[key]) for key in TTA_METRICS]
+    untrained = "" if metrics["trained"] else "UNTRAINED "
+    title = f"{untrained}{metrics['checkpoint']} on {split} ({metrics['num_samples']} images)"
+    console.print(metric_table(title, rows))
     console.print(metrics.get("classification_report", ""))
 
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from imagefit.cli.common import AllowUntrainedOption
+
 
 def serve(
     model: Annotated[
@@ -28,13 +30,14 @@ def serve(
     threads: Annotated[
         int | None, typer.Option("--threads", help="ONNX Runtime threads per process.")
     ] = None,
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, /predict/batch; GET /health, /ready,
     /metadata, /metrics. Stops gracefully on SIGTERM."""
     from imagefit.serve.app import Settings
     from imagefit.serve.server import serve as run_server
 
-    settings = Settings(str(model), max_batch, max_wait_ms, max_body_mb, threads)
+    settings = Settings(str(model), max_batch, max_wait_ms, max_body_mb, threads, allow_untrained)
     run_server(settings, host=host, port=port, workers=workers)
 
 

@@ -8,8 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from imagefit.cli.common import LimitOption, SetOption, console, print_result, with_limit
-from imagefit.errors import CheckpointError
+from imagefit.cli.common import (
+    AllowUntrainedOption,
+    LimitOption,
+    SetOption,
+    console,
+    print_result,
+    with_limit,
+)
+from imagefit.errors import CheckpointError, ConfigError
+from imagefit.fileio import FileWriteError
 from imagefit.runs.layout import REPORT, RunLayout
 
 # The terminal's columns (results.md and results.csv have all): accuracy, size, cost (issue 4).
@@ -46,12 +54,24 @@ def sweep(
     ] = None,
     limit_batches: LimitOption = None,
     overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Optuna storage URL shared by workers [search.storage]."),
+    ] = None,
 ) -> None:
-    """Run every trial of a sweep (finished ones are skipped) and compare them."""
+    """Run every trial of a sweep (finished ones are skipped) and compare them.
+
+    Several processes (on one machine or many, the sweep folder on a shared path) may run the
+    same sweep at once: each takes the next trial nobody has taken.
+    """
     from imagefit.sweep.spec import load_sweep
 
     # Every trial's config is checked before torch is imported or a folder is made.
     spec = load_sweep(file, with_limit(overrides, limit_batches), out)
+    if storage is not None:
+        if spec.search is None:
+            raise ConfigError(f"--storage: {file} is a {spec.mode} sweep, not an Optuna search")
+        spec.search.storage = storage
     from imagefit.sweep import run_sweep
     from imagefit.sweep.table import groups_table, runs_table
 
@@ -64,6 +84,16 @@ def sweep(
         console.print(_table("mean ± std over seeds", *groups_table(result.groups, COMPACT)))
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
+    exit_if_failed(result.failed)
+
+
+def exit_if_failed(failed: list[dict[str, str]]) -> None:
+    """Name each failed trial on stderr, last, and exit 1: a sweep with holes is no success."""
+    if not failed:
+        return
+    lines = [f"{len(failed)} trial(s) failed:"] + [f"  {f['name']}: {f['error']}" for f in failed]
+    typer.echo("\n".join(lines), err=True)
+    raise typer.Exit(1)
 
 
 def report(
@@ -74,6 +104,7 @@ def report(
         Path | None, typer.Option("--out", help=f"HTML file [RUN_DIR/{REPORT}, or {REPORT}].")
     ] = None,
     title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+    allow_untrained: AllowUntrainedOption = False,
 ) -> None:
     """Write one self-contained HTML report of one run, or comparing several."""
     from imagefit.evaluate.plots import plot_run
@@ -82,10 +113,16 @@ def report(
     missing = [str(d) for d in run_dirs if not d.is_dir()]
     if missing:
         raise CheckpointError(f"run folder not found: {', '.join(missing)}")
-    if len(run_dirs) == 1:
-        plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
     target = out or (RunLayout(run_dirs[0]).report if len(run_dirs) == 1 else Path(REPORT))
-    console.print(f"report: {write_report(run_dirs, target, title)}")
+    page = write_report(run_dirs, target, title, allow_untrained=allow_untrained)
+    if len(run_dirs) == 1:
+        try:
+            plot_run(run_dirs[0])  # the run's own PNGs too, for anyone browsing the folder
+        except FileWriteError as exc:
+            if out is None:  # the page itself would go there too
+                raise
+            console.print(f"[yellow]run folder not written[/yellow]: {exc}")
+    console.print(f"report: {page}")
 
 
 @baseline_app.command("hog-svm")

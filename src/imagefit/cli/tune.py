@@ -67,5 +67,41 @@ def tune_batch(
     )
 
 
+def lr_find(
+    config: Annotated[Path, typer.Argument(help="YAML config (data, model, optimizer).")],
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default, never mutates it
+    start: Annotated[float, typer.Option("--start", help="First lr of the ramp.")] = 1e-7,
+    end: Annotated[float, typer.Option("--end", help="Last lr of the ramp.")] = 10.0,
+    steps: Annotated[int, typer.Option("--steps", help="Batches (one lr each), at most.")] = 100,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for lr_find.json/.png (default OUTPUT_DIR/lr_find)."),
+    ] = None,
+    write: Annotated[
+        bool, typer.Option("--write", help="Write the suggestion into CONFIG as optim.lr.")
+    ] = False,
+) -> None:
+    """Learning-rate range test on CONFIG's data and model: suggests optim.lr."""
+    from imagefit.config import load_config, write_overrides
+
+    cfg = load_config(config, overrides)
+    from imagefit.workflow import lr_find as run_lr_find
+
+    result, record, plot = run_lr_find(cfg, start, end, steps, out)
+    console.print(
+        f"{len(result.lrs)} steps, lr {start:g} to {result.lrs[-1]:g}; stopped: {result.stopped}"
+    )
+    console.print(f"curve: {record}\nplot: {plot}")
+    if result.suggestion is None:
+        raise typer.Exit(1)
+    assignment = f"optim.lr={result.suggestion:.3g}"
+    if write:
+        write_overrides(config, [assignment])
+        console.print(f"suggested lr {result.suggestion:.3g}: written to {config} ({assignment})")
+    else:
+        console.print(f"suggested lr {result.suggestion:.3g}: --set {assignment}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("tune-batch")(tune_batch)
+    app.command("lr-find")(lr_find)

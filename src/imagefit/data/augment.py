@@ -63,10 +63,27 @@ class BatchAugment:
     ):
         built = (factory(cfg, size, num_classes, mean, std) for _, factory in BATCH_OPS.items())
         self.ops: list[BatchOp] = [op for op in built if op is not None]
+        self.size = size
+        # A store's canvases must be cropped to ``size`` even when the warp would be the
+        # identity on images of that size: then the crop is torchvision's deterministic
+        # fallback, the largest centred crop with an aspect in ``augment.ratio``.
+        self.crop = AffineAugment(cfg, size)
 
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator,
+        boxes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, H, W) float in [0, 1]; ``boxes`` (B, 2): each image's valid (width,
+        height) on a store canvas (None: whole images) -> (B, C, size, size), targets."""
+        warps = bool(self.ops) and isinstance(self.ops[0], AffineAugment)
+        if not warps and (boxes is not None or x.shape[2:] != (self.size, self.size)):
+            x, y = self.crop(x, y, generator, boxes)
         for op in self.ops:
-            x, y = op(x, y, generator)
+            if isinstance(op, AffineAugment):
+                x, y = op(x, y, generator, boxes)
+            else:
+                x, y = op(x, y, generator)
         return x, y

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from imagefit.config import AugmentConfig
 from imagefit.data.affine import BatchOp
+from imagefit.data.randaugment import from_timm
 from imagefit.errors import ConfigError
 
 
@@ -87,7 +88,9 @@ def posterize(image: Image.Image, bits_to_keep: int, **_: object) -> Image.Image
 
 
 class RandAugment:
-    """timm's RandAugment (``rand_augment_transform``) on each image of a batch, via PIL."""
+    """timm's RandAugment (``rand_augment_transform``) on a batch: with tensor ops on the
+    training device (:mod:`imagefit.data.randaugment`) when every op of the spec has one,
+    else on each image via timm's PIL ops."""
 
     def __init__(self, spec: str, size: int, mean: Sequence[float]):
         _check_randaugment(spec)
@@ -108,11 +111,14 @@ class RandAugment:
         for op in self.transform.ops:
             if op.aug_fn is timm_posterize:
                 op.aug_fn = posterize
+        self.tensor = from_timm(self.transform, hparams["img_mean"])  # type: ignore[arg-type]
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, S, S) float in [0, 1] -> same (quantised to 1/255); targets unchanged."""
+        if self.tensor is not None:
+            return self.tensor(x, y, generator)
         # PIL ops need uint8 on the CPU: on an accelerator this costs a round trip per batch.
         quantised = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
         pixels = quantised.permute(0, 2, 3, 1).cpu().numpy()  # (B, S, S, C)

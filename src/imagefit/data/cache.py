@@ -33,11 +33,13 @@ from tqdm.auto import tqdm
 
 from imagefit.data.decode import get_decoder
 from imagefit.data.folder import Sample
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError
+from imagefit.fileio import make_dirs, write_errors
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_VERSION = 1  # bump when load_array's output changes, to invalidate old caches
+PREPROCESS_VERSION = 2  # bump when load_array's output changes, to invalidate old caches
 
 
 def default_cache_dir() -> Path:
@@ -59,6 +61,7 @@ class DecodedImages:
     pixels: np.ndarray  # (N_good, S, S, 3) uint8
     keep: list[int]  # positions in the input list that ``pixels`` holds, in order
     bad: dict[int, str] = field(default_factory=dict)
+    boxes: np.ndarray | None = None  # (N_good, 2) valid (width, height) of a store; else None
 
 
 HASH_INDEX = "file-hashes.sqlite"  # in the cache folder, next to the entries
@@ -185,10 +188,11 @@ def cache_key(
     min_size: int,
     decoder: str = "pillow",
     index: str | Path | None = None,
+    spec: PixelSpec | None = None,
 ) -> str:
     """A key of the files' contents and the preprocessing; ``index``: a :class:`FileHashes`
     index file that spares reading files unchanged since an earlier run."""
-    tag = "" if decoder == "pillow" else f":{decoder}"  # pillow keeps the keys it always had
+    tag = (spec or PixelSpec(size, decoder=decoder)).tag()
     digest = hashlib.sha256(f"v{PREPROCESS_VERSION}:{size}:{min_size}{tag}".encode())
     with FileHashes(index) as hashes:
         for path, _ in samples:
@@ -202,19 +206,22 @@ PixelSink = Callable[[int, np.ndarray], None]  # (sample position, (S, S, 3) pix
 
 def _decode_each(
     samples: Sequence[Sample],
-    size: int,
+    spec: PixelSpec,
     min_size: int,
     workers: int,
-    decoder: str,
     store: PixelSink,
+    boxes: np.ndarray,
 ) -> dict[int, str]:
-    """Decode every sample in threads and hand it to ``store``; returns the bad positions."""
-    decode, bad = get_decoder(decoder), {}
+    """Decode every sample in threads and hand it to ``store``, its valid box to ``boxes``
+    (N, 2); returns the bad positions."""
+    get_decoder(spec.decoder)  # an unknown name fails before any thread starts
+    size, bad = spec.size, {}
 
     def work(chunk: range) -> int:
         for position in chunk:
             try:
-                store(position, decode(samples[position][0], size, min_size))
+                pixels, boxes[position] = spec.decode(samples[position][0], min_size)
+                store(position, pixels)
             except DataError as exc:
                 bad[position] = str(exc)
         return len(chunk)
@@ -237,19 +244,18 @@ def _raise_bad(bad: dict[int, str], on_bad: str) -> None:
 
 
 def _decode_all(
-    samples: Sequence[Sample],
-    size: int,
-    min_size: int,
-    on_bad: str,
-    workers: int,
-    decoder: str = "pillow",
+    samples: Sequence[Sample], spec: PixelSpec, min_size: int, on_bad: str, workers: int
 ) -> DecodedImages:
     """Decode into memory (when the cache folder cannot be written)."""
+    size = spec.size
     pixels = np.empty((len(samples), size, size, 3), dtype=np.uint8)
-    bad = _decode_each(samples, size, min_size, workers, decoder, pixels.__setitem__)
+    boxes = np.full((len(samples), 2), size, dtype=np.int64)
+    bad = _decode_each(samples, spec, min_size, workers, pixels.__setitem__, boxes)
     _raise_bad(bad, on_bad)
     keep = [i for i in range(len(samples)) if i not in bad]
-    return DecodedImages(pixels[keep] if bad else pixels, keep, bad)
+    return DecodedImages(
+        pixels[keep] if bad else pixels, keep, bad, boxes[keep] if spec.store else None
+    )
 
 
 HEADER_BYTES = 128  # room for any (N, S, S, 3) header; a multiple of numpy's 64-byte alignment
@@ -265,13 +271,14 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 def _write_rows(
     fd: int,
     samples: Sequence[Sample],
-    size: int,
+    spec: PixelSpec,
     min_size: int,
     on_bad: str,
     workers: int,
-    decoder: str,
+    boxes: np.ndarray,
 ) -> tuple[list[int], dict[int, str]]:
     """Decode sample i into row i of the open .npy file ``fd``; drop bad rows; (keep, bad)."""
+    size = spec.size
     row = size * size * 3
     os.pwrite(fd, _npy_header((len(samples), size, size, 3)), 0)
 
@@ -280,7 +287,7 @@ def _write_rows(
         if os.pwrite(fd, data, HEADER_BYTES + position * row) != row:
             raise OSError(f"short write at image {position}")
 
-    bad = _decode_each(samples, size, min_size, workers, decoder, store)
+    bad = _decode_each(samples, spec, min_size, workers, store, boxes)
     _raise_bad(bad, on_bad)
     keep = [i for i in range(len(samples)) if i not in bad]
     if bad:  # close the gaps; rows only move towards the start, so in order is safe
@@ -294,29 +301,39 @@ def _write_rows(
 
 def _decode_to_cache(
     samples: Sequence[Sample],
-    size: int,
+    spec: PixelSpec,
     min_size: int,
     on_bad: str,
     workers: int,
-    decoder: str,
     npy: Path,
     meta_path: Path,
 ) -> DecodedImages:
     """Decode straight into the cache file (never the whole array in memory), then map it."""
-    npy.parent.mkdir(parents=True, exist_ok=True)
     found: dict[str, Any] = {}
+    boxes = np.full((len(samples), 2), spec.size, dtype=np.int64)
 
     def write(handle: IO[bytes]) -> None:
         found["keep"], found["bad"] = _write_rows(
-            handle.fileno(), samples, size, min_size, on_bad, workers, decoder
+            handle.fileno(), samples, spec, min_size, on_bad, workers, boxes
         )
 
-    _atomic_write(npy, write)
-    meta = {"keep": found["keep"], "bad": found["bad"], "size": size, "count": len(samples)}
-    # The meta file goes last: it is what marks the entry complete.
-    _atomic_write(meta_path, lambda handle: handle.write(json.dumps(meta).encode("utf-8")))
+    what = "the image cache (data.cache_dir or $IMAGEFIT_CACHE names a writable folder)"
+    with write_errors(npy, what):
+        make_dirs(npy.parent, what)
+        _atomic_write(npy, write)
+        kept_boxes = boxes[found["keep"]] if spec.store else None
+        meta = {
+            "keep": found["keep"],
+            "bad": found["bad"],
+            "size": spec.size,
+            "count": len(samples),
+        }
+        if kept_boxes is not None:
+            meta["boxes"] = kept_boxes.tolist()
+        # The meta file goes last: it is what marks the entry complete.
+        _atomic_write(meta_path, lambda handle: handle.write(json.dumps(meta).encode("utf-8")))
     log.info("image cache written: %s", npy)
-    return DecodedImages(np.load(npy, mmap_mode="r"), found["keep"], found["bad"])
+    return DecodedImages(np.load(npy, mmap_mode="r"), found["keep"], found["bad"], kept_boxes)
 
 
 def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -357,8 +374,12 @@ def decode_cached(
     workers: int | None = None,
     decoder: str = "pillow",
     memory_fallback: bool = True,
+    spec: PixelSpec | None = None,
 ) -> DecodedImages:
     """Decoded pixels of ``samples`` at ``size``: from the disk cache, or decoded and stored.
+
+    ``spec`` says what is decoded (default: the evaluation crop at ``size`` by ``decoder``);
+    a store spec (:mod:`imagefit.data.store`) also returns each image's valid box.
 
     The array is memory-mapped (a ``np.memmap``) whenever the cache folder is writable, so a
     cache larger than RAM decodes and loads; ``decoder`` names an
@@ -367,18 +388,21 @@ def decode_cached(
     budget), :class:`CacheUnavailable` is raised instead.
     """
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(samples, size, min_size, decoder, index=directory / HASH_INDEX)
+    spec = spec or PixelSpec(size, decoder=decoder)
+    size = spec.size
+    key = cache_key(samples, size, min_size, index=directory / HASH_INDEX, spec=spec)
     npy, meta_path = directory / f"{key}.npy", directory / f"{key}.json"
     entry = _read_entry(npy, meta_path)
     if entry is not None:
         pixels, meta = entry
         bad = {int(k): v for k, v in meta["bad"].items()}
-        if not bad or on_bad == "skip":
+        boxes = np.asarray(meta["boxes"], np.int64) if "boxes" in meta else None
+        if (not bad or on_bad == "skip") and (boxes is not None) == spec.store:
             log.info("image cache hit: %s (%d images)", npy, len(meta["keep"]))
-            return DecodedImages(pixels, meta["keep"], bad)
+            return DecodedImages(pixels, meta["keep"], bad, boxes)
     workers = workers or min(8, os.cpu_count() or 1)
     try:
-        return _decode_to_cache(samples, size, min_size, on_bad, workers, decoder, npy, meta_path)
+        return _decode_to_cache(samples, spec, min_size, on_bad, workers, npy, meta_path)
     except OSError as exc:  # a read-only or full cache folder costs speed, not the run
         if not memory_fallback:
             raise CacheUnavailable(
@@ -387,4 +411,4 @@ def decode_cached(
         log.warning(
             "could not write the image cache in %s (%s); decoding into memory", directory, exc
         )
-    return _decode_all(samples, size, min_size, on_bad, workers, decoder)
+    return _decode_all(samples, spec, min_size, on_bad, workers)

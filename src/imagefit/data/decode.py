@@ -27,7 +27,7 @@ from PIL import Image
 from imagefit.data.images import _refuse_bomb, load_array, load_rgb, resize_plan
 from imagefit.errors import ConfigError, ImageError
 
-ArrayDecoder = Callable[[str | Path, int, int], np.ndarray]  # (path, size, min_size) -> pixels
+ArrayDecoder = Callable[[str | Path, int, int, float, str, bool], np.ndarray]
 
 
 def _jpeg_tensor(path: Path, min_size: int) -> torch.Tensor | None:
@@ -59,32 +59,65 @@ def _jpeg_tensor(path: Path, min_size: int) -> torch.Tensor | None:
     return tensor
 
 
-def resize_center_crop_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
+MODES = {"bilinear": "bilinear", "bicubic": "bicubic"}  # data.interpolation -> torch mode
+
+
+def resize_tensor(image: torch.Tensor, width: int, height: int, interpolation: str) -> torch.Tensor:
+    """(1, 3, H, W) uint8 -> (1, 3, height, width), antialiased like Pillow."""
+    if image.shape[2:] == (height, width):
+        return image
+    return F.interpolate(
+        image,
+        size=(height, width),
+        mode=MODES[interpolation],
+        antialias=True,
+        align_corners=False,
+    )
+
+
+def resize_center_crop_tensor(
+    image: torch.Tensor,
+    size: int,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    legacy: bool = False,
+) -> torch.Tensor:
     """(1, 3, H, W) uint8 -> (1, 3, S, S): the box of ``resize_center_crop``, torch's filter."""
-    plan = resize_plan(image.shape[3], image.shape[2], size)
+    plan = resize_plan(image.shape[3], image.shape[2], size, crop_pct, legacy)
     if plan is None:
         return image
     new_w, new_h, left, top = plan
-    resized = F.interpolate(
-        image, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-    )
+    resized = resize_tensor(image, new_w, new_h, interpolation)
     return resized[:, :, top : top + size, left : left + size]
 
 
-def load_array_torchvision(path: str | Path, size: int, min_size: int = 1) -> np.ndarray:
-    """File -> (size, size, 3) uint8 with torchvision's JPEG decoder and torch's resize."""
+def rgb_tensor(path: str | Path, min_size: int = 1) -> torch.Tensor:
+    """(1, 3, H, W) uint8 with channels_last strides (the layout torch's uint8 resize is
+    fastest on): torchvision's JPEG decoder, Pillow for everything else."""
     path = Path(path)
     chw = _jpeg_tensor(path, min_size)
     if chw is None:
         hwc = torch.from_numpy(np.array(load_rgb(path, min_size), dtype=np.uint8))
     else:
         hwc = chw.permute(1, 2, 0)
-    # (1, 3, H, W) with channels_last strides: the layout torch's uint8 resize is fastest on.
-    image = hwc.contiguous()[None].permute(0, 3, 1, 2)
-    out = resize_center_crop_tensor(image, size)
+    return hwc.contiguous()[None].permute(0, 3, 1, 2)
+
+
+def load_array_torchvision(
+    path: str | Path,
+    size: int,
+    min_size: int = 1,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    legacy: bool = False,
+) -> np.ndarray:
+    """File -> (size, size, 3) uint8 with torchvision's JPEG decoder and torch's resize."""
+    image = rgb_tensor(path, min_size)
+    out = resize_center_crop_tensor(image, size, crop_pct, interpolation, legacy)
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
+# (path, size, min_size, crop_pct, interpolation, legacy) -> (size, size, 3) uint8 pixels
 DECODERS: dict[str, ArrayDecoder] = {"pillow": load_array, "torchvision": load_array_torchvision}
 
 
@@ -95,7 +128,13 @@ def get_decoder(name: str) -> ArrayDecoder:
 
 
 def decode_array(
-    path: str | Path, size: int, min_size: int = 1, decoder: str = "pillow"
+    path: str | Path,
+    size: int,
+    min_size: int = 1,
+    decoder: str = "pillow",
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    legacy: bool = False,
 ) -> np.ndarray:
-    """File -> (size, size, 3) uint8 by ``decoder`` (see the module docstring)."""
-    return get_decoder(decoder)(path, size, min_size)
+    """File -> (size, size, 3) uint8 evaluation pixels by ``decoder`` (see the module docstring)."""
+    return get_decoder(decoder)(path, size, min_size, crop_pct, interpolation, legacy)

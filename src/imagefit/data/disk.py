@@ -20,7 +20,8 @@ import torch
 
 from imagefit.errors import DataError
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # pixels (B, S, S, 3) uint8, labels (B,) int64
+# pixels (B, S, S, 3) uint8, labels (B,) int64 (, a store's valid boxes (B, 2) int64)
+Batch = tuple[torch.Tensor, ...]
 
 
 def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
@@ -33,8 +34,15 @@ class DiskArraySource:
     """Pixels of a memory-mapped ``.npy`` array, gathered from its file batch by batch."""
 
     def __init__(
-        self, pixels: np.memmap, labels: Sequence[int], device: torch.device, read_ahead: int = 2
+        self,
+        pixels: np.memmap,
+        labels: Sequence[int],
+        device: torch.device,
+        read_ahead: int = 2,
+        boxes: np.ndarray | None = None,
     ):
+        """``boxes`` (N, 2): each image's valid (width, height) when ``pixels`` is a training
+        store (:mod:`imagefit.data.store`); batches then carry theirs as a third item."""
         if not isinstance(pixels, np.memmap) or pixels.filename is None:
             raise TypeError("DiskArraySource needs a np.memmap of a file (np.load(mmap_mode='r'))")
         self.path, self.offset = str(pixels.filename), int(pixels.offset)
@@ -46,6 +54,7 @@ class DiskArraySource:
         # Pinned host memory lets the copy to a GPU run asynchronously (non_blocking=True).
         self.pin = device.type == "cuda"
         self.read_ahead = read_ahead
+        self.boxes = None if boxes is None else torch.as_tensor(boxes, dtype=torch.int64)
 
     def __len__(self) -> int:
         return self.count
@@ -94,4 +103,8 @@ class DiskArraySource:
             if not pending:
                 return
             future, indices = pending.popleft()
-            yield future.result(), self.labels[torch.as_tensor(indices, dtype=torch.int64)]
+            index = torch.as_tensor(indices, dtype=torch.int64)
+            if self.boxes is None:
+                yield future.result(), self.labels[index]
+            else:
+                yield future.result(), self.labels[index], self.boxes[index]

@@ -1,8 +1,9 @@
 """Decoding one image file into RGB, with the bad-input policy in one place.
 
 Every path that turns a file into pixels (the tensor cache, the streaming loader, ``predict``,
-ONNX verification) calls :func:`load_rgb` and :func:`resize_center_crop`, so training,
-evaluation and inference see identical pixels.
+ONNX verification) calls :func:`load_rgb`; evaluation, ``predict``, export checks and serving then call
+:func:`resize_center_crop` with the run's ``crop_pct`` and ``interpolation``, so they all see
+identical pixels (training samples its crops from :mod:`imagefit.data.store` instead).
 """
 
 from __future__ import annotations
@@ -116,28 +117,74 @@ def load_rgb(path: str | Path | IO[bytes], min_size: int = 1, name: str = "") ->
     return rgb
 
 
-def resize_plan(width: int, height: int, size: int) -> tuple[int, int, int, int] | None:
+# data.interpolation -> Pillow filter; Pillow antialiases both when it shrinks (its filters
+# widen with the scale factor), which is what torchvision's Resize does on PIL images.
+FILTERS: dict[str, Image.Resampling] = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def resize_size(size: int, crop_pct: float = 1.0) -> int:
+    """The shorter side before the centre crop: ``int(size / crop_pct)``, as timm computes it."""
+    return int(size / crop_pct)
+
+
+def resize_plan(
+    width: int, height: int, size: int, crop_pct: float = 1.0, legacy: bool = False
+) -> tuple[int, int, int, int] | None:
     """(new width, new height, left, top) of :func:`resize_center_crop`; None: no resize.
 
-    Shared with the torch resize of :mod:`imagefit.data.decode`, so both crop the same box.
+    torchvision's arithmetic, so the evaluation crop is ``Resize(int(size / crop_pct))`` then
+    ``CenterCrop(size)`` to the pixel: the longer side becomes ``int(target * long / short)``
+    and the crop starts at ``int(round((new - size) / 2))``. Shared with the torch resize of
+    :mod:`imagefit.data.decode` and the ONNX graph of ``export.graph_preprocess``.
+
+    ``legacy``: the arithmetic of models trained before crop_pct was recorded (crop_pct 1,
+    the longer side rounded, the crop at ``(new - size) // 2``), so they evaluate and predict
+    on the pixels they were trained and tested on.
     """
-    if (width, height) == (size, size):
+    target = resize_size(size, crop_pct)
+    if (width, height) == (size, size) and target == size:
         return None
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+    if legacy:
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+    if width <= height:
+        new_w, new_h = target, int(target * height / width)
+    else:
+        new_w, new_h = int(target * width / height), target
+    return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (bilinear, antialiased), then a centred ``size`` x ``size`` crop."""
-    plan = resize_plan(*image.size, size)
+def resize_center_crop(
+    image: Image.Image,
+    size: int,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    legacy: bool = False,
+) -> Image.Image:
+    """The evaluation pixels: shorter side to ``int(size / crop_pct)`` (antialiased
+    ``interpolation``), then a centred ``size`` x ``size`` crop (``legacy``: see
+    :func:`resize_plan`)."""
+    plan = resize_plan(*image.size, size, crop_pct, legacy)
     if plan is not None:
         new_w, new_h, left, top = plan
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        if (new_w, new_h) != image.size:
+            image = image.resize((new_w, new_h), FILTERS[interpolation])
         image = image.crop((left, top, left + size, top + size))
     return image
 
 
-def load_array(path: str | Path, size: int, min_size: int = 1) -> np.ndarray:
-    """File -> (size, size, 3) uint8, the canonical preprocessing before normalisation."""
-    return np.asarray(resize_center_crop(load_rgb(path, min_size), size), dtype=np.uint8)
+def load_array(
+    path: str | Path,
+    size: int,
+    min_size: int = 1,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    legacy: bool = False,
+) -> np.ndarray:
+    """File -> (size, size, 3) uint8, the evaluation preprocessing before normalisation."""
+    image = resize_center_crop(load_rgb(path, min_size), size, crop_pct, interpolation, legacy)
+    return np.asarray(image, dtype=np.uint8)

@@ -20,19 +20,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from imagefit.config import Config, DataConfig
+from imagefit.config import Config, DataConfig, check_task
 from imagefit.data.augment import BatchAugment
 from imagefit.data.balance import balanced_sample_weights
 from imagefit.data.cache import CacheUnavailable, decode_cached, decoded_bytes
-from imagefit.data.decode import decode_array
 from imagefit.data.disk import DiskArraySource
 from imagefit.data.folder import Sample
-from imagefit.data.splits import SplitManifest, resolve_splits
+from imagefit.data.preprocessing import Preprocessing, resolve_preprocessing
+from imagefit.data.sources import resolve_data
+from imagefit.data.splits import SplitManifest
+from imagefit.data.store import Box, PixelSpec
 from imagefit.errors import DataError
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # pixels (B, S, S, 3) uint8, labels (B,) int64
+# pixels (B, S, S, 3) uint8, labels (B,) int64, and from a training store (data.store) each
+# image's valid (width, height) on its canvas, (B, 2) int64
+Batch = tuple[torch.Tensor, ...]
 
 
 def derive_seed(*parts: int) -> int:
@@ -50,8 +54,13 @@ class ArraySource:
     """Pixels already decoded into one array (the fast path)."""
 
     def __init__(
-        self, pixels: np.ndarray | torch.Tensor, labels: Sequence[int], device: torch.device
+        self,
+        pixels: np.ndarray | torch.Tensor,
+        labels: Sequence[int],
+        device: torch.device,
+        boxes: np.ndarray | None = None,
     ):
+        """``boxes`` (N, 2): valid (width, height) per image when ``pixels`` is a store."""
         if isinstance(pixels, np.ndarray):
             with warnings.catch_warnings():
                 # A memory-mapped cache is read-only; it is only ever read, so sharing is safe.
@@ -60,6 +69,9 @@ class ArraySource:
         # On an accelerator, keep the whole dataset there: batches are then gathered on-device.
         self.pixels = pixels.to(device) if device.type != "cpu" else pixels
         self.labels = torch.as_tensor(list(labels), dtype=torch.int64, device=self.pixels.device)
+        self.boxes = None
+        if boxes is not None:
+            self.boxes = torch.as_tensor(boxes, dtype=torch.int64, device=self.pixels.device)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,41 +79,47 @@ class ArraySource:
     def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
         for indices in index_batches:
             index = torch.as_tensor(indices, device=self.pixels.device)
-            yield self.pixels[index], self.labels[index]
+            if self.boxes is None:
+                yield self.pixels[index], self.labels[index]
+            else:
+                yield self.pixels[index], self.labels[index], self.boxes[index]
 
 
 class _FileDataset(Dataset):
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        size: int,
-        min_size: int,
-        skip_bad: bool,
-        decoder: str = "pillow",
-    ):
-        self.samples, self.size, self.min_size, self.skip_bad = samples, size, min_size, skip_bad
-        self.decoder = decoder
+    def __init__(self, samples: Sequence[Sample], spec: PixelSpec, min_size: int, skip_bad: bool):
+        self.samples, self.spec, self.min_size, self.skip_bad = samples, spec, min_size, skip_bad
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int] | None:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, Box] | None:
         path, label = self.samples[index]
         try:
-            return decode_array(path, self.size, self.min_size, self.decoder), label
+            pixels, box = self.spec.decode(path, self.min_size)
         except DataError as exc:
             if not self.skip_bad:
                 raise
             log.warning("skipped bad image: %s", exc)
             return None
+        return pixels, label, box
 
 
-def _collate(items: list[tuple[np.ndarray, int] | None]) -> Batch:
-    kept = [item for item in items if item is not None]
-    if not kept:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    pixels = torch.from_numpy(np.stack([pixels for pixels, _ in kept]))
-    return pixels, torch.tensor([label for _, label in kept], dtype=torch.int64)
+class _Collate:
+    """Decoded items -> one batch; a store's batches carry the valid boxes (picklable for
+    DataLoader workers)."""
+
+    def __init__(self, store: bool):
+        self.store = store
+
+    def __call__(self, items: list[tuple[np.ndarray, int, Box] | None]) -> Batch:
+        kept = [item for item in items if item is not None]
+        boxes = torch.tensor([box for _, _, box in kept], dtype=torch.int64).view(-1, 2)
+        if not kept:
+            empty = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+            return (*empty, boxes) if self.store else empty
+        pixels = torch.from_numpy(np.stack([pixels for pixels, _, _ in kept]))
+        labels = torch.tensor([label for _, label, _ in kept], dtype=torch.int64)
+        return (pixels, labels, boxes) if self.store else (pixels, labels)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -128,8 +146,11 @@ class StreamSource:
         workers: int,
         pin_memory: bool,
         decoder: str = "pillow",
+        spec: PixelSpec | None = None,
     ):
-        self.dataset = _FileDataset(samples, size, min_size, skip_bad, decoder)
+        """``spec``: what each file becomes (default: the evaluation crop at ``size``)."""
+        self.spec = spec or PixelSpec(size, decoder=decoder)
+        self.dataset = _FileDataset(samples, self.spec, min_size, skip_bad)
         self.workers, self.pin_memory = workers, pin_memory
 
     def __len__(self) -> int:
@@ -144,7 +165,7 @@ class StreamSource:
             self.dataset,
             batch_sampler=[b.tolist() for b in index_batches],
             num_workers=self.workers,
-            collate_fn=_collate,
+            collate_fn=_Collate(self.spec.store),
             pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(0),
             worker_init_fn=_ignore_stop_signals if self.workers else None,
@@ -226,7 +247,16 @@ class Loader:
         set_epoch = getattr(self.source, "set_epoch", None)
         if set_epoch is not None:  # a source that renders new images each epoch
             set_epoch(epoch)
-        for offset, (pixels, labels) in enumerate(self.source.batches(batches)):
+        yield from self.prepare(self.source.batches(batches), epoch, start)
+
+    def prepare(
+        self, batches: Iterator[Batch], epoch: int, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 batches ``start..`` of ``epoch`` -> device, augmented (training), normalised.
+
+        A batch may carry a third tensor: each image's valid box in the store (training crops
+        are drawn from it)."""
+        for offset, (pixels, labels, *boxes) in enumerate(batches):
             if len(labels) == 0:
                 continue  # every file of this batch was a skipped bad image
             pixels = pixels.to(self.device, non_blocking=True)
@@ -238,7 +268,9 @@ class Loader:
                 generator = torch.Generator().manual_seed(
                     derive_seed(self.seed, epoch, start + offset, *parts)
                 )
-                x, targets = self.augment(x.div_(255.0), labels, generator)
+                x, targets = self.augment(
+                    x.div_(255.0), labels, generator, boxes[0] if boxes else None
+                )
                 # (x * 255 - mean) / std in one pass: training batches only, so evaluation
                 # keeps the arithmetic that export.preprocess.normalise mirrors bit for bit.
                 yield torch.addcmul(-self.mean / self.std, x, 255.0 / self.std), targets
@@ -260,6 +292,7 @@ class DataBundle:
     test: Loader | None
     cached: bool
     skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
+    preprocessing: Preprocessing | None = None  # what the loaders use, and why
 
 
 def _read_skip_list(path: str) -> set[Path]:
@@ -273,12 +306,8 @@ def _read_skip_list(path: str) -> set[Path]:
 
 
 def load_manifest(cfg: Config) -> SplitManifest:
-    d = cfg.data
-    if d.split_manifest:
-        return SplitManifest.load(d.split_manifest, d.root)
-    if not d.root:
-        raise DataError("data.root is not set: point it at an ImageFolder (--set data.root=DIR)")
-    return resolve_splits(d.root, d.val_fraction, d.test_fraction, d.split_seed, links=d.links)
+    """The split of ``cfg.data`` (a saved manifest, a label file or folders: data.sources)."""
+    return resolve_data(cfg.data).manifest
 
 
 def _apply_skip_list(manifest: SplitManifest, path: str, skipped: dict[str, str]) -> None:
@@ -291,9 +320,15 @@ def _apply_skip_list(manifest: SplitManifest, path: str, skipped: dict[str, str]
     log.info("skip list %s: left out %d files", path, len(skipped))
 
 
-def over_budget(d: DataConfig, count: int, size: int) -> bool:
-    """Whether ``count`` decoded images of ``size`` px exceed ``data.memory_budget_mb``."""
-    return decoded_bytes(count, size) > d.memory_budget_mb * 2**20
+def over_budget(d: DataConfig, count: int, size: int, extra_bytes: int = 0) -> bool:
+    """Whether ``count`` decoded images of ``size`` px (plus ``extra_bytes`` of other
+    splits' pixels) exceed ``data.memory_budget_mb``."""
+    return decoded_bytes(count, size) + extra_bytes > d.memory_budget_mb * 2**20
+
+
+def eval_spec(d: DataConfig, size: int) -> PixelSpec:
+    """The evaluation pixels ``d`` sets (unset crop_pct/interpolation: 1.0, bilinear)."""
+    return PixelSpec(size, d.crop_pct or 1.0, d.interpolation or "bilinear", d.decoder)
 
 
 def make_source(
@@ -304,6 +339,8 @@ def make_source(
     skipped: dict[str, str],
     *,
     budget_count: int | None = None,
+    spec: PixelSpec | None = None,
+    budget_bytes: int | None = None,
 ) -> tuple[PixelSource, list[Sample]]:
     """A pixel source for ``samples`` and the samples it really holds (bad files skipped).
 
@@ -312,11 +349,17 @@ def make_source(
     ``data.memory_budget_mb`` are held in memory (:class:`ArraySource`);
     over it, or with ``data.cache=mmap``, each batch reads its rows from the cache file
     (:class:`DiskArraySource`). ``budget_count``: the images weighed against the budget
-    (default ``len(samples)``; :func:`build_data` passes all splits', which share the budget).
+    (default ``len(samples)``; :func:`build_data` passes all splits', which share the budget),
+    or ``budget_bytes`` their decoded bytes. ``spec``: what each file becomes (default
+    :func:`eval_spec`); a training store's source yields each image's valid box too.
     """
+    spec = spec or eval_spec(d, size)
     if d.cache == "never":
-        return _stream(d, samples, size, device), samples
-    big = over_budget(d, len(samples) if budget_count is None else budget_count, size)
+        return _stream(d, samples, spec, device), samples
+    if budget_bytes is not None:
+        big = budget_bytes > d.memory_budget_mb * 2**20
+    else:
+        big = over_budget(d, len(samples) if budget_count is None else budget_count, spec.size)
     try:
         # Over the budget, decoding into memory (a read-only cache folder) would need the
         # very RAM the budget rules out: stream instead, unless the cache was insisted on.
@@ -326,14 +369,14 @@ def make_source(
             d.min_size,
             d.on_bad,
             d.cache_dir,
-            decoder=d.decoder,
             memory_fallback=not big or d.cache != "auto",
+            spec=spec,
         )
     except CacheUnavailable as exc:
         log.warning(
             "%s; streaming %d images from files (over data.memory_budget_mb)", exc, len(samples)
         )
-        return _stream(d, samples, size, device), samples
+        return _stream(d, samples, spec, device), samples
     for position, reason in decoded.bad.items():
         skipped[str(samples[position][0])] = reason
         log.warning("skipped bad image: %s", reason)
@@ -345,19 +388,38 @@ def make_source(
             len(kept),
             "data.cache=mmap" if d.cache == "mmap" else "over data.memory_budget_mb",
         )
-        return DiskArraySource(decoded.pixels, labels, device), kept
-    return ArraySource(decoded.pixels, labels, device), kept
+        return DiskArraySource(decoded.pixels, labels, device, boxes=decoded.boxes), kept
+    return ArraySource(decoded.pixels, labels, device, boxes=decoded.boxes), kept
 
 
-def _stream(d: DataConfig, samples: list[Sample], size: int, device: torch.device) -> StreamSource:
+def hf_source(
+    d: DataConfig, samples: list[Sample], spec: PixelSpec, device: torch.device, budget_bytes: int
+) -> PixelSource:
+    """Rows of ``data.hf``: decoded once into memory within the budget, else per batch.
+
+    The dataset's own Arrow files are already a memory-mapped cache of the encoded images, so
+    imagefit's image cache (keyed by file) is not used for it. Every split gets the evaluation
+    pixels (``spec``); training crops are drawn from them.
+    """
+    from imagefit.data.hf import HFSource
+
+    rows = HFSource(d, samples, spec)
+    if d.cache == "never" or budget_bytes > d.memory_budget_mb * 2**20:
+        return rows
+    return ArraySource(rows.decode_all(), rows.labels, device)
+
+
+def _stream(
+    d: DataConfig, samples: list[Sample], spec: PixelSpec, device: torch.device
+) -> StreamSource:
     return StreamSource(
         samples,
-        size,
+        spec.size,
         d.min_size,
         d.on_bad == "skip",
         d.num_workers,
         device.type == "cuda",
-        d.decoder,
+        spec=spec,
     )
 
 
@@ -373,15 +435,32 @@ def build_data(
     ``shard`` (rank, world size): this process's part of every split (distributed training).
     """
     d, t = cfg.data, cfg.train
-    manifest = load_manifest(cfg)
-    skipped: dict[str, str] = {}
+    if d.shards:  # no files, no random access: streamed loaders of their own
+        from imagefit.data.stream import build_shard_data
+
+        return build_shard_data(cfg, device, batch_size=batch_size, shard=shard)
+    check_task(cfg)
+    resolved = resolve_data(d)
+    manifest, skipped = resolved.manifest, dict(resolved.skipped)
     if d.skip_list:
         _apply_skip_list(manifest, d.skip_list, skipped)
-    total = sum(len(items) for items in manifest.splits.values())
+    pre = resolve_preprocessing(cfg)
+    evaluation = PixelSpec(d.image_size, pre.crop_pct, pre.interpolation, d.decoder)
+    # Training samples its crops from the whole image (the store); with augmentation off it
+    # sees the evaluation pixels.
+    store = PixelSpec(pre.store_size, 1.0, pre.interpolation, d.decoder, store=True)
+    specs = {
+        name: store if name == "train" and d.augment and not d.hf else evaluation
+        for name in manifest.splits
+    }
+    # every split's pixels share the budget
+    total = sum(decoded_bytes(len(v), specs[k].size) for k, v in manifest.splits.items())
     cache = d.cache != "never"
     where = "streamed from files"
-    if cache:
-        big = d.cache == "mmap" or over_budget(d, total, d.image_size)
+    if d.hf:
+        cache, where = False, "decoded from a Hugging Face dataset"
+    elif cache:
+        big = d.cache == "mmap" or total > d.memory_budget_mb * 2**20
         where = "decoded once into the image cache, " + ("read per batch" if big else "in memory")
     log.info(
         "data: %s, %d classes, %s images, %s",
@@ -390,17 +469,31 @@ def build_data(
         {k: len(v) for k, v in manifest.splits.items()},
         where,
     )
+    log.info(
+        "preprocessing: crop_pct %s, %s, mean %s, std %s, training store %d px (%s)",
+        pre.crop_pct,
+        pre.interpolation,
+        pre.mean,
+        pre.std,
+        pre.store_size,
+        ", ".join(f"{k}: {v}" for k, v in pre.why.items()),
+    )
     loaders: dict[str, Loader] = {}
     for name, items in manifest.splits.items():
         if not items:
             continue
-        source, kept = make_source(d, items, d.image_size, device, skipped, budget_count=total)
+        if d.hf:
+            source, kept = hf_source(d, items, evaluation, device, total), items
+        else:
+            source, kept = make_source(
+                d, items, d.image_size, device, skipped, spec=specs[name], budget_bytes=total
+            )
         manifest.splits[name] = kept
         train = name == "train"
         augment = None
         if train and d.augment:
             classes = len(manifest.classes)
-            augment = BatchAugment(cfg.augment, d.image_size, classes, mean=d.mean, std=d.std)
+            augment = BatchAugment(cfg.augment, d.image_size, classes, mean=pre.mean, std=pre.std)
         size = (batch_size or t.batch_size) if train else (t.eval_batch_size or t.batch_size)
         weights = None
         if train and d.sampler == "balanced":
@@ -412,8 +505,8 @@ def build_data(
             shuffle=train,
             augment=augment,
             seed=t.seed,
-            mean=d.mean,
-            std=d.std,
+            mean=pre.mean,
+            std=pre.std,
             limit=t.limit_batches,
             weights=weights,
             shard=shard,
@@ -426,4 +519,5 @@ def build_data(
         loaders.get("test"),
         cache,
         skipped,
+        pre,
     )

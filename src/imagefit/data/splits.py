@@ -17,6 +17,7 @@ import numpy as np
 
 from imagefit.data.folder import LinkPolicy, Sample, find_classes, scan_folder
 from imagefit.errors import DataError
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs.layout import SPLIT
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,15 @@ class SplitManifest:
     layout: str  # "folders" (root/{train,val,test}) or "stratified" (split by us)
     seed: int | None = None
     fractions: dict[str, float] | None = None
+    # multilabel: each label is the bit set of the image's classes (data.multilabel)
+    task: str = "single"
 
     def to_json(self) -> dict:
+        task = {"task": self.task} if self.task != "single" else {}  # single: as ever
         return {
+            **task,
             "version": 1,
-            "root": str(self.root),
+            "root": str(Path(self.root).absolute()),  # a run stores data paths absolute
             "layout": self.layout,
             "seed": self.seed,
             "fractions": self.fractions,
@@ -56,7 +61,7 @@ class SplitManifest:
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
+        atomic_write(path, json.dumps(self.to_json(), indent=1), what="the split manifest")
 
     @classmethod
     def load(cls, path: str | Path, root: str | Path | None = None) -> SplitManifest:
@@ -75,6 +80,18 @@ class SplitManifest:
             return cls._from_json(raw, root)
         except _Invalid as exc:
             raise DataError(f"{path}: not a valid split manifest: {exc}") from None
+
+    @classmethod
+    def from_json_text(cls, text: str, root: str | Path | None = None) -> SplitManifest:
+        """A manifest from its JSON text (e.g. read through fsspec beside a dataset's shards)."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"not a valid split manifest ({exc})") from None
+        try:
+            return cls._from_json(raw, root)
+        except _Invalid as exc:
+            raise DataError(f"not a valid split manifest: {exc}") from None
 
     @classmethod
     def _from_json(cls, raw: object, root: str | Path | None) -> SplitManifest:
@@ -105,8 +122,13 @@ class SplitManifest:
             raise _Invalid(f"unknown split(s) {unknown}; the splits are {list(SPLITS)}")
         if "train" not in named:
             raise _Invalid("no 'train' split")
-        splits = {name: _samples(name, items, base, len(classes)) for name, items in named.items()}
-        return cls(base, classes, splits, layout, seed, fractions)
+        task = raw.get("task", "single")
+        if task not in ("single", "multilabel"):
+            raise _Invalid(f"'task' must be single or multilabel, got {task!r}")
+        # a multi-label label is a bit set of the classes
+        limit = 2 ** len(classes) if task == "multilabel" else len(classes)
+        splits = {name: _samples(name, items, base, limit) for name, items in named.items()}
+        return cls(base, classes, splits, layout, seed, fractions, task)
 
 
 class _Invalid(Exception):
@@ -253,41 +275,65 @@ def resolve_splits(
     dirs = _split_dirs(root)
     if not dirs:
         index = scan_folder(root, links=links)
-        fractions = {
-            "train": 1 - val_fraction - test_fraction,
-            "val": val_fraction,
-            "test": test_fraction,
-        }
-        if fractions["train"] <= 0:
-            raise DataError(f"val_fraction + test_fraction = {val_fraction + test_fraction} >= 1")
-        splits = stratified_split(index.samples, fractions, seed)
-        manifest = SplitManifest(root, index.classes, splits, "stratified", seed, fractions)
-    else:
-        if "train" not in dirs:
-            raise DataError(f"{root}: has {sorted(dirs)} split folders but no 'train'")
-        classes = find_classes(dirs["train"])
-        splits = {
-            name: scan_folder(path, classes, links, within=root).samples
-            for name, path in dirs.items()
-        }
-        _refuse_shared_files(root, splits)
-        fractions = None
-        if "val" not in splits and val_fraction == 0:
-            splits["val"] = []
-        elif "val" not in splits:
-            carved = stratified_split(
-                splits["train"], {"train": 1 - val_fraction, "val": val_fraction}, seed
-            )
-            splits.update(carved)
-            fractions = {"val_of_train": val_fraction}
-            log.info(
-                "%s: no val split; carved %d images from train (seed %d)",
-                root,
-                len(splits["val"]),
-                seed,
-            )
-        splits.setdefault("test", [])
-        manifest = SplitManifest(root, classes, splits, "folders", seed, fractions)
+        return split_samples(root, index.classes, index.samples, val_fraction, test_fraction, seed)
+    if "train" not in dirs:
+        raise DataError(f"{root}: has {sorted(dirs)} split folders but no 'train'")
+    classes = find_classes(dirs["train"])
+    splits = {
+        name: scan_folder(path, classes, links, within=root).samples for name, path in dirs.items()
+    }
+    _refuse_shared_files(root, splits)
+    return given_splits(root, classes, splits, val_fraction, seed, "folders")
+
+
+def split_samples(
+    root: Path,
+    classes: list[str],
+    samples: list[Sample],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> SplitManifest:
+    """The manifest of ``samples`` split per class (stratified, seeded) into train/val/test."""
+    fractions = {
+        "train": 1 - val_fraction - test_fraction,
+        "val": val_fraction,
+        "test": test_fraction,
+    }
+    if fractions["train"] <= 0:
+        raise DataError(f"val_fraction + test_fraction = {val_fraction + test_fraction} >= 1")
+    splits = stratified_split(samples, fractions, seed)
+    manifest = SplitManifest(root, classes, splits, "stratified", seed, fractions)
+    _check(manifest, need_val=val_fraction > 0)
+    return manifest
+
+
+def given_splits(
+    root: Path,
+    classes: list[str],
+    splits: dict[str, list[Sample]],
+    val_fraction: float,
+    seed: int,
+    layout: str,
+) -> SplitManifest:
+    """The manifest of splits fixed by the dataset; a missing val is carved from train."""
+    fractions = None
+    if "val" not in splits and val_fraction == 0:
+        splits["val"] = []
+    elif "val" not in splits:
+        carved = stratified_split(
+            splits["train"], {"train": 1 - val_fraction, "val": val_fraction}, seed
+        )
+        splits.update(carved)
+        fractions = {"val_of_train": val_fraction}
+        log.info(
+            "%s: no val split; carved %d images from train (seed %d)",
+            root,
+            len(splits["val"]),
+            seed,
+        )
+    splits.setdefault("test", [])
+    manifest = SplitManifest(root, classes, splits, layout, seed, fractions)
     _check(manifest, need_val=val_fraction > 0)
     return manifest
 
@@ -305,7 +351,10 @@ def _check(manifest: SplitManifest, need_val: bool = True) -> None:
             f"{manifest.root}: the val split is empty; add images or raise val_fraction"
         )
     if not manifest.splits["test"]:
-        log.warning("%s: no test split; final test metrics will be skipped", manifest.root)
+        log.warning(
+            "%s: no test split; a run reports its final metrics on val (optimistic)",
+            manifest.root,
+        )
 
 
 def write_split_folders(manifest: SplitManifest, out: str | Path) -> Path:
@@ -320,7 +369,7 @@ def write_split_folders(manifest: SplitManifest, out: str | Path) -> Path:
             target = out / split / manifest.classes[label] / path.name
             if target.exists():  # same file name in nested folders of one class
                 target = target.with_name(f"{path.parent.name}_{path.name}")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             shutil.copy2(path, target)
             relocated[split].append((target, label))
     copy = SplitManifest(

@@ -47,6 +47,7 @@ from imagefit.data.splits import (  # the layout rules training uses
 )
 from imagefit.datasets.near_duplicates import DEFAULT_THRESHOLD, near_pairs, perceptual_hashes
 from imagefit.errors import DataError, ImageError
+from imagefit.fileio import atomic_write, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +258,9 @@ class VerifyReport:
     def write(self, out: str | Path) -> tuple[Path, Path]:
         """Write ``out/verify.json`` and ``out/bad_files.txt``; return both paths."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out, "the report folder")
         report = out / "verify.json"
-        report.write_text(json.dumps(self.to_json(), indent=1, default=str), encoding="utf-8")
+        atomic_write(report, json.dumps(self.to_json(), indent=1, default=str), durable=False)
         lines = [
             f"# imagefit data verify {self.root}: files to leave out of training",
             "# use with --set data.skip_list=<this file>; lines starting with # are ignored",
@@ -275,7 +276,7 @@ class VerifyReport:
             )
             lines.extend(str(p) for p in copies)
         skip = out / "bad_files.txt"
-        skip.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        atomic_write(skip, "\n".join(lines) + "\n", durable=False)
         return report, skip
 
 

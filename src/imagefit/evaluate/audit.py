@@ -34,7 +34,7 @@ from imagefit.data.cache import decode_cached
 from imagefit.data.splits import resolve_splits
 from imagefit.errors import DataError
 from imagefit.evaluate.inference import select_device
-from imagefit.fileio import atomic_open, write_json
+from imagefit.fileio import atomic_open, make_dirs, write_json
 from imagefit.models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def audit_labels(
 def write_audit(result: AuditResult, out: str | Path) -> dict[str, Path]:
     """suspects.csv, suspects.png, label_issues.txt and audit.json in ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     files = {
         "suspects": out / "suspects.csv",
         "sheet": out / "suspects.png",

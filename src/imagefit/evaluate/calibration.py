@@ -28,14 +28,12 @@ from matplotlib.figure import Figure
 from imagefit.data.cache import file_digest
 from imagefit.errors import DataError
 from imagefit.evaluate.predictions import (
-    TEST_PREDICTIONS,
     SplitPredictions,
     run_test_predictions,
     split_predictions,
 )
-from imagefit.fileio import atomic_open, write_json
+from imagefit.fileio import atomic_open, make_dirs, write_json
 from imagefit.models.trained import resolve_checkpoint
-from imagefit.runs import layout
 from imagefit.runs.checkpoint import load_checkpoint, save_checkpoint
 from imagefit.runs.layout import RunLayout
 
@@ -43,7 +41,6 @@ log = logging.getLogger(__name__)
 
 BINS = 15  # Guo et al.'s choice; ECE depends on it, so it is fixed for comparability
 RELIABILITY_PNG = "reliability.png"
-CALIBRATION_JSON = layout.CALIBRATION
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -200,12 +197,17 @@ def calibrate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
     checkpoint = resolve_checkpoint(run_dir)
     run_dir = checkpoint.parent
     try:
-        val, _, _ = split_predictions(checkpoint, "val", device=device)
+        val, meta, _ = split_predictions(checkpoint, "val", device=device)
     except DataError as exc:
         raise DataError(
             f"{run_dir}: cannot calibrate without a validation split ({exc}); a temperature "
             "fitted on the test split would be tuned on the numbers it reports"
         ) from None
+    if meta.get("task") == "multilabel":
+        raise DataError(
+            f"{checkpoint}: a multi-label model; temperature scaling calibrates one softmax "
+            "over exclusive classes (its per-class thresholds were tuned on val instead)"
+        )
     temperature = fit_temperature(val.logits, val.labels)
     result: dict[str, Any] = {
         "temperature": temperature,
@@ -225,10 +227,10 @@ def calibrate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
     set_checkpoint_temperature(checkpoint, temperature)
     if test is not None:  # the logits do not change with T; keep the file tied to best.pt
         test.checkpoint_sha256 = file_digest(checkpoint).hex()
-        test.save(run_dir / TEST_PREDICTIONS)
-    write_json(run_dir / CALIBRATION_JSON, result)
+        test.save(RunLayout(run_dir).test_predictions)
+    write_json(RunLayout(run_dir).calibration, result)
     plots = RunLayout(run_dir).plots
-    plots.mkdir(exist_ok=True)
+    make_dirs(plots)
     split = "test" if test is not None else "val"
     figure = reliability_figure(shown, f"{run_dir.name}: reliability on {split}")
     with atomic_open(plots / RELIABILITY_PNG, "wb", what="the reliability diagram") as handle:

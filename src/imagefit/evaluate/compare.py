@@ -30,7 +30,7 @@ from imagefit.data.splits import SplitManifest
 from imagefit.errors import DataError
 from imagefit.evaluate.ledger import note_test_use, read_ledger
 from imagefit.evaluate.predictions import SplitPredictions, run_test_predictions
-from imagefit.fileio import atomic_write
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.models.trained import resolve_checkpoint
 from imagefit.runs import layout
 from imagefit.runs.layout import RunLayout
@@ -297,6 +297,15 @@ def sweep_vs_baseline(
     return variants_vs_baseline(correct, baseline)
 
 
+def verdict(row: Mapping[str, Any]) -> str:
+    """What a variant's paired 95% interval against the baseline says, in words."""
+    if row.get("beats_baseline"):
+        return "beats baseline at 95%"
+    if row.get("worse_than_baseline"):
+        return "worse than baseline at 95%"
+    return "no clear difference at 95%"
+
+
 def vs_baseline_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """A markdown table of :func:`variants_vs_baseline`'s rows."""
     if not rows:
@@ -311,17 +320,10 @@ def vs_baseline_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             cells = ["-", "-", "baseline"]
         else:
             low, high = r["interval"]
-            verdict = (
-                "better"
-                if r["beats_baseline"]
-                else "worse"
-                if r["worse_than_baseline"]
-                else "no clear difference"
-            )
             cells = [
                 f"{100 * r['difference']:+.2f}%",
                 f"[{100 * low:+.2f}%, {100 * high:+.2f}%]",
-                verdict,
+                verdict(r),
             ]
         lines.append(
             f"| {r['name']} | {r['seeds']} | {100 * r['accuracy']:.2f}% | "
@@ -403,6 +405,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><bo
 {flips}</table></body></html>
 """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     atomic_write(out, page, what="the diff page")
     return out

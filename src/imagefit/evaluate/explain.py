@@ -29,18 +29,18 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
-from imagefit.data.images import load_array
 from imagefit.data.inputs import Problem, expand_images, normalise
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError, ImagefitError
 from imagefit.evaluate.predictions import run_test_predictions
-from imagefit.fileio import atomic_open, write_json
+from imagefit.fileio import atomic_open, make_dirs, write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs import layout
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 MIN_SHOWN = 224  # overlays of small inputs are enlarged to this many px to be readable
-GALLERY = layout.GALLERY
 
 
 class ExplainError(ImagefitError):
@@ -128,6 +128,7 @@ class _Explainer:
         self.checkpoint = resolve_checkpoint(target)
         self.model, self.meta, _ = load_trained(self.checkpoint)
         self.size = self.meta["image_size"]
+        self.spec = PixelSpec.from_meta(self.meta)  # the run's evaluation pixels
         self.layer_name, self.layer = target_layer(self.model, self.meta["arch"], self.size)
         self.temperature = float(self.meta.get("temperature") or 1.0)
 
@@ -155,7 +156,7 @@ def explain_images(
     ``out/<stem>.gradcam.png``; one dict per image (or ``error`` for an unreadable one)."""
     explainer = _Explainer(target)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     results: list[dict[str, Any]] = []
     used: Counter[str] = Counter()
     for item in expand_images(images):
@@ -164,7 +165,7 @@ def explain_images(
             results.append({"file": str(problem[0]), "error": problem[1]})
             continue
         try:
-            pixels = load_array(item, explainer.size)
+            pixels = explainer.spec.array(item)
         except DataError as exc:
             results.append({"file": str(item), "error": str(exc)})
             continue
@@ -196,8 +197,8 @@ def mistakes_gallery(
     the report), ``overlays/*.png`` and ``gallery.json``. Returns gallery.json's content.
     """
     checkpoint = resolve_checkpoint(run_dir)
-    out = Path(out) if out is not None else checkpoint.parent / GALLERY
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out is not None else RunLayout(checkpoint.parent).gallery
+    make_dirs(out / "overlays")
     explainer = _Explainer(checkpoint)
     preds = run_test_predictions(checkpoint.parent)
     probs = preds.probabilities(explainer.temperature)
@@ -214,7 +215,7 @@ def mistakes_gallery(
     classes = preds.classes
     for i in chosen:
         try:
-            pixels = load_array(preds.file(i), explainer.size)
+            pixels = explainer.spec.array(preds.file(i))
         except DataError as exc:
             log.warning("gallery: skipped %s", exc)
             continue

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from imagefit.data.loaders import Loader
+from imagefit.data.multilabel import multi_hot
 from imagefit.errors import ConfigError
+from imagefit.evaluate.tta import average_logits, view_count, views
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -63,14 +67,47 @@ class Precision:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-@torch.no_grad()
+Evaluated = tuple[np.ndarray, np.ndarray, float]  # (targets (N,), logits (N, C), mean CE)
+
+
 def evaluate(
-    model: nn.Module, loader: Loader, precision: Precision, desc: str = "eval"
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(targets (N,), logits (N, C) float32, mean cross-entropy) over the whole loader."""
+    model: nn.Module,
+    loader: Loader,
+    precision: Precision,
+    desc: str = "eval",
+    multilabel: bool = False,
+    tta: str = "none",
+) -> Evaluated:
+    """(targets (N,), logits (N, C) float32, mean loss) over the whole loader.
+
+    ``multilabel``: targets are bit sets of the classes (data.multilabel) and the loss is the
+    binary cross-entropy per class (mean over images and classes). ``tta``
+    (:data:`imagefit.evaluate.tta.VIEWS`): the logits are those of the averaged probabilities
+    over the views of each batch.
+    """
+    return evaluate_modes(model, loader, precision, (tta,), desc, multilabel)[tta]
+
+
+@torch.no_grad()
+def evaluate_modes(
+    model: nn.Module,
+    loader: Loader,
+    precision: Precision,
+    modes: Sequence[str] = ("none",),
+    desc: str = "eval",
+    multilabel: bool = False,
+) -> dict[str, Evaluated]:
+    """:func:`evaluate` under several TTA modes, in one pass over the data: ``{mode: result}``."""
+    if multilabel and set(modes) != {"none"}:
+        raise ConfigError("TTA averages softmax probabilities: not for multi-label models")
+    counts = {mode: view_count(mode) for mode in modes}
+    widest = max(counts, key=counts.__getitem__)
     model.eval()
-    all_logits, all_targets = [], []
-    loss_sum = torch.zeros((), dtype=torch.float64, device=precision.device)
+    all_logits: dict[str, list[torch.Tensor]] = {mode: [] for mode in modes}
+    all_targets = []
+    loss_sums = {
+        mode: torch.zeros((), dtype=torch.float64, device=precision.device) for mode in modes
+    }
     for x, targets in tqdm(
         loader.epoch(0),
         total=len(loader),
@@ -79,13 +116,34 @@ def evaluate(
         leave=False,
         disable=bars_disabled(),
     ):
-        with precision.autocast():
-            logits = model(precision.prepare(x)).float()
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
-        all_logits.append(logits)
+        outputs = []
+        for view in views(widest, x):
+            with precision.autocast():
+                outputs.append(model(precision.prepare(view)).float())
+        for mode in modes:
+            logits = average_logits(outputs[: counts[mode]])
+            loss_sums[mode] += _loss_sum(logits, targets, multilabel)
+            all_logits[mode].append(logits)
         all_targets.append(targets)
-    if not all_logits:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), float("nan")
-    logits_np = torch.cat(all_logits).cpu().numpy()
+    if not all_targets:
+        empty = (np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), float("nan"))
+        return dict.fromkeys(modes, empty)
     targets_np = torch.cat(all_targets).cpu().numpy()
-    return targets_np, logits_np, float(loss_sum) / len(targets_np)
+    return {
+        mode: (
+            targets_np,
+            torch.cat(all_logits[mode]).cpu().numpy(),
+            float(loss_sums[mode]) / len(targets_np),
+        )
+        for mode in modes
+    }
+
+
+def _loss_sum(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """The batch's summed loss in float64: cross-entropy, or for multi-label the binary
+    cross-entropy averaged over the classes."""
+    if multilabel:
+        hot = multi_hot(targets, logits.shape[1])
+        total = F.binary_cross_entropy_with_logits(logits, hot, reduction="sum").double()
+        return total / logits.shape[1]
+    return F.cross_entropy(logits, targets, reduction="sum").double()

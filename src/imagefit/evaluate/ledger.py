@@ -24,16 +24,14 @@ from typing import Any
 from imagefit.data.cache import HASH_INDEX, FileHashes, default_cache_dir
 from imagefit.data.splits import SplitManifest
 from imagefit.fileio import write_json
-from imagefit.runs import layout
+from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
-
-LEDGER = layout.LEDGER
 
 
 def read_ledger(run_dir: str | Path) -> dict[str, Any]:
     """The run's ledger, or an empty one when it has none (or it is unreadable: warned)."""
-    path = Path(run_dir) / LEDGER
+    path = RunLayout(Path(run_dir)).ledger
     if not path.is_file():
         return {}
     try:
@@ -78,7 +76,7 @@ def record_split(
     started = time.perf_counter()
     ledger["split_sha256"] = split_digests(manifest, splits)
     ledger.setdefault("test_evaluations", [])
-    write_json(run_dir / LEDGER, ledger)
+    write_json(RunLayout(run_dir).ledger, ledger)
     log.debug("%s: hashed the split's files in %.2f s", run_dir, time.perf_counter() - started)
 
 
@@ -127,7 +125,7 @@ def note_test_use(run_dir: str | Path, by: str) -> int:
     ledger = read_ledger(run_dir)
     uses = ledger.setdefault("test_evaluations", [])
     uses.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by": by})
-    write_json(run_dir / LEDGER, ledger)
+    write_json(RunLayout(run_dir).ledger, ledger)
     if len(uses) > 1:
         log.info(
             "%s: its test split has now been evaluated %d times; a number chosen after "

@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.reader import RunRecord, load_run
 
@@ -48,8 +49,8 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
 def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG at ``path`` (parents created) and return ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(figure_png(fig, dpi))
+    make_dirs(path.parent)
+    atomic_write(path, figure_png(fig, dpi), what="the plot", durable=False)
     return path
 
 
@@ -258,6 +259,9 @@ def run_figures(record: RunRecord) -> dict[str, Figure]:
     figures: dict[str, Figure] = {}
     if record.history:
         figures["training_curves.png"] = training_curves_figure(record.history, record.name)
+    if record.metrics.get("task") == "multilabel":  # no confusion matrix: classes overlap
+        figures.update(multilabel_figures(record))
+        return figures
     matrix, classes = record.metrics.get("confusion_matrix"), record.classes
     if not matrix or len(classes) != len(matrix):
         return figures
@@ -273,6 +277,65 @@ def run_figures(record: RunRecord) -> dict[str, Figure]:
         )
     if len(classes) > 2 and top_confused_pairs(matrix, 1):
         figures["top_confused_pairs.png"] = top_confused_pairs_figure(matrix, classes)
+    return figures
+
+
+def average_precision_figure(per_class: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Multi-label: each class's average precision on test, best first, support in the label."""
+    rows = sorted(per_class.items(), key=lambda item: -(item[1].get("ap") or 0.0))
+    fig = Figure(figsize=(7, max(2.5, 0.35 * len(rows) + 1)))
+    ax = fig.add_subplot()
+    names = [f"{_short(name)} ({values.get('support', 0)})" for name, values in rows]
+    ax.barh(range(len(rows)), [values.get("ap") or 0.0 for _, values in rows], color="C0")
+    ax.set_yticks(range(len(rows)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("average precision (test)")
+    ax.set_title("per-class average precision")
+    fig.tight_layout()
+    return fig
+
+
+def precision_recall_figure(
+    truth: np.ndarray, scores: np.ndarray, classes: Sequence[str], limit: int = 12
+) -> Figure:
+    """Multi-label: the precision-recall curve of each class (the ``limit`` most frequent)."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    for k in np.argsort(-truth.sum(0), kind="stable")[:limit]:
+        if truth[:, k].any():
+            precision, recall, _ = precision_recall_curve(truth[:, k], scores[:, k])
+            ax.plot(recall, precision, label=_short(classes[k]))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall per class (test)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def multilabel_figures(record: RunRecord) -> dict[str, Figure]:
+    """Per-class AP bars from ``metrics.json``; PR curves when the test scores were saved."""
+    from imagefit.data.multilabel import multi_hot_np
+    from imagefit.evaluate.multilabel import sigmoid
+    from imagefit.evaluate.predictions import SplitPredictions
+
+    figures: dict[str, Figure] = {}
+    per_class = record.metrics.get("per_class") or {}
+    if per_class:
+        figures["per_class_ap.png"] = average_precision_figure(per_class)
+    saved = RunLayout(record.path).test_predictions
+    if saved.is_file():
+        predictions = SplitPredictions.load(saved)
+        truth = multi_hot_np(predictions.labels, len(predictions.classes))
+        scores = sigmoid(predictions.logits)
+        figures["precision_recall.png"] = precision_recall_figure(
+            truth, scores, predictions.classes
+        )
     return figures
 
 
@@ -361,3 +424,31 @@ def plot_comparison(run_dirs: Sequence[Path], out_dir: Path) -> list[Path]:
             log.warning("%s: missing %s", record.path, ", ".join(record.missing))
     figures = comparison_figures(records)
     return [save_figure(fig, Path(out_dir) / name) for name, fig in figures.items()]
+
+
+def lr_find_figure(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    suggestion: float | None,
+) -> Figure:
+    """The learning-rate range test: raw and smoothed loss against lr, the suggestion marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, color="0.75", linewidth=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", linestyle="--")
+        ax.plot([], [], color="C3", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+    ax.set_xscale("log")
+    if smoothed:
+        # The diverging tail reaches orders of magnitude above the start: clip it, as fastai
+        # does, so the fall the suggestion reads stays visible.
+        low = min(min(losses), min(smoothed))
+        ax.set_ylim(low - 0.05 * abs(low), 1.5 * max(smoothed[0], low))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test")
+    ax.legend()
+    fig.tight_layout()
+    return fig

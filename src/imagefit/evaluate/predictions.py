@@ -11,7 +11,7 @@ computes them from a checkpoint and the run's ``split.json`` through the one eva
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,17 @@ import numpy as np
 from imagefit.config import Config, config_from_dict
 from imagefit.data.cache import file_digest
 from imagefit.data.loaders import Loader, make_source
-from imagefit.data.splits import SplitManifest, resolve_splits
+from imagefit.data.sources import resolve_data
+from imagefit.data.splits import SplitManifest
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError
-from imagefit.evaluate.inference import Precision, evaluate, select_device
+from imagefit.evaluate.inference import Precision, evaluate_modes, select_device
 from imagefit.fileio import atomic_open
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs import layout
 from imagefit.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
-
-TEST_PREDICTIONS = layout.TEST_PREDICTIONS
 
 
 @dataclass
@@ -46,6 +46,8 @@ class SplitPredictions:
     checkpoint_sha256: str = ""
     loss: float | None = None
     skipped: int = 0  # files of the split that could not be decoded
+    # {TTA mode: (logits (N, C), mean cross-entropy)} when asked for besides the plain ones
+    with_tta: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -107,7 +109,8 @@ def run_manifest(checkpoint: Path, cfg: Config, data_root: str | None) -> SplitM
         raise DataError(
             f"{checkpoint}: no {layout.SPLIT} beside it and no data root: pass --data ROOT"
         )
-    return resolve_splits(root, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+    # The run's own source (folders or a label file), moved to ``root`` when one is given.
+    return resolve_data(cfg.data.model_copy(update={"root": root})).manifest
 
 
 def split_predictions(
@@ -117,11 +120,16 @@ def split_predictions(
     device: str = "auto",
     limit_batches: int | None = None,
     batch_size: int = 256,
+    allow_untrained: bool = False,
+    tta: str = "none",
 ) -> tuple[SplitPredictions, dict[str, Any], SplitManifest]:
-    """(predictions on ``split``, the checkpoint's meta, the manifest) of a run or checkpoint."""
+    """(predictions on ``split``, the checkpoint's meta, the manifest) of a run or checkpoint.
+
+    ``tta`` other than none: its logits too (``with_tta``), from the same pass over the data.
+    """
     checkpoint = resolve_checkpoint(target)
     dev = select_device(device)
-    model, meta, config = load_trained(checkpoint, dev)
+    model, meta, config = load_trained(checkpoint, dev, allow_untrained)
     cfg = config_from_dict(config, source=str(checkpoint))
     manifest = run_manifest(checkpoint, cfg, data_root)
     if manifest.classes != meta["classes"]:
@@ -130,14 +138,22 @@ def split_predictions(
         )
     samples = manifest.splits.get(split) or []
     if not samples:
-        raise DataError(f"{manifest.root}: split '{split}' is empty or absent")
+        present = [name for name in ("test", "val", "train") if manifest.splits.get(name)]
+        hint = f"; it has {', '.join(present)}: use --split {present[0]}" if present else ""
+        raise DataError(f"{manifest.root}: split '{split}' is empty or absent{hint}")
     skipped: dict[str, str] = {}
-    source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped)
+    spec = PixelSpec.from_meta(meta, cfg.data.decoder)  # the run's evaluation pixels
+    source, kept = make_source(cfg.data, samples, meta["image_size"], dev, skipped, spec=spec)
     loader = Loader(
         source, batch_size, dev, mean=meta["mean"], std=meta["std"], limit=limit_batches
     )
     precision = Precision(dev, channels_last=cfg.train.channels_last)
-    targets, logits, loss = evaluate(model, loader, precision, desc=split)
+    multilabel = meta.get("task") == "multilabel"
+    if multilabel and tta != "none":
+        raise DataError(f"{checkpoint}: TTA averages softmax probabilities; not for multi-label")
+    modes = ("none", tta) if tta != "none" else ("none",)
+    evaluated = evaluate_modes(model, loader, precision, modes, split, multilabel)
+    targets, logits, loss = evaluated["none"]
     kept = kept[: len(targets)]  # --limit-batches evaluates a prefix
     if len(kept) != len(targets):
         raise DataError(f"{checkpoint}: {len(targets)} predictions for {len(kept)} files")
@@ -151,7 +167,9 @@ def split_predictions(
         checkpoint_sha256=file_digest(checkpoint).hex(),
         loss=loss,
         skipped=len(skipped),
+        with_tta={mode: (z.astype(np.float32), ce) for mode, (_, z, ce) in evaluated.items()},
     )
+    predictions.with_tta.pop("none")
     return predictions, meta, manifest
 
 
@@ -159,7 +177,7 @@ def run_test_predictions(run_dir: str | Path, data_root: str | None = None) -> S
     """The run's test predictions: ``RUN/test_predictions.npz`` when it belongs to the current
     ``best.pt``, else computed from ``best.pt`` and ``split.json`` (and saved)."""
     checkpoint = resolve_checkpoint(run_dir)
-    saved = checkpoint.parent / TEST_PREDICTIONS
+    saved = RunLayout(checkpoint.parent).test_predictions
     if saved.is_file() and data_root is None:
         stored = SplitPredictions.load(saved)
         if stored.checkpoint_sha256 == file_digest(checkpoint).hex():
@@ -173,4 +191,4 @@ def run_test_predictions(run_dir: str | Path, data_root: str | None = None) -> S
 def save_test_predictions(run_dir: str | Path) -> Path:
     """Post-run step: write ``RUN/test_predictions.npz`` (path, label, logits per test image)."""
     run_test_predictions(run_dir)
-    return resolve_checkpoint(run_dir).parent / TEST_PREDICTIONS
+    return RunLayout(resolve_checkpoint(run_dir).parent).test_predictions

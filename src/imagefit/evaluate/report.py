@@ -32,11 +32,13 @@ from matplotlib.figure import Figure
 from imagefit import dotted
 from imagefit.config import Config
 from imagefit.evaluate import plots
+from imagefit.evaluate.compare import verdict
 from imagefit.evaluate.evidence import RunEvidence, read_evidence, read_vs_baseline
-from imagefit.fileio import atomic_write
+from imagefit.fileio import atomic_write, make_dirs
 from imagefit.runs import layout
 from imagefit.runs.layout import CONFIG, RunLayout
-from imagefit.runs.reader import RunRecord, load_run
+from imagefit.runs.reader import RunRecord, load_run, read_json, require_trained, trained_config
+from imagefit.runs.records import split_label
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,12 @@ def _differs(a: Any, b: Any) -> bool:
 # --------------------------------------------------------------------------- one run
 
 
+def _tta(metrics: dict) -> str:
+    """`` (tta flip: 91.2%)`` beside the plain test accuracy of a run tested with TTA too."""
+    tta = metrics.get("tta")
+    return f" ({_e(tta['mode'])}: {_pct(tta.get('accuracy'))})" if isinstance(tta, dict) else ""
+
+
 def _test_accuracy(record: RunRecord) -> float | None:
     # summary.json repeats it, so a run whose metrics.json is lost still shows it.
     return record.metrics.get("accuracy", record.summary.test_accuracy)
@@ -238,6 +246,63 @@ def _interval_text(evidence: RunEvidence) -> str:
     return f"{ci.level:.0%} CI {100 * ci.low:.1f}–{100 * ci.high:.1f} %"
 
 
+def unapplied_edits(record: RunRecord) -> dict[str, list[Any]]:
+    """``config.yaml`` keys edited since the run last trained, ``{key: [ran, edited]}``; the
+    record's config becomes the one that ran, so the page shows what ran."""
+    ran = trained_config(record.path)
+    if not ran or not record.config:
+        return {}
+    before, after = flatten_config(ran), flatten_config(record.config)
+    edits = {
+        key: [before.get(key), after.get(key)]
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    }
+    if edits:
+        record.config = ran
+    return edits
+
+
+def _lifecycle_notes(record: RunRecord) -> list[str]:
+    """Untrained, reported on val, edited config not run, edits applied by resumes."""
+    notes = []
+    if not record.trained:
+        notes.append(
+            _note(
+                "<strong>UNTRAINED</strong>: this run has no finished epoch; its weights are "
+                "the initial ones and nothing here describes a trained model.",
+                warn=True,
+            )
+        )
+    split = record.metrics.get("split")
+    if split and split != "test":
+        notes.append(_note(f"Metrics reported on: {_e(split_label(split))}", warn=True))
+    if record.config_edits:
+        changes = "; ".join(
+            f"{key}: {_config_value(a)} → {_config_value(b)}"
+            for key, (a, b) in record.config_edits.items()
+        )
+        notes.append(
+            _note(
+                f"{CONFIG} was edited after the run last trained; these edits have not run "
+                f"(shown: the config that ran): {_e(changes)}",
+                warn=True,
+            )
+        )
+    applied = [
+        f"at epoch {e.get('epoch')}: "
+        + ", ".join(
+            f"{k} {_config_value(c.get('from'))} → {_config_value(c.get('to'))}"
+            for k, c in e["changed"].items()
+        )
+        for e in read_json(RunLayout(record.path).resume) or []
+        if isinstance(e, dict) and isinstance(e.get("changed"), dict) and e["changed"]
+    ]
+    if applied:
+        notes.append(_note(f"Resumed with edited config: {_e('; '.join(applied))}"))
+    return notes
+
+
 def _headline(record: RunRecord, evidence: RunEvidence) -> str:
     """The answer: test accuracy with its interval and the numbers a reader asks next."""
     m, s = record.metrics, record.summary
@@ -248,6 +313,11 @@ def _headline(record: RunRecord, evidence: RunEvidence) -> str:
         else f"no readable {layout.TEST_PREDICTIONS}: no interval"
     )
     cards = [_card("Test accuracy", _pct(_test_accuracy(record)), sub)]
+    tta = m.get("tta")
+    if isinstance(tta, dict):  # tested with test-time augmentation too (train.tta)
+        cards.append(
+            _card(f"Test accuracy with TTA ({_e(tta['mode'])})", _pct(tta.get("accuracy")))
+        )
     if m.get("top5_accuracy") is not None:  # None with five classes or fewer
         cards.append(_card("Top-5 accuracy", _pct(m["top5_accuracy"])))
     cards.append(_card("F1 macro", _pct(m.get("f1_macro"))))
@@ -279,6 +349,7 @@ def _headline(record: RunRecord, evidence: RunEvidence) -> str:
                 warn=True,
             )
         )
+    parts.extend(_lifecycle_notes(record))
     parts.extend(_ledger_notes(evidence))
     if record.missing:
         parts.append(_note(f"Missing: {_e(', '.join(record.missing))}", warn=True))
@@ -467,6 +538,50 @@ def _config(record: RunRecord) -> str:
     )
 
 
+def _multilabel_section(record: RunRecord, figures: Mapping[str, Figure]) -> str:
+    """A multi-label run: its test mAP and F1s, per-class AP bars and PR curves, and the
+    per-class thresholds (the accuracy column above is the exact-match rate)."""
+    m = record.metrics
+    rows = [
+        [f"<td>{_e(label)}</td>", f'<td class="num">{_pct(m.get(key))}</td>']
+        for label, key in (
+            ("mAP", "map"),
+            ("F1 micro", "f1_micro"),
+            ("F1 macro", "f1_macro"),
+            ("subset accuracy", "subset_accuracy"),
+        )
+    ]
+    parts = ["<h3>Multi-label test metrics</h3>", _table(["Metric", "Test"], rows)]
+    for filename in ("per_class_ap.png", "precision_recall.png"):
+        if filename in figures:
+            parts.append(_img(figures[filename], filename.removesuffix(".png").replace("_", " ")))
+    per_class = m.get("per_class") or {}
+    if per_class:
+        header = ["Class", "AP", "Precision", "Recall", "Threshold", "Support"]
+        table = [
+            [f"<td>{_e(name)}</td>"]
+            + [
+                f'<td class="num">{_pct(values.get(key))}</td>'
+                for key in ("ap", "precision", "recall")
+            ]
+            + [
+                '<td class="num">{:.3f}</td>'.format(values.get("threshold", 0.0)),
+                f'<td class="num">{_int(values.get("support"))}</td>',
+            ]
+            for name, values in per_class.items()
+        ]
+        parts.append(_table(header, table))
+    return "".join(parts)
+
+
+def _classes_section(record: RunRecord, figures: Mapping[str, Figure]) -> str:
+    """The confusion matrix; a multi-label run has none (its classes overlap): its per-class
+    AP, PR curves and thresholds instead."""
+    if record.metrics.get("task") == "multilabel":
+        return _section("multilabel", "Per-class results", _multilabel_section(record, figures))
+    return _section("confusion", "Confusion matrix", _confusion(record, figures))
+
+
 def _single_run_body(record: RunRecord, name: str, out: Path) -> list[str]:
     evidence = read_evidence(record.path)
     figures = plots.run_figures(record)
@@ -483,7 +598,7 @@ def _single_run_body(record: RunRecord, name: str, out: Path) -> list[str]:
             + _headline(record, evidence),
         ),
         _section("curves", "Learning curves", curves),
-        _section("confusion", "Confusion matrix", _confusion(record, figures)),
+        _classes_section(record, figures),
         _section("mistakes", "Mistakes", _mistakes(evidence)),
         _section("calibration", "Calibration", _calibration(record, evidence)),
         _section("config", "Configuration", _config(record)),
@@ -500,7 +615,7 @@ def _comparison_table(
     out: Path,
 ) -> str:
     tests = [_test_accuracy(r) for r in records]
-    top = max((t for t in tests if _is_number(t)), default=None)
+    top = max((t for t in tests if t is not None and _is_number(t)), default=None)
     top5 = any(r.metrics.get("top5_accuracy") is not None for r in records)
     header = [
         "Run",
@@ -530,7 +645,7 @@ def _comparison_table(
                 f'<td><a href="{_e(_link(record.path, out))}">{_e(name)}</a></td>',
                 f"<td>{_e(model)}</td>",
                 f"<td>{_e(s.status or '—')}</td>",
-                f'<td class="num{" best" if best else ""}">{_pct(test)}</td>',
+                f'<td class="num{" best" if best else ""}">{_pct(test)}{_tta(m)}</td>',
                 number(
                     f"{_pct(ev.interval.low)} – {_pct(ev.interval.high)}" if ev.interval else "—"
                 ),
@@ -555,17 +670,10 @@ def _vs_baseline_table(rows: Sequence[Mapping[str, Any]]) -> str:
             cells = ["—", "—", "baseline"]
         else:
             low, high = r["interval"]
-            verdict = (
-                "<b>beats baseline at 95%</b>"
-                if r.get("beats_baseline")
-                else "worse than baseline at 95%"
-                if r.get("worse_than_baseline")
-                else "no clear difference at 95%"
-            )
             cells = [
                 _signed_pct(r["difference"]),
                 f"{_signed_pct(low)} … {_signed_pct(high)}",
-                verdict,
+                f"<b>{verdict(r)}</b>" if r.get("beats_baseline") else verdict(r),
             ]
         body.append(
             [f"<td>{_e(r.get('name'))}</td>", f'<td class="num">{_int(r.get("seeds"))}</td>']
@@ -682,6 +790,7 @@ def write_report(
     out: Path,
     title: str | None = None,
     sweep_dir: Path | None = None,
+    allow_untrained: bool = False,
 ) -> Path:
     """Write one self-contained HTML page about ``run_dirs`` to ``out`` and return ``out``.
 
@@ -695,6 +804,9 @@ def write_report(
         raise ValueError("write_report needs at least one run folder")
     out = Path(out)
     records = [load_run(Path(d)) for d in run_dirs]
+    for record in records:  # a run with no finished epoch: refused, or labelled
+        require_trained(record.path, record.finished_epochs, allow_untrained)
+        record.config_edits = unapplied_edits(record)
     for record in records:
         if record.missing:
             log.warning("%s: missing %s", record.path, ", ".join(record.missing))
@@ -713,6 +825,6 @@ def write_report(
         ),
         body="\n".join(body),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     atomic_write(out, page, what="the report")
     return out

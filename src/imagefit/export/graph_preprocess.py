@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imagefit.data.images import load_rgb, resize_center_crop, resize_plan
+from imagefit.data.images import load_rgb, resize_center_crop
 from imagefit.data.inputs import normalise
 from imagefit.errors import DataError
 from imagefit.export import ExportError
@@ -86,18 +86,13 @@ def describe(params: dict[str, Any]) -> str:
 def reference_pixels(image: Image.Image, params: dict[str, Any]) -> np.ndarray:
     """The evaluation pixels (S, S, 3) uint8 of an RGB image under ``params``.
 
-    With crop_pct 1 and bilinear this is :func:`resize_center_crop` itself, the function the
-    loaders use; otherwise the same plan with the resize target ``resize_size``.
+    This is :func:`resize_center_crop`, the function the evaluation loaders, ``predict`` and
+    serving use, with the run's crop_pct and interpolation.
     """
-    size, target = params["image_size"], params["resize_size"]
-    if target == size and params["interpolation"] == "bilinear":
-        return np.asarray(resize_center_crop(image, size), dtype=np.uint8)
-    plan = resize_plan(*image.size, target)
-    if plan is not None:
-        new_w, new_h, _, _ = plan
-        image = image.resize((new_w, new_h), INTERPOLATIONS[params["interpolation"]][1])
-    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    pixels = resize_center_crop(
+        image, params["image_size"], params["crop_pct"], params["interpolation"]
+    )
+    return np.asarray(pixels, dtype=np.uint8)
 
 
 def preprocessing_graph(params: dict[str, Any], output: str) -> Any:
@@ -119,7 +114,7 @@ def preprocessing_graph(params: dict[str, Any], output: str) -> Any:
         const("pp_hw", [0, 1], np.int64),
         const("pp_target", float(target), np.float64),
         const("pp_target_i", [target, target], np.int64),
-        const("pp_two", [2, 2], np.int64),
+        const("pp_two_f", 2.0, np.float64),
         const("pp_size", [size, size], np.int64),
         const("pp_one3", [1], np.int64),
         const("pp_three", [3], np.int64),
@@ -129,24 +124,28 @@ def preprocessing_graph(params: dict[str, Any], output: str) -> Any:
     ]
     node = helper.make_node
     nodes = [
-        # (H, W) of the input, then resize_plan's arithmetic in float64 like Python's floats:
-        # scale = target / min(H, W); new = max(target, round(side * scale)) (both round half
-        # to even).
+        # (H, W) of the input, then resize_plan's (torchvision's) arithmetic in float64 like
+        # Python's floats: new = int(target * side / min(H, W)), the shorter side exactly
+        # target (Max guards it against a float64 result a hair below).
         node("Shape", [PIXELS], ["pp_shape"]),
         node("Gather", ["pp_shape", "pp_hw"], ["pp_hw_i"]),
         node("Cast", ["pp_hw_i"], ["pp_hw_f"], to=TensorProto.DOUBLE),
         node("ReduceMin", ["pp_hw_f"], ["pp_short"], keepdims=0),
-        node("Div", ["pp_target", "pp_short"], ["pp_scale"]),
-        node("Mul", ["pp_hw_f", "pp_scale"], ["pp_scaled"]),
-        node("Round", ["pp_scaled"], ["pp_rounded"]),
-        node("Cast", ["pp_rounded"], ["pp_new_i"], to=TensorProto.INT64),
+        node("Mul", ["pp_hw_f", "pp_target"], ["pp_stretched"]),
+        node("Div", ["pp_stretched", "pp_short"], ["pp_scaled"]),
+        node("Floor", ["pp_scaled"], ["pp_floored"]),
+        node("Cast", ["pp_floored"], ["pp_new_i"], to=TensorProto.INT64),
         node("Max", ["pp_new_i", "pp_target_i"], ["pp_new"]),
         node("Concat", ["pp_one3", "pp_new", "pp_three"], ["pp_sizes"], axis=0),
         node("Unsqueeze", [PIXELS, "pp_zero"], ["pp_nhwc"]),
         node("Resize", ["pp_nhwc", "", "", "pp_sizes"], ["pp_resized"], **resize_attrs),
-        # centre crop: offset (new - size) // 2 on H and W
+        # centre crop: offset int(round((new - size) / 2)) on H and W (round half to even,
+        # as Python's round and ONNX's Round)
         node("Sub", ["pp_new", "pp_size"], ["pp_excess"]),
-        node("Div", ["pp_excess", "pp_two"], ["pp_start"]),
+        node("Cast", ["pp_excess"], ["pp_excess_f"], to=TensorProto.DOUBLE),
+        node("Div", ["pp_excess_f", "pp_two_f"], ["pp_half"]),
+        node("Round", ["pp_half"], ["pp_half_r"]),
+        node("Cast", ["pp_half_r"], ["pp_start"], to=TensorProto.INT64),
         node("Add", ["pp_start", "pp_size"], ["pp_end"]),
         node("Slice", ["pp_resized", "pp_start", "pp_end", "pp_axes"], ["pp_crop"]),
         node("Cast", ["pp_crop"], ["pp_float"], to=TensorProto.FLOAT),

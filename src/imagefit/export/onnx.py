@@ -9,8 +9,10 @@ ONNX Runtime and PyTorch and compares the logits; ``RUN/export.json`` records th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,12 +25,16 @@ from torch import nn
 
 import imagefit
 from imagefit.config import Config
+from imagefit.data.images import resize_size
 from imagefit.data.inputs import normalise
+from imagefit.data.store import PixelSpec
+from imagefit.errors import MetadataError
 from imagefit.export import ExportError
 from imagefit.export.preprocess import real_inputs
-from imagefit.fileio import write_json
+from imagefit.fileio import check_writable, write_error, write_errors, write_json
 from imagefit.models.trained import load_trained, resolve_checkpoint
 from imagefit.runs.layout import RunLayout, rejected_name
+from imagefit.runs.meta import check_output_width, validate_meta
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,16 @@ META_PREFIX = "imagefit."
 # rtol 1e-3, atol 1e-5 (torchvision's test_onnx likewise); anything looser hides real bugs.
 RTOL, ATOL = 1e-3, 1e-5
 VERIFY_IMAGES = 16
-PREPROCESSING = (
-    "RGB; shorter side resized to image_size (bilinear, antialiased); centre crop "
-    "image_size x image_size; (pixel - 255*mean) / (255*std); NCHW float32"
-)
+
+
+def preprocessing_text(meta: dict[str, Any]) -> str:
+    """What a consumer does to an image before the model: the run's evaluation pixels."""
+    spec = PixelSpec.from_meta(meta)
+    return (
+        f"RGB; shorter side resized to int(image_size / crop_pct) = "
+        f"{resize_size(spec.size, spec.crop_pct)} ({spec.interpolation}, antialiased); centre "
+        "crop image_size x image_size; (pixel - 255*mean) / (255*std); NCHW float32"
+    )
 
 
 def export_onnx(
@@ -52,6 +64,7 @@ def export_onnx(
     verify: bool = True,
     batch_sizes: Sequence[int] = (1, 8),
     with_preprocessing: bool = False,
+    allow_untrained: bool = False,
 ) -> dict[str, Any]:
     """Export a run folder or checkpoint to ONNX; return (and write to RUN/export.json) a report.
 
@@ -60,18 +73,24 @@ def export_onnx(
     outputs differ from PyTorch beyond rtol 1e-3 / atol 1e-5 (then export.json is written and
     the file is renamed ``*.rejected.onnx``). ``with_preprocessing`` adds
     ``<out stem>.preprocess.onnx`` whose input is one uint8 RGB image of any size
-    (:mod:`imagefit.export.graph_preprocess`).
+    (:mod:`imagefit.export.graph_preprocess`). A run with no finished epoch is refused
+    unless ``allow_untrained``; then the file carries ``imagefit.trained=false``.
     """
+    check_opset(opset)
     checkpoint = resolve_checkpoint(target)
     run_dir = checkpoint.parent
-    model, meta, _ = load_trained(checkpoint)
+    model, meta, _ = load_trained(checkpoint, allow_untrained=allow_untrained)
     path = Path(out) if out is not None else RunLayout(run_dir).onnx
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Both folders are written (the model, export.json): say so now if one cannot be, rather
+    # than let the exporter fail on its temp file with an error that blames the model.
+    check_writable(run_dir, "the run folder")
+    check_writable(path.parent, "the ONNX file's folder")
     started = time.perf_counter()
     exporter = write_onnx(model, meta, path, opset)
     result: dict[str, Any] = {
         "onnx": str(path),
         "checkpoint": str(checkpoint),
+        "trained": meta["trained"],
         "arch": meta["arch"],
         "opset": opset,
         "exporter": exporter,
@@ -92,7 +111,7 @@ def export_onnx(
         from imagefit.export.graph_preprocess import export_preprocessing, raise_if_rejected
 
         result["with_preprocessing"] = export_preprocessing(path, meta, run_dir)
-    write_json(RunLayout(run_dir).export, result)
+    write_json(RunLayout(run_dir).export, stored_paths(result, RunLayout(run_dir)))
     if with_preprocessing:
         raise_if_rejected(result["with_preprocessing"], RunLayout(run_dir).export)
     log.info(
@@ -118,6 +137,24 @@ def export_after_training(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+PATH_KEYS = ("onnx", "checkpoint")  # the keys of export.json (at any depth) that hold paths
+
+
+def stored_paths(result: dict[str, Any], layout: RunLayout) -> dict[str, Any]:
+    """``result`` as ``export.json`` stores it: the run's own files relative to its folder.
+
+    The returned result keeps usable paths (the caller opens them); the record must stay
+    true when the run folder moves."""
+    return {
+        key: stored_paths(value, layout)
+        if isinstance(value, dict)
+        else layout.stored(value)
+        if key in PATH_KEYS and isinstance(value, str)
+        else value
+        for key, value in result.items()
+    }
+
+
 def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
     """A file that does not reproduce PyTorch moves to ``*.rejected.onnx``, so that nothing
     picks it up by its usual name; export.json records why, then ExportError is raised."""
@@ -129,11 +166,31 @@ def _reject_if_failed(result: dict[str, Any], run_dir: Path) -> None:
     path.replace(rejected)
     result["onnx"] = str(rejected)
     record = RunLayout(run_dir).export
-    write_json(record, result)
+    write_json(record, stored_paths(result, RunLayout(run_dir)))
     raise ExportError(
         f"{path}: ONNX Runtime does not reproduce PyTorch ({check['summary']}); "
         f"kept as {rejected.name} for inspection, details in {record}"
     )
+
+
+def opset_range() -> tuple[int, int]:
+    """The opsets this torch.onnx can write (its own constants; a fallback for other versions)."""
+    from torch.onnx import _constants
+
+    return (
+        getattr(_constants, "ONNX_MIN_OPSET", 7),
+        getattr(_constants, "ONNX_MAX_OPSET", 20),
+    )
+
+
+def check_opset(opset: int) -> None:
+    """An opset torch.onnx cannot write fails here in one line, not deep in the exporter."""
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise ExportError(
+            f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {low} to {high} "
+            "(17 is a safe choice; 18 and up use the torch.export exporter)"
+        )
 
 
 def write_onnx(model: nn.Module, meta: dict[str, Any], path: Path, opset: int) -> str:
@@ -142,26 +199,47 @@ def write_onnx(model: nn.Module, meta: dict[str, Any], path: Path, opset: int) -
 
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        with write_errors(path, "the ONNX file"):
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
         try:
             exporter = _torch_export(model, meta["image_size"], tmp, opset)
         except Exception as exc:  # torch raises many types here; say which arch and opset failed
+            os_error = _os_error(exc)
+            if os_error is not None:  # the file system, not the model
+                raise write_error(path, os_error, "the ONNX file") from None
+            # The details (often a dump of the TorchScript graph) go to the debug log only.
+            log.debug(
+                "torch.onnx.export of %s at opset %d failed", meta["arch"], opset, exc_info=exc
+            )
             hint = "; the torch.export exporter may succeed: try --opset 18" if opset < 18 else ""
-            # Only the first line: the rest is a dump of the TorchScript graph.
             reason = (str(exc).strip().splitlines() or [""])[0]
             raise ExportError(
                 f"{path}: torch.onnx.export of {meta['arch']} failed at opset {opset}: "
-                f"{type(exc).__name__}: {reason}{hint}"
-            ) from exc
+                f"{type(exc).__name__}: {reason}{hint} (details with -v)"
+            ) from None
         proto = onnx.load(str(tmp))
         _check_opset(proto, opset, path)
         onnx.helper.set_model_props(proto, metadata_props(meta))
         proto.doc_string = f"imagefit {meta['arch']} classifier, {meta['num_classes']} classes"
-        onnx.save(proto, str(tmp))
+        with write_errors(path, "the ONNX file"):
+            onnx.save(proto, str(tmp))
         _full_check(tmp, path)
-        tmp.replace(path)
+        with write_errors(path, "the ONNX file"):
+            tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder must not hide the first error
+            tmp.unlink(missing_ok=True)
     return exporter
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (exporters wrap file errors in their own types), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _torch_export(model: nn.Module, size: int, path: Path, opset: int) -> str:
@@ -230,30 +308,68 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
         "std": list(meta["std"]),
         "input": INPUT,
         "output": OUTPUT,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": preprocessing_text(meta),
+        # false: weights with no finished epoch (--allow-untrained); consumers refuse or label
+        "trained": bool(meta.get("trained", True)),
     }
+    if "crop_pct" in meta:  # a model from before they were recorded goes without (legacy pixels)
+        values["crop_pct"] = float(meta["crop_pct"])
+        values["interpolation"] = str(meta.get("interpolation") or "bilinear")
     if meta.get("temperature") is not None:  # fitted by calibration: probabilities = softmax(z/T)
         values["temperature"] = float(meta["temperature"])
+    if meta.get("task") == "multilabel":  # sigmoid per class; a class is shown at its threshold
+        values["task"] = "multilabel"
+        values["thresholds"] = [float(t) for t in meta["thresholds"]]
     return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+JSON_KEYS = ("classes", "num_classes", "image_size", "mean", "std")  # stored as JSON text
+OPTIONAL_JSON_KEYS = ("temperature", "crop_pct")
+TEXT_KEYS = ("arch", "input", "interpolation")  # stored as plain text
 
 
 def read_metadata(custom: dict[str, str], source: str | Path) -> dict[str, Any]:
     """``imagefit.*`` metadata_props (e.g. ``session.get_modelmeta().custom_metadata_map``) ->
-    a meta dict like a checkpoint's (arch, classes, num_classes, image_size, mean, std)."""
-    try:
-        meta = {
-            k: json.loads(custom[META_PREFIX + k])
-            for k in ("classes", "num_classes", "image_size", "mean", "std")
-        }
-    except KeyError as exc:
+    a validated meta dict like a checkpoint's (:func:`imagefit.runs.meta.validate_meta`)."""
+    missing = [k for k in JSON_KEYS if META_PREFIX + k not in custom]
+    if missing:
         raise ExportError(
-            f"{source}: no {exc.args[0]} metadata; not an ONNX file exported by "
+            f"{source}: no {META_PREFIX}{missing[0]} metadata; not an ONNX file exported by "
             "imagefit (its preprocessing is unknown)"
-        ) from None
-    meta["arch"] = custom.get(META_PREFIX + "arch", "?")
-    meta["input"] = custom.get(META_PREFIX + "input", INPUT)
-    if META_PREFIX + "temperature" in custom:
-        meta["temperature"] = float(custom[META_PREFIX + "temperature"])
+        )
+    meta: dict[str, Any] = {"arch": "?", "input": INPUT}
+    for key in JSON_KEYS + OPTIONAL_JSON_KEYS:
+        if META_PREFIX + key not in custom:
+            continue
+        text = custom[META_PREFIX + key]
+        try:
+            meta[key] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise MetadataError(
+                f"{source}: metadata {META_PREFIX}{key} is not valid JSON ({exc.msg}): {shown!r}"
+            ) from None
+    meta.update({k: custom[META_PREFIX + k] for k in TEXT_KEYS if META_PREFIX + k in custom})
+    # absent in exports older than the field: nothing says they are untrained
+    meta["trained"] = custom.get(META_PREFIX + "trained", "true") != "false"
+    if custom.get(META_PREFIX + "task") == "multilabel":
+        meta["task"] = "multilabel"
+        try:
+            meta["thresholds"] = json.loads(custom[META_PREFIX + "thresholds"])
+        except (KeyError, ValueError):
+            raise MetadataError(
+                f"{source}: a multilabel model needs valid {META_PREFIX}thresholds JSON"
+            ) from None
+    return validate_meta(meta, source)
+
+
+def session_metadata(session: Any, source: str | Path) -> dict[str, Any]:
+    """The validated metadata of an ONNX Runtime session's model, its output width checked
+    against the class names (what predict, serve and the web page label their scores by)."""
+    meta = read_metadata(session.get_modelmeta().custom_metadata_map, source)
+    outputs = session.get_outputs()
+    shape = outputs[0].shape if outputs else None
+    check_output_width(meta, shape[-1] if shape else None, source)
     return meta
 
 
@@ -283,7 +399,9 @@ def run_session(session: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
 def _verification_inputs(meta: dict[str, Any], run_dir: Path, count: int) -> tuple[str, np.ndarray]:
     """Real images of the run (val, else test, else train), else seeded noise with a warning."""
     size = meta["image_size"]
-    split, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), count, size)
+    split, pixels, _ = real_inputs(
+        run_dir, ("val", "test", "train"), count, PixelSpec.from_meta(meta)
+    )
     if len(pixels):
         return f"{split} split of {RunLayout(run_dir).split}", normalise(
             pixels, meta["mean"], meta["std"]

@@ -1,8 +1,8 @@
 """Pixels for exported models: the training loaders' normalisation, and real images of a run.
 
 Export verification, INT8 calibration, ``predict`` and the MLflow input example all turn files
-into model inputs here, through :func:`imagefit.data.images.load_array` and the same
-arithmetic as :class:`imagefit.data.loaders.Loader`, so every path sees identical numbers.
+into model inputs here, through the run's evaluation pixels (``PixelSpec.from_meta``: its
+``image_size``, ``crop_pct`` and ``interpolation``) and the same arithmetic as :class:`imagefit.data.loaders.Loader`, so every path sees identical numbers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from imagefit.data.folder import Sample
-from imagefit.data.images import load_array
 from imagefit.data.splits import SplitManifest
+from imagefit.data.store import PixelSpec
 from imagefit.errors import DataError
 from imagefit.runs.layout import RunLayout
 
@@ -38,12 +38,16 @@ def spread(samples: Sequence[Sample], count: int) -> list[Sample]:
     return [samples[i] for i in picks]
 
 
-def load_samples(samples: Sequence[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``samples`` to (N, S, S, 3) uint8 and (N,) labels; unreadable files are skipped."""
+def load_samples(samples: Sequence[Sample], spec: PixelSpec | int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``samples`` to (N, S, S, 3) uint8 and (N,) labels; unreadable files are skipped.
+
+    ``spec``: the evaluation pixels (an int: the side, crop_pct 1, bilinear)."""
+    spec = spec if isinstance(spec, PixelSpec) else PixelSpec(spec)
+    size = spec.size
     arrays, labels = [], []
     for path, label in samples:
         try:
-            arrays.append(load_array(path, size))
+            arrays.append(spec.array(path))
         except DataError as exc:
             log.warning("skipped: %s", exc)
             continue
@@ -66,7 +70,7 @@ def split_samples(
 
 
 def real_inputs(
-    run_dir: Path, splits: Sequence[str], count: int, size: int
+    run_dir: Path, splits: Sequence[str], count: int, size: PixelSpec | int
 ) -> tuple[str, np.ndarray, np.ndarray]:
     """(split name, pixels, labels) of up to ``count`` real images of the run; empty if none."""
     name, samples = split_samples(run_dir, splits, count)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from imagefit.export import ExportError
-from imagefit.export.onnx import ort_session, read_metadata
-from imagefit.fileio import atomic_write
+from imagefit.export.onnx import ort_session, session_metadata
+from imagefit.fileio import atomic_write, make_dirs, write_errors
 from imagefit.runs import layout
 
 log = logging.getLogger(__name__)
@@ -36,19 +36,21 @@ def export_web(model: str | Path, out: str | Path, top_k: int = 5) -> Path:
     model, out = Path(model), Path(out)
     session = ort_session(model)
     custom = session.get_modelmeta().custom_metadata_map
-    meta = read_metadata(custom, model)
+    meta = session_metadata(session, model)
     input_info = session.get_inputs()[0]
     if input_info.type != "tensor(uint8)" or len(input_info.shape) != 3:
         raise ExportError(
             f"{model}: input {input_info.name} {input_info.type} {input_info.shape} is not one "
             "uint8 image (H, W, 3); export with --with-preprocessing first"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, "the page's folder")
     vendored = resources.files("imagefit.resources") / "ort-web"
-    for name in (*ORT_FILES, "LICENSE"):
-        with resources.as_file(vendored / name) as source:
-            shutil.copyfile(source, out / f"ort-web-{name}" if name == "LICENSE" else out / name)
-    shutil.copyfile(model, out / MODEL)
+    with write_errors(out, "the page's files"):
+        for name in (*ORT_FILES, "LICENSE"):
+            with resources.as_file(vendored / name) as source:
+                target = out / f"ort-web-{name}" if name == "LICENSE" else out / name
+                shutil.copyfile(source, target)
+        shutil.copyfile(model, out / MODEL)
     config = {
         "model": MODEL,
         "input": input_info.name,

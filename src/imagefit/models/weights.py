@@ -49,10 +49,11 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
         return load_file(str(path)), {}
     from imagefit.runs.checkpoint import load_checkpoint
+    from imagefit.runs.meta import validate_meta
 
     raw = load_checkpoint(path)
     if "model" in raw and "meta" in raw:  # an imagefit checkpoint
-        return raw["model"], raw["meta"]
+        return raw["model"], validate_meta(raw["meta"], path, "checkpoint meta")
     state = raw.get("state_dict", raw.get("model", raw))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
@@ -114,7 +115,10 @@ def initialise(name: str, num_classes: int, init: str, drop_rate: float = 0.0) -
             "head_replaced": replaced,
             "source_arch": meta.get("arch"),
             "source_classes": len(meta.get("classes", [])) or None,
-            "source_run": meta.get("run_dir"),
+            # meta.run_dir is relative to the checkpoint's folder (absolute in older files)
+            "source_run": str((path.parent / meta["run_dir"]).resolve())
+            if meta.get("run_dir")
+            else None,
             # how pretrained weights were made (imagefit.pipeline writes it), recipe aside
             "source_provenance": {
                 k: v for k, v in (meta.get("provenance") or {}).items() if k != "recipe"

@@ -5,6 +5,13 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 holds ``model``, ``optimizer``, ``scheduler``, ``early_stopping``, ``scaler``, ``epoch``,
 ``batch``, ``progress``, ``ranks``, ``history``, ``rng``, ``config``, ``classes`` and ``meta``
 (what travels with the weights: arch, classes, image size, mean/std, init).
+
+``last.pt`` and ``epoch_NNN.pt`` are training checkpoints (``epoch_NNN.pt`` keeps the whole
+state so that a run can be taken back to that epoch: copy it over ``last.pt`` and resume).
+``best.pt`` is a weights checkpoint (:func:`weights_checkpoint`): the weights and what
+evaluating, exporting or fine-tuning from them needs (``meta`` with its ``epoch``,
+``config``, ``classes``), without the optimizer state that would double or triple its size.
+Older ``best.pt`` files hold the whole training state and load the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 
 from imagefit.errors import CheckpointError
 from imagefit.fileio import TEMP_PREFIX, FileWriteError, atomic_open, write_error
+from imagefit.runs.pickle_probe import describe_refused
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,18 @@ class _RecordingWriter:
 
     def flush(self) -> None:
         self.handle.flush()
+
+
+WEIGHTS_KEYS = ("model", "epoch", "config", "classes", "meta")
+
+
+def weights_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights checkpoint of a training ``state``: :data:`WEIGHTS_KEYS` only, with the
+    finished epochs also in ``meta`` (``meta`` is what travels on, e.g. into an export)."""
+    kept = {key: state[key] for key in WEIGHTS_KEYS if key in state}
+    if "meta" in kept and "epoch" in state:
+        kept["meta"] = {**kept["meta"], "epoch": state["epoch"]}
+    return kept
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -91,19 +111,36 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
     return removed
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``; refuse files that would need arbitrary code."""
+def refused_message(path: Path) -> str:
+    """Why a file was refused and how to convert a trusted copy, in one line; what the file is
+    comes from reading its pickle's opcodes, never from running them."""
+    what, weights = describe_refused(path)
+    if not weights:
+        return f"{path}: refused: it is {what}"
+    target = path.with_name(f"{path.stem}.state_dict.pt")
+    convert = (
+        f"import torch; obj = torch.load({str(path)!r}, weights_only=False); "
+        f"torch.save({weights}, {str(target)!r})"
+    )
+    return (
+        f"{path}: refused: it is {what}, and loading it would run code from the file. "
+        f"If you trust where it came from, convert it once, in an environment you trust: "
+        f'python -c "{convert}"  then use {target.name}'
+    )
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load with ``weights_only=True``; refuse files that would need arbitrary code.
+    ``mmap`` leaves the tensors on disk until used (to read only a checkpoint's metadata)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused: loading it would need arbitrary code or objects that are not "
-            f"plain weights ({str(exc).splitlines()[0]}). Only load files you trust, and "
-            "re-save them as a plain state dict."
-        ) from None
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise CheckpointError(refused_message(path)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{path}: damaged or truncated checkpoint ({exc})") from None
     if not isinstance(state, dict):

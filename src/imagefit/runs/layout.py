@@ -39,8 +39,13 @@ TEST_PREDICTIONS = "test_predictions.npz"  # per-image logits of the test split
 CALIBRATION = "calibration.json"  # the fitted temperature, ECE and NLL before and after
 LEDGER = "ledger.json"  # content hashes of the split's files; test evaluations counted
 GALLERY = "gallery"  # confident mistakes and confused pairs, with Grad-CAM overlays
+RESUME = "resume.json"  # each resume: when, at which epoch, the config.yaml edits it applied
 GALLERY_JSON = "gallery.json"  # in GALLERY: the entries the report shows
 VS_BASELINE = "vs_baseline.json"  # a sweep folder's variants against its baseline variant
+# `imagefit lr-find`: its folder (under output.dir unless --out) holds only these two
+LR_FIND = "lr_find"
+LR_FIND_JSON = "lr_find.json"  # the ramp's lrs and losses, and the suggested lr
+LR_FIND_PLOT = "lr_find.png"  # loss against lr (log scale), the suggestion marked
 
 
 def epoch_checkpoint(epoch: int) -> str:
@@ -71,6 +76,15 @@ class RunLayout:
 
     def __truediv__(self, name: str) -> Path:
         return self.root / name
+
+    def stored(self, path: str | Path) -> str:
+        """``path`` as a record of this run stores it: relative to the run folder when inside
+        it (so the record stays true when the folder moves), else absolute."""
+        absolute = Path(path).absolute()
+        try:
+            return absolute.relative_to(self.root.absolute()).as_posix()
+        except ValueError:
+            return str(absolute)
 
     @property
     def config(self) -> Path:
@@ -162,3 +176,7 @@ class RunLayout:
     @property
     def gallery(self) -> Path:
         return self.root / GALLERY
+
+    @property
+    def resume(self) -> Path:
+        return self.root / RESUME

@@ -35,7 +35,9 @@ class _Record:
 
 @dataclass
 class HistoryRow(_Record):
-    """One epoch of ``history.json`` / ``history.csv``; ``val_*`` are None without a val split."""
+    """One epoch of ``history.json`` / ``history.csv``; ``val_*`` are None without a val split.
+
+    A multi-label run adds ``val_map`` (in ``extra``), so single-label files keep their columns."""
 
     epoch: int | None = None  # 1-based
     train_loss: float | None = None
@@ -47,6 +49,15 @@ class HistoryRow(_Record):
     lr: float | None = None
     phase: str | None = None  # freeze | partial | full
     time_s: float | None = None
+
+
+# What a split's metrics are called where a person reads them: with no test split a run
+# reports on val, which also picked the best epoch, so its numbers flatter the model.
+SPLIT_LABELS = {"val": "val (also used for model selection: optimistic)"}
+
+
+def split_label(split: str) -> str:
+    return SPLIT_LABELS.get(split, split)
 
 
 # seed 000's columns first, in honest names (its "test" columns were validation).
@@ -93,6 +104,15 @@ class Summary(_Record):
     early_stopped: bool | None = None
     skipped_files: int | None = None
     status: str | None = None
+    # the pixels it trained and evaluated on: mean, std, crop_pct, interpolation, store_size,
+    # and `why` (per key: config, the timm pretrained config, or a default)
+    preprocessing: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out.get("preprocessing") is None:  # summaries from before it was recorded read back
+            out.pop("preprocessing", None)  # as they were written
+        return out
 
     @classmethod
     def finished(
@@ -112,6 +132,7 @@ class Summary(_Record):
         train_images: int,
         early_stopped: bool,
         skipped_files: int,
+        preprocessing: dict[str, Any] | None = None,
     ) -> Summary:
         """The summary of a run that ended normally: the one place that derives its numbers."""
         total, trainable = params
@@ -128,13 +149,25 @@ class Summary(_Record):
             best_val_accuracy=next(
                 (r.get("val_accuracy") for r in history if r.get("epoch") == best_epoch), None
             ),
-            test_accuracy=metrics.get("accuracy") if metrics else None,
+            test_accuracy=metrics.get("accuracy")
+            if metrics and metrics.get("split", "test") == "test"
+            else None,
             wall_time_s=wall_time_s,
             train_time_s=train_time_s,
             train_images_per_s=train_images / train_time_s if train_time_s else None,
             early_stopped=early_stopped,
             skipped_files=skipped_files,
             status="finished",
+            preprocessing=preprocessing,
+            # With no test split the final metrics are on val: the summary says so as a person
+            # should read it (split_label). Only then: a run tested on test keeps the keys of
+            # the first versions.
+            extra={
+                "reported_on": split_label(metrics["split"]),
+                "reported_accuracy": metrics.get("accuracy"),
+            }
+            if metrics and metrics.get("split", "test") != "test"
+            else {},
         )
 
 
@@ -144,7 +177,9 @@ class RunResult:
 
     run_dir: Path
     history: list[dict[str, Any]]
-    metrics: dict[str, Any] | None  # test metrics of the best checkpoint (None: no test split)
+    # metrics of the best checkpoint on the reported split: test, else val (its "split" says
+    # which); None with neither
+    metrics: dict[str, Any] | None
     summary: Summary
     config: Config | None = None
     main_process: bool = True  # False on the ranks of a distributed run that write no files

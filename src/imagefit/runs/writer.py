@@ -12,8 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from imagefit.config import Config, dump_config
-from imagefit.fileio import atomic_open, atomic_write, write_json
+from imagefit.config import Config, absolute_paths, dump_config
+from imagefit.fileio import (
+    FileWriteError,
+    atomic_open,
+    atomic_write,
+    describe_os_error,
+    make_dirs,
+    write_json,
+)
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.records import HISTORY_COLUMNS, Metrics, Summary
 
@@ -21,14 +28,22 @@ from imagefit.runs.records import HISTORY_COLUMNS, Metrics, Summary
 def create_run_dir(cfg: Config) -> Path:
     """Make a new, unique run folder and write ``config.yaml`` into it.
 
-    A taken name gets a suffix (``name-2``), which is written back to ``cfg.output.name``."""
+    A taken name gets a suffix (``name-2``), which is written back to ``cfg.output.name``; the
+    data paths become absolute (:func:`imagefit.config.absolute_paths`), in ``cfg`` too."""
+    absolute_paths(cfg)
     base = Path(cfg.output.dir)
     name = cfg.output.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, suffix = base / name, 1
     while run_dir.exists():
         suffix += 1
         run_dir = base / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True)
+    make_dirs(base, "the output folder")
+    try:
+        run_dir.mkdir()
+    except OSError as exc:
+        raise FileWriteError(
+            f"{run_dir}: could not create the run folder: {describe_os_error(exc)}"
+        ) from None
     if run_dir.name != name:
         cfg.output.name = run_dir.name
     atomic_write(RunLayout(run_dir).config, dump_config(cfg))

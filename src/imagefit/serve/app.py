@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagefit.errors import ImageError
-from imagefit.export.predict import _top, softmax
+from imagefit.export.predict import label_scores
 from imagefit.serve.batching import Batcher
 from imagefit.serve.metrics import CONTENT_TYPE, Metrics
 from imagefit.serve.model import ServedModel, decode_upload, load_served_model
@@ -57,6 +57,7 @@ class Settings:
     max_wait_ms: float = 5.0
     max_body_mb: float = 20.0
     threads: int | None = None  # ONNX Runtime intra-op threads (None: all cores)
+    allow_untrained: bool = False  # serve a model exported with no finished epoch (labelled)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -72,7 +73,7 @@ class ClientError(Exception):
 
 def create_app(settings: Settings, drain: threading.Event | None = None) -> ASGIApp:
     """Load the model now (so a bad model fails before the server listens) and build the app."""
-    model = load_served_model(settings.model, settings.threads)
+    model = load_served_model(settings.model, settings.threads, settings.allow_untrained)
     return build_app(model, settings, drain or PROCESS_DRAIN)
 
 
@@ -100,8 +101,8 @@ def build_app(model: ServedModel, settings: Settings, drain: threading.Event) ->
         top_k = _top_k(request)
         name, data = (await _uploads(request, max_body, single=True))[0]
         x = await _decode(data, name, model)
-        probs = softmax((await batcher.submit(x))[None])[0]
-        return JSONResponse({"model": identity, **_top(probs, model.meta["classes"], top_k)})
+        scores = label_scores(await batcher.submit(x), model.meta, top_k)
+        return JSONResponse({"model": identity, **scores})
 
     async def predict_batch(request: Request) -> Response:
         top_k = _top_k(request)
@@ -118,8 +119,7 @@ def build_app(model: ServedModel, settings: Settings, drain: threading.Event) ->
             elif isinstance(x, BaseException):
                 raise x
             else:
-                probs = softmax(next(rows)[None])[0]
-                results.append({"file": name, **_top(probs, model.meta["classes"], top_k)})
+                results.append({"file": name, **label_scores(next(rows), model.meta, top_k)})
         return JSONResponse({"model": identity, "results": results})
 
     async def health(request: Request) -> Response:

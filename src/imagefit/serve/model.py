@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from imagefit.data.images import load_rgb, resize_center_crop
+from imagefit.data.images import load_rgb
+from imagefit.data.store import PixelSpec
 from imagefit.errors import ImagefitError
-from imagefit.export.onnx import read_metadata
+from imagefit.export.onnx import session_metadata
 from imagefit.runs import layout
+from imagefit.runs.reader import require_trained
 from imagefit.serve import ServeError
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class ServedModel:
         return {
             "model": {"name": self.name, "version": self.version, "file": str(self.path)},
             "run": self.run,
+            "trained": self.meta["trained"],
             "arch": meta["arch"],
             "classes": meta["classes"],
             "num_classes": meta["num_classes"],
@@ -60,6 +63,8 @@ class ServedModel:
             "preprocessing": {
                 "description": meta.get("preprocessing", ""),
                 "image_size": meta["image_size"],
+                "crop_pct": meta.get("crop_pct", 1.0),
+                "interpolation": meta.get("interpolation", "bilinear"),
                 "mean": meta["mean"],
                 "std": meta["std"],
             },
@@ -85,12 +90,16 @@ def resolve_model_file(target: str | Path) -> Path:
     return path
 
 
-def load_served_model(target: str | Path, threads: int | None = None) -> ServedModel:
-    """Load and describe the model; raises ServeError/ExportError with one clear line."""
+def load_served_model(
+    target: str | Path, threads: int | None = None, allow_untrained: bool = False
+) -> ServedModel:
+    """Load and describe the model; raises ServeError/ExportError with one clear line, and
+    UntrainedRunError for a model exported with no finished epoch unless ``allow_untrained``."""
     path = resolve_model_file(target)
     session = _session(path, threads)
     custom = session.get_modelmeta().custom_metadata_map
-    meta = read_metadata(custom, path)
+    meta = session_metadata(session, path)
+    require_trained(path, None if meta["trained"] else 0, allow_untrained)
     meta["preprocessing"] = custom.get("imagefit.preprocessing", "")
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
@@ -136,9 +145,8 @@ def _run_folder(path: Path) -> str | None:
 
 def decode_upload(data: bytes, name: str, meta: dict[str, Any]) -> np.ndarray:
     """Uploaded bytes -> (3, S, S) float32 model input; raises ImageError (with ``kind``)."""
-    size = meta["image_size"]
     image = load_rgb(io.BytesIO(data), name=name)
-    pixels = np.asarray(resize_center_crop(image, size), dtype=np.uint8)
+    pixels = PixelSpec.from_meta(meta).crop(image)  # the run's evaluation pixels
     return normalise_hwc(pixels, meta["mean"], meta["std"])
 
 

@@ -30,12 +30,13 @@ from typing import Any
 from imagefit import dotted
 from imagefit.config import Config, TrackConfig, apply_override
 from imagefit.errors import ConfigError, ImagefitError, Interrupted
-from imagefit.fileio import write_json
+from imagefit.fileio import make_dirs, write_json
 from imagefit.model_names import BASELINES
 from imagefit.runs.layout import PLOTS, REPORT, RunLayout
 from imagefit.runs.reader import read_config, read_json, read_summary
 from imagefit.sweep import table
 from imagefit.sweep.baseline import run_hog_svm_baseline
+from imagefit.sweep.claims import CLAIMS, claimed
 from imagefit.sweep.spec import SweepSpec, Trial
 from imagefit.track.mlflow_sink import log_parent_artifacts, mlflow_parent
 from imagefit.train.hooks import EpochHook
@@ -52,6 +53,11 @@ class SweepResult:
     records: list[dict[str, Any]]  # one per run (trial x seed), as in all_results.json
     groups: list[dict[str, Any]]  # mean/std over seeds per trial (empty without seeds)
     files: dict[str, Path]
+
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        """``{"name", "error"}`` of every trial that raised (pruned ones are not failures)."""
+        return table.failed_trials(self.records)
 
 
 def trial_state(run_dir: Path) -> str:
@@ -171,9 +177,41 @@ def execute(spec: SweepSpec, trial: Trial, hook: EpochHook | None = None) -> dic
 
 
 def _run_planned(spec: SweepSpec, records: list[dict[str, Any]]) -> None:
+    """Every planned trial this process can claim; then the others' trials as they stand.
+
+    Several processes may run one sweep folder: a claim file per trial makes each take the
+    next trial nobody runs (:mod:`imagefit.sweep.claims`)."""
     for index, trial in enumerate(spec.trials, 1):
-        log.info("sweep %s: trial %d/%d %s", spec.name, index, len(spec.trials), trial.name)
-        records.append(execute(spec, trial))
+        if trial_state(spec.out / "runs" / trial.name) in ("finished", "pruned"):
+            records.append(execute(spec, trial))  # skipped: it says so
+            continue
+        with claimed(spec.out, trial.name) as mine:
+            if not mine:
+                log.info("sweep %s: trial %s runs in another process", spec.name, trial.name)
+                continue
+            log.info("sweep %s: trial %d/%d %s", spec.name, index, len(spec.trials), trial.name)
+            records.append(execute(spec, trial))
+    records.extend(others_records(spec, records))
+
+
+def others_records(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of the planned trials other processes ran (``running`` while a claim is held)."""
+    done = {r["name"] for r in records}
+    result = []
+    for trial in spec.trials:
+        if trial.name in done:
+            continue
+        run_dir = spec.out / "runs" / trial.name
+        state = trial_state(run_dir)
+        own = read_json(RunLayout(run_dir).trial) or {}
+        if state in ("finished", "pruned"):
+            status = state
+        elif (spec.out / CLAIMS / trial.name).exists():
+            status = "running"
+        else:
+            status = own.get("status") or ("interrupted" if state == "resume" else "pending")
+        result.append(table.run_record(trial, run_dir, spec.out, status, own.get("error")))
+    return result
 
 
 def _visuals(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
@@ -237,7 +275,7 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
             "a sweep runs its trials one after another in one process; under "
             "torchrun, launch each trial as `torchrun ... -m imagefit train`"
         )
-    (spec.out / "runs").mkdir(parents=True, exist_ok=True)
+    make_dirs(spec.out / "runs")
     table.write_sweep_file(spec)
     track = sweep_track(spec)
     if not track.mlflow:

@@ -74,6 +74,8 @@ class SearchSpec:
     pruner: dict[str, Any]
     storage: str | None
     study: str
+    heartbeat_s: int = 30
+    retries: int = 2
 
 
 @dataclass
@@ -179,6 +181,10 @@ class SearchSection(Section):
     pruner: PrunerChoice = PrunerChoice()
     storage: str | None = None  # a database URL; default SQLite in the sweep folder
     study: str | None = None  # default: the sweep's name
+    # Workers sharing the storage: each running trial beats this often; one silent for 3 beats
+    # (its worker was killed) is failed and run again, from its last.pt, up to `retries` times
+    heartbeat_s: int = Field(30, ge=1)
+    retries: int = Field(2, ge=0)
 
 
 class SweepFile(Section):
@@ -262,6 +268,8 @@ def _search_spec(section: SearchSection, default_metric: str, default_study: str
         section.pruner.model_dump(exclude_unset=True),
         section.storage,
         section.study or default_study,
+        section.heartbeat_s,
+        section.retries,
     )
 
 

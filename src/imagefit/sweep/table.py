@@ -18,7 +18,7 @@ import yaml
 
 from imagefit.errors import ImagefitError
 from imagefit.fileio import atomic_open, atomic_write, write_json
-from imagefit.runs.layout import VS_BASELINE
+from imagefit.runs.layout import VS_BASELINE, RunLayout
 from imagefit.runs.reader import read_history, read_json, read_metrics, read_summary
 from imagefit.sweep.spec import SweepSpec, Trial
 
@@ -27,6 +27,7 @@ __all__ = ["read_json"]  # the sweep's own files read as the runs' do
 log = logging.getLogger(__name__)
 
 TEST_KEYS = (
+    "split",  # "val" when the dataset has no test split (optimistic: it chose the epoch)
     "accuracy",
     "top5_accuracy",
     "f1_macro",
@@ -260,11 +261,10 @@ def _vs_baseline(out: Path, records: list[dict[str, Any]]) -> str:
     (computing them is an evaluation per run: ``imagefit diff SWEEP_DIR`` does it on request);
     its rows also go to ``vs_baseline.json``, which the sweep's report shows."""
     from imagefit.evaluate.compare import sweep_vs_baseline, vs_baseline_markdown
-    from imagefit.evaluate.predictions import TEST_PREDICTIONS
 
     done = [r for r in records if r["status"] == "finished"]
     if len({r["group"] for r in done}) < 2 or not all(
-        (out / r["run_dir"] / TEST_PREDICTIONS).is_file() for r in done
+        RunLayout(out / r["run_dir"]).test_predictions.is_file() for r in done
     ):
         return ""
     try:
@@ -279,11 +279,25 @@ def _vs_baseline(out: Path, records: list[dict[str, Any]]) -> str:
     )
 
 
+def failed_trials(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Name and error line of each failed run, in order: what a sweep ends by naming."""
+    return [
+        {"name": r["name"], "error": first_line(r.get("error"))}
+        for r in records
+        if r["status"] == "failed"
+    ]
+
+
+def first_line(error: str | None) -> str:
+    lines = (error or "").strip().splitlines()
+    return lines[0] if lines else "unknown error"
+
+
 def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, Path]:
     """Write all_results.json, results.md and results.csv into ``spec.out``."""
     groups = group_records(records) if spec.seeds else []
     search = vars(spec.search) if spec.search else None
-    doc = {
+    doc: dict[str, Any] = {
         "sweep": spec.name,
         "file": str(spec.path),
         "base": str(spec.base),
@@ -295,6 +309,7 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "trials": records,
         "groups": groups,
+        "failed": failed_trials(records),  # a reader sees at once that not all trials ran
     }
     files = {
         "all_results": spec.out / "all_results.json",
@@ -309,6 +324,10 @@ def write_results(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[str, P
     if groups:
         text += "\n## Mean ± std over seeds\n\n" + _markdown(*groups_table(groups))
     text += _vs_baseline(spec.out, records)
+    if doc["failed"]:
+        text += "\n## Failed trials\n\n" + "".join(
+            f"- `{f['name']}`: {f['error']}\n" for f in doc["failed"]
+        )
     atomic_write(files["results_md"], text)
     with atomic_open(files["results_csv"], "w") as handle:
         header, rows = _csv_rows(records)

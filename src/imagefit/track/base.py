@@ -10,7 +10,7 @@ caller ends it with ``log_final`` after the post-run steps and ``close`` (see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -34,6 +34,13 @@ class Sink(Protocol):
 SINKS: dict[str, tuple[Callable[[Config], bool], Callable[[Config, Path], Sink]]] = {}
 
 SinkFactory = TypeVar("SinkFactory", bound=Callable[[Config, Path], Sink])
+
+
+def final_prefix(metrics: Mapping[str, Any]) -> str:
+    """The name prefix of a run's final metrics: ``test_``, or ``val_reported_`` for a run
+    with no test split (apart from the per-epoch ``val_*`` curves, and never called test)."""
+    split = metrics.get("split") or "test"
+    return "test_" if split == "test" else f"{split}_reported_"
 
 
 def register_sink(

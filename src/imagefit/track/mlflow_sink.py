@@ -39,7 +39,7 @@ from imagefit.fileio import write_json
 from imagefit.runs import layout
 from imagefit.runs.layout import RunLayout
 from imagefit.runs.reader import read_json
-from imagefit.track.base import register_sink
+from imagefit.track.base import final_prefix, register_sink
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class MlflowSink:
         )
         with self._explained():
             self._metrics(
-                {f"test_{k}": v for k, v in metrics.items()},
+                {f"{final_prefix(metrics)}{k}": v for k, v in metrics.items()},
                 step=int(summary.get("epochs_run") or 0),
             )
             self._metrics({k: summary.get(k) for k in keep})
@@ -366,10 +366,11 @@ def _input_example(run_dir: Path, meta: dict[str, Any]) -> Any:
     import numpy as np
 
     from imagefit.data.inputs import normalise
+    from imagefit.data.store import PixelSpec
     from imagefit.export.preprocess import real_inputs
 
     size = meta["image_size"]
-    _, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), 2, size)
+    _, pixels, _ = real_inputs(run_dir, ("val", "test", "train"), 2, PixelSpec.from_meta(meta))
     if len(pixels) < 2:
         pixels = np.zeros((2, size, size, 3), np.uint8)
     return normalise(pixels, meta["mean"], meta["std"])

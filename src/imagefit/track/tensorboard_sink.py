@@ -11,7 +11,7 @@ from typing import Any
 
 from imagefit.config import Config, dump_config
 from imagefit.runs.layout import RunLayout
-from imagefit.track.base import register_sink
+from imagefit.track.base import final_prefix, register_sink
 from imagefit.track.mlflow_sink import TrackingError
 
 
@@ -50,7 +50,7 @@ class TensorBoardSink:
     def log_final(self, metrics: dict[str, Any], summary: dict[str, Any], run_dir: Path) -> None:
         step = int(summary.get("epochs_run") or self.last_epoch)
         for key, value in _numbers(metrics).items():
-            self.writer.add_scalar(f"test_{key}", value, global_step=step)
+            self.writer.add_scalar(f"{final_prefix(metrics)}{key}", value, global_step=step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -22,20 +22,30 @@ import torch
 from torch import nn
 
 from imagefit.config import Config, config_from_dict
-from imagefit.data.loaders import DataBundle, derive_seed
+from imagefit.data.loaders import DataBundle, Loader, derive_seed
 from imagefit.datasets.sources import build_data
 from imagefit.errors import CheckpointError, ConfigError, Interrupted
-from imagefit.evaluate.inference import Precision, evaluate
+from imagefit.evaluate.inference import Precision, evaluate, evaluate_modes
 from imagefit.evaluate.ledger import note_test_use, record_split
 from imagefit.evaluate.metrics import compute_metrics
+from imagefit.evaluate.multilabel import multilabel_metrics
+from imagefit.evaluate.tta import TTA_METRICS
 from imagefit.fileio import remove_partial_writes as remove_partial_records
 from imagefit.models.registry import create_model
 from imagefit.models.transfer import apply_strategy, count_parameters
 from imagefit.runs import writer
-from imagefit.runs.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
+from imagefit.runs.checkpoint import (
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+    weights_checkpoint,
+)
 from imagefit.runs.environment import environment
 from imagefit.runs.layout import RunLayout
-from imagefit.runs.records import HistoryRow, RunResult, Summary
+from imagefit.runs.reader import read_config
+from imagefit.runs.records import HistoryRow, RunResult, Summary, split_label
+from imagefit.train.average import WeightAverage, better_weights
+from imagefit.train.config_edits import reconcile, record_resume
 from imagefit.train.distributed import Distributed, TrainingModule, convert_sync_bn, session
 from imagefit.train.hooks import EpochHook, RunObserver
 from imagefit.train.loop import EpochProgress, train_one_epoch
@@ -48,6 +58,7 @@ from imagefit.train.stopping import EarlyStopping
 log = logging.getLogger(__name__)
 
 LOGGED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")  # the epoch's log line
+VAL_KEYS = ("loss", "accuracy", "top5_accuracy", "f1_macro")  # history's val_* columns
 __all__ = ["EpochHook", "RunObserver", "RunResult", "fit"]
 
 
@@ -64,7 +75,9 @@ class Run:
     stopper: EarlyStopping
     precision: Precision
     criterion: nn.Module
+    ema: WeightAverage | None = None  # train.ema_decay > 0
     epoch: int = 0
+    optimizer_steps: int = 0  # over the whole run: the weight average's warmup counts them
     progress: EpochProgress = field(default_factory=EpochProgress)
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -75,6 +88,11 @@ class Run:
     wrap: TrainingModule = field(
         default_factory=lambda: TrainingModule(Distributed())
     )  # DDP, compile
+    thresholds: list[float] | None = None  # multi-label: per class, tuned on the last val
+
+    @property
+    def multilabel(self) -> bool:
+        return self.cfg.data.task == "multilabel"
 
     @property
     def layout(self) -> RunLayout:
@@ -89,18 +107,32 @@ class Run:
 
     def meta(self) -> dict[str, Any]:
         """What travels with the weights: enough to rebuild and preprocess without the config."""
-        d = self.cfg.data
+        d, pre = self.cfg.data, self.data.preprocessing
+        assert pre is not None  # build_data always resolves it
         return {
             "arch": self.cfg.model.name,
             "classes": self.data.classes,
             "num_classes": len(self.data.classes),
             "image_size": d.image_size,
-            "mean": list(d.mean),
-            "std": list(d.std),
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            # evaluation pixels: shorter side int(image_size / crop_pct), centre crop
+            "crop_pct": pre.crop_pct,
+            "interpolation": pre.interpolation,
             "decoder": d.decoder,
-            "run_dir": str(self.run_dir.resolve()),
+            # relative to the checkpoint's own folder, so it stays true when the folder moves
+            "run_dir": ".",
             "init": getattr(self.model, "imagefit_init", {"init": self.cfg.model.init}),
+            "weights": "raw",  # best.pt: "ema" when it holds the weight average
+            # multi-label models predict every class whose sigmoid reaches its threshold
+            **({"task": "multilabel", "thresholds": self.thresholds} if self.multilabel else {}),
         }
+
+    def accumulated_grads(self) -> dict[str, torch.Tensor] | None:
+        """The gradients summed so far when a stop came between the micro-batches of a step."""
+        if self.progress.batch % self.cfg.train.grad_accum_steps == 0:
+            return None
+        return {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
 
     def state(self) -> dict[str, Any]:
         """Everything to resume; distributed, every rank calls it (it gathers their RNG and sums)."""
@@ -112,12 +144,18 @@ class Run:
             "seconds": p.seconds,
         }
         ranks = (
-            self.dist.gather({"rng": rng_state(), "progress": progress})
+            # each rank's own gradients: between micro-batches DDP has not summed them yet
+            self.dist.gather(
+                {"rng": rng_state(), "progress": progress, "grads": self.accumulated_grads()}
+            )
             if self.dist.enabled
             else None
         )
         return {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "grads": self.accumulated_grads(),
+            "optimizer_steps": self.optimizer_steps,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "early_stopping": self.stopper.state_dict(),
@@ -149,12 +187,22 @@ class Run:
                 f"{self.layout.last} does not fit {self.cfg.model.name}: {str(exc).splitlines()[0]}"
             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema") or state["model"])
+        self.optimizer_steps = state.get("optimizer_steps", 0)
         self.schedule.load_state_dict(state["scheduler"])
         self.stopper.load_state_dict(state["early_stopping"])
         if self.precision.scaler is not None and state["scaler"] is not None:
             self.precision.scaler.load_state_dict(state["scaler"])
         self.epoch, self.history = state["epoch"], state["history"]
-        mine = self.dist.rank_state(state) or {"rng": state["rng"], "progress": state["progress"]}
+        mine = self.dist.rank_state(state) or {
+            "rng": state["rng"],
+            "progress": state["progress"],
+            "grads": state.get("grads"),
+        }
+        params = dict(self.model.named_parameters())
+        for name, grad in (mine.get("grads") or {}).items():
+            params[name].grad = grad.to(params[name].device)
         self.progress = EpochProgress(batch=state["batch"], **mine["progress"])
         self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
         self.wall_before = state.get("wall_seconds", 0.0)
@@ -190,6 +238,7 @@ def _build(
     schedule = LRSchedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, stopper.mode)
     train_labels = [label for _, label in data.manifest.splits["train"]]
     criterion = create_criterion(cfg, train_labels, data.classes).to(device)
+    ema = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     return Run(
         cfg,
         run_dir,
@@ -200,6 +249,7 @@ def _build(
         stopper,
         precision,
         criterion,
+        ema,
         dist=dist,
         wrap=TrainingModule(dist, cfg.train.compile),
     )
@@ -212,11 +262,19 @@ def _enter_phase(run: Run, epoch: int) -> None:
         run.schedule.phase_factor = run.cfg.finetune.unfreeze_lr_factor
 
 
-def _save(run: Run, paths: list[Path]) -> None:
+def _save(run: Run, paths: list[Path], best: Path | None = None, weights: str = "raw") -> None:
+    """Write the training state to ``paths``; ``best`` gets the weights checkpoint (no
+    optimizer: evaluation and export need none, and resume reads ``last.pt``) holding the
+    ``weights`` the monitor prefers (raw, or the EMA)."""
     state = run.state()
     if run.dist.is_main:
+        if best is not None:
+            chosen = dict(state, meta={**state["meta"], "weights": weights})
+            if weights == "ema" and run.ema is not None:
+                chosen["model"] = run.ema.module.state_dict()
+            save_checkpoint(weights_checkpoint(chosen), best)
         for path in paths:
-            save_checkpoint(state, path)
+            save_checkpoint(weights_checkpoint(state) if path == run.layout.best else state, path)
     run.dist.barrier()  # no rank goes on (or exits) before rank 0 has written
 
 
@@ -227,6 +285,12 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     if run.progress.batch == 0:  # a resumed epoch restored the RNG state of its checkpoint
         torch.manual_seed(derive_seed(run.cfg.train.seed, epoch, 1, *run.dist.seed_parts))
     started = time.perf_counter()
+
+    def after_step() -> None:
+        run.optimizer_steps += 1
+        if run.ema is not None:
+            run.ema.update(run.model, run.optimizer_steps)
+
     p = train_one_epoch(
         run.wrap(run.model),
         run.data.train,
@@ -238,6 +302,8 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
         run.cfg.train.grad_clip,
         should_stop=lambda: bool(stop),
         agree=run.dist.agree_step,
+        accum_steps=run.cfg.train.grad_accum_steps,
+        after_step=after_step,
     )
     p.seconds += time.perf_counter() - started
     if p.interrupted:
@@ -251,24 +317,38 @@ def _epoch(run: Run, epoch: int, stop: Any) -> dict[str, Any]:
     run.train_seconds += p.seconds
     run.train_images += p.count
     run.dist.sync_buffers(run.model)
-    val = dict.fromkeys(("loss", "accuracy", "top5_accuracy", "f1_macro"))  # no val split: None
-    if run.data.val is not None:
-        targets, logits, loss = run.dist.gather_predictions(
-            *evaluate(run.model, run.data.val, run.precision, desc="val")
-        )
-        val = compute_metrics(targets, logits, run.data.classes, loss)
+    val = _validate(run, run.model, "val")
+    extra = {"val_map": val["map"]} if run.multilabel else {}
+    if run.ema is not None:  # refused with multi-label (config.check_task)
+        val_ema = _validate(run, run.ema.module, "val ema")
+        extra = {f"val_{key}_ema": val_ema[key] for key in VAL_KEYS}
     return HistoryRow(
         epoch=epoch + 1,
         train_loss=p.loss,
         train_accuracy=p.accuracy,
         val_loss=val["loss"],
         val_accuracy=val["accuracy"],
-        val_top5_accuracy=val["top5_accuracy"],
+        val_top5_accuracy=val.get("top5_accuracy"),
         val_f1_macro=val["f1_macro"],
         lr=lr,
         phase=run.phase(epoch),
         time_s=p.seconds,
+        extra=extra,
     ).to_dict()
+
+
+def _validate(run: Run, model: nn.Module, desc: str) -> dict[str, Any]:
+    """Metrics of ``model`` on the val split (None each without one)."""
+    if run.data.val is None:
+        return dict.fromkeys((*VAL_KEYS, "map"))
+    targets, logits, loss = run.dist.gather_predictions(
+        *evaluate(model, run.data.val, run.precision, desc, run.multilabel)
+    )
+    if run.multilabel:  # its thresholds are tuned here, for the weights just validated
+        found = multilabel_metrics(targets, logits, run.data.classes, loss)
+        run.thresholds = found["thresholds"]
+        return found
+    return compute_metrics(targets, logits, run.data.classes, loss)
 
 
 def _train_epochs(
@@ -287,7 +367,7 @@ def _train_epochs(
         if dist.is_main:
             for observer in observers:
                 observer.log_epoch(row)
-        value = row.get(cfg.train.monitor)
+        value, weights = better_weights(row, cfg.train.monitor, run.stopper.mode)
         run.schedule.end_epoch(value)
         improved = value is not None and run.stopper.update(value, row["epoch"])
         run.epoch, run.progress = run.epoch + 1, EpochProgress()
@@ -298,7 +378,7 @@ def _train_epochs(
         # last.pt goes last: it is the commit point. A kill while best.pt is written then
         # resumes from the previous last.pt and redoes this epoch (and best.pt) exactly,
         # instead of leaving a last.pt that claims a best.pt which never got written.
-        _save(run, ([run.layout.best] if improved else []) + periodic + [run.layout.last])
+        _save(run, periodic + [run.layout.last], run.layout.best if improved else None, weights)
         if dist.is_main:
             writer.write_history(run.run_dir, run.history)
         if on_epoch is not None:
@@ -320,14 +400,55 @@ def _train_epochs(
             )
 
 
+def _reported(run: Run) -> tuple[str | None, Loader | None]:
+    """The split the final metrics are on: test, else val (which also chose the best epoch,
+    so its numbers are optimistic, and are labelled so), else none."""
+    for name, loader in (("test", run.data.test), ("val", run.data.val)):
+        if loader is not None:
+            return name, loader
+    return None, None
+
+
+def _announce_reported_split(run: Run) -> None:
+    split, _ = _reported(run)
+    count = len(run.data.manifest.splits.get(split or "", []))
+    if split == "test":
+        log.info("the final metrics will be on the test split (%d images)", count)
+    elif split == "val":
+        log.warning(
+            "%s has no test split: the final metrics will be on %s (%d images); give the "
+            "dataset a test/ folder for an unbiased estimate",
+            run.cfg.data.root,
+            split_label(split),
+            count,
+        )
+    else:
+        log.warning("no test or val split: the run ends without final metrics")
+
+
 def _finish(run: Run) -> RunResult:
-    """Test the best checkpoint once; write metrics.json and summary.json."""
-    run.dist.load_from_main(run.model, lambda: load_checkpoint(run.layout.best)["model"])
+    """Evaluate the best checkpoint once on the reported split (test, else val); write
+    metrics.json and summary.json."""
+    best = load_checkpoint(run.layout.best) if run.dist.is_main else None
+    run.dist.load_from_main(run.model, lambda: best["model"] if best else {})
     metrics = None
-    if run.data.test is not None:
-        evaluated = evaluate(run.model, run.data.test, run.precision, desc="test")
-        targets, logits, loss = run.dist.gather_predictions(*evaluated)
-        metrics = {"split": "test", **compute_metrics(targets, logits, run.data.classes, loss)}
+    tta = run.cfg.train.tta
+    split, loader = _reported(run)
+    if split is not None and loader is not None:
+        modes = ("none", tta) if tta != "none" else ("none",)
+        evaluated = evaluate_modes(run.model, loader, run.precision, modes, split, run.multilabel)
+        targets, logits, loss = run.dist.gather_predictions(*evaluated["none"])
+        if run.multilabel:  # the thresholds tuned on val with the best weights, never on test
+            cuts = best["meta"].get("thresholds") if best else None
+            found = multilabel_metrics(targets, logits, run.data.classes, loss, cuts)
+        else:
+            found = compute_metrics(targets, logits, run.data.classes, loss)
+        metrics = {"split": split, **found}
+        if tta != "none":
+            targets, logits, loss = run.dist.gather_predictions(*evaluated[tta])
+            with_tta = compute_metrics(targets, logits, run.data.classes, loss)
+            metrics["tta"] = {"mode": tta, **{k: with_tta[k] for k in TTA_METRICS}}
+    weights = best["meta"].get("weights", "raw") if best else "raw"
     summary = Summary.finished(
         name=run.run_dir.name,
         model=run.cfg.model.name,
@@ -343,11 +464,18 @@ def _finish(run: Run) -> RunResult:
         train_images=run.train_images,
         early_stopped=run.stopper.should_stop,
         skipped_files=len(run.data.skipped),
+        preprocessing=run.data.preprocessing.to_dict() if run.data.preprocessing else None,
     )
+    if run.ema is not None:
+        summary.extra["best_weights"] = weights  # "ema": best.pt holds the weight average
+    if metrics is not None and "tta" in metrics:
+        summary.extra["test_accuracy_tta"] = metrics["tta"]["accuracy"]
+        summary.extra["tta"] = tta
     if run.dist.is_main:
         if metrics is not None:
             writer.write_metrics(run.run_dir, metrics)
-            note_test_use(run.run_dir, "fit")
+            if split == "test":
+                note_test_use(run.run_dir, "fit")
         writer.write_summary(run.run_dir, summary)
     return RunResult(run.run_dir, run.history, metrics, summary, run.cfg, run.dist.is_main)
 
@@ -401,6 +529,7 @@ def fit(
             run = _build(source, _new_run_dir(source, dist), dist=dist)
         if dist.is_main:
             _write_records(run)
+            _announce_reported_split(run)
         if not dist.broadcast(run.layout.last.is_file()):
             # From here on, a kill at any moment leaves a resumable run.
             _save(run, [run.layout.last])
@@ -420,14 +549,44 @@ def _new_run_dir(cfg: Config, dist: Distributed) -> Path:
 
 
 def _resume(run_dir: Path, dist: Distributed | None = None) -> Run:
-    state = _resume_state(run_dir, clean=dist is None or dist.is_main)
-    cfg = config_from_dict(state["config"], source=str(RunLayout(run_dir).last))
-    cfg.data.split_manifest = cfg.data.split_manifest or str(RunLayout(run_dir).split)
+    main = dist is None or dist.is_main
+    state = _resume_state(run_dir, clean=main)
+    stored = config_from_dict(state["config"], source=str(RunLayout(run_dir).last))
+    if _resume_artifact(stored.data.split_manifest, read_config(run_dir)):
+        stored.data.split_manifest = None
+    cfg, changes = reconcile(stored, run_dir, state["epoch"])
+    # The run's own split.json is what it trained on (written at its start, from the dataset
+    # or from data.split_manifest), found from the folder as it is now: the config keeps what
+    # was asked, so a moved or renamed run folder resumes from any working folder.
+    asked = cfg.data.split_manifest
+    cfg.data.split_manifest = str(RunLayout(run_dir).split.absolute())
     run = _build(cfg, run_dir, init="scratch", dist=dist)  # weights come from the checkpoint
+    cfg.data.split_manifest = asked
     run.model.imagefit_init = state["meta"].get("init")
     run.load_state(state)
+    if changes:
+        log.warning(
+            "%s: applying the edits of %s: %s",
+            run_dir,
+            RunLayout(run_dir).config.name,
+            "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+        )
+    if main:
+        record_resume(run_dir, run.epoch, changes)
     log.info("resuming %s at epoch %d, batch %d", run_dir, run.epoch + 1, run.progress.batch)
     return run
+
+
+def _resume_artifact(stored: str | None, written: dict[str, Any] | None) -> bool:
+    """Whether the checkpoint's ``data.split_manifest`` is the run's own split.json that an
+    earlier version put there on resume (relative to that day's working folder), where
+    ``config.yaml`` (written at the start) has none."""
+    asked = ((written or {}).get("data") or {}).get("split_manifest")
+    return (
+        stored is not None
+        and asked is None
+        and Path(stored).name == RunLayout(Path(".")).split.name
+    )
 
 
 def _resume_state(run_dir: Path, clean: bool = True) -> dict[str, Any]:

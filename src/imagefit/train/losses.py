@@ -14,6 +14,7 @@ from torch import nn
 
 from imagefit.config import Config
 from imagefit.data.balance import balanced_class_weights
+from imagefit.data.multilabel import multi_hot
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,32 @@ class SoftTargetCrossEntropy(nn.Module):
         return -(smoothed * self.weight * log_probs).sum() / (targets * self.weight).sum()
 
 
+class MultiLabelLoss(nn.Module):
+    """A multi-label loss on bit-set targets (B,) (:mod:`imagefit.data.multilabel`).
+
+    ``bce``: binary cross-entropy per class, the mean over images and classes. ``asl``: timm's
+    asymmetric loss (Ridnik et al. 2021), divided by the batch size: timm returns the sum over
+    the batch, which would scale the step with the batch size.
+    """
+
+    def __init__(self, num_classes: int, kind: str = "bce"):
+        super().__init__()
+        from timm.loss import AsymmetricLossMultiLabel
+
+        self.num_classes, self.kind = num_classes, kind
+        self.asl = AsymmetricLossMultiLabel() if kind == "asl" else None
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hot = multi_hot(targets, self.num_classes) if targets.ndim == 1 else targets.float()
+        if self.asl is not None:
+            return self.asl(logits.float(), hot) / len(logits)
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), hot)
+
+
 def create_criterion(cfg: Config, train_labels: Sequence[int], classes: Sequence[str]) -> nn.Module:
     """The loss ``cfg`` asks for; ``train.class_weights=balanced`` reads ``train_labels``."""
+    if cfg.data.task == "multilabel":  # the config refuses weights, smoothing, mixup there
+        return MultiLabelLoss(len(classes), cfg.train.loss)
     weight = None
     if cfg.train.class_weights == "balanced":
         weight = torch.from_numpy(balanced_class_weights(train_labels, classes))

@@ -188,7 +188,7 @@ class _Trainer:
         y = torch.randint(0, self.classes, (batch,), device=device)
         train_one_epoch(
             self.model,
-            _OneBatch(x, y),
+            _OneBatch(x, y),  # type: ignore[arg-type]  # duck-types the Loader the loop reads
             self.optimizer,
             self.criterion,  # type: ignore[arg-type]
             self.precision,

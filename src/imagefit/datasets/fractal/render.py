@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from imagefit.errors import DataError
+from imagefit.fileio import make_dirs
 
 DRAW_MODES = ("patch_gray", "point_gray", "patch_color", "point_color")
 DRAW_ALIASES = {
@@ -410,7 +411,7 @@ def write_category(name: str, params: np.ndarray, spec: CategorySpec) -> int:
     instances); each instance then re-draws the patch masks from (seed, category, row, count).
     """
     folder = spec.out_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     instances = 1 if normalize_draw(spec.draw).startswith("point") else spec.instances
     written = 0
     for row_index, row in enumerate(spec.weight_rows):

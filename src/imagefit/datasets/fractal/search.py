@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from imagefit.datasets.fractal.render import chaos_game, official_rescale, select_map
 from imagefit.errors import DataError
+from imagefit.fileio import make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def search_categories(
 def write_params(params: list[np.ndarray], out_dir: str | Path) -> list[Path]:
     """Write ``00000.csv``, ``00001.csv``... in the official format (``np.savetxt``, %.18e)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     paths = []
     for index, category in enumerate(params):
         path = out / f"{index:05d}.csv"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from imagefit.config import Config, DataConfig
 from imagefit.data.augment import BatchAugment
 from imagefit.data.loaders import ArraySource, Batch, DataBundle, Loader, _ignore_stop_signals
+from imagefit.data.preprocessing import resolve_preprocessing
 from imagefit.data.splits import SplitManifest
 from imagefit.datasets.fractal.render import (
     OFDB_OFFICIAL_WEIGHT_ROW,
@@ -187,15 +189,18 @@ def build_fractal_data(
     # The manifest lists the category files: split.json and the ledger then record (and
     # hash) exactly which formulas the run was trained on.
     manifest = SplitManifest(
-        Path(d.fractal_params).resolve(),
+        Path(d.fractal_params or ".").resolve(),  # set: checked above
         names,
         {"train": [(p.resolve(), label) for label, p in enumerate(paths)], "val": [], "test": []},
         layout="fractal",
     )
     source = FractalSource(renderer, length, d.num_workers, device.type == "cuda")
+    pre = resolve_preprocessing(cfg)
+    if d.crop_pct is None:  # rendered at image_size: the whole picture is the evaluation view
+        pre = replace(pre, crop_pct=1.0, why={**pre.why, "crop_pct": "rendered at image_size"})
     augment = None
     if d.augment:
-        augment = BatchAugment(cfg.augment, d.image_size, len(names), mean=d.mean, std=d.std)
+        augment = BatchAugment(cfg.augment, d.image_size, len(names), mean=pre.mean, std=pre.std)
     train = Loader(
         source,
         batch_size or t.batch_size,
@@ -203,8 +208,8 @@ def build_fractal_data(
         shuffle=True,
         augment=augment,
         seed=t.seed,
-        mean=d.mean,
-        std=d.std,
+        mean=pre.mean,
+        std=pre.std,
         limit=t.limit_batches,
         shard=shard,
     )
@@ -219,8 +224,8 @@ def build_fractal_data(
             val_source,
             t.eval_batch_size or t.batch_size,
             device,
-            mean=d.mean,
-            std=d.std,
+            mean=pre.mean,
+            std=pre.std,
             limit=t.limit_batches,
             shard=shard,
         )
@@ -231,7 +236,7 @@ def build_fractal_data(
         length,
         f", {per_class} fixed val images per category" if per_class else "",
     )
-    return DataBundle(names, manifest, train, val, None, True)
+    return DataBundle(names, manifest, train, val, None, True, preprocessing=pre)
 
 
 def provenance(d: DataConfig) -> dict[str, Any]:
