@@ -356,14 +356,16 @@ def write_pretrained(run_dir: Path, target: Path) -> Path:
         return target  # made from this very best.pt: a rerun leaves it as it is
     state = load_checkpoint(best)
     cfg = config_from_dict(state["config"], source=str(best))
-    history = state.get("history") or []
+    # best.pt holds the weights; the training record (history, images seen) is last.pt's
+    record = load_checkpoint(RunLayout(run_dir).last)
+    history = record.get("history") or []
     last = history[-1] if history else {}
-    images = state.get("train_images")
+    images = record.get("train_images")
     provenance: dict[str, Any] = {
         "pretrain_run": str(run_dir.resolve()),
         "data": _data_provenance(cfg),
         "recipe": state["config"],
-        "epochs": state.get("epoch"),
+        "epochs": state["meta"].get("epoch"),
         "train_images": images,
         "steps": None if images is None else -(-images // cfg.train.batch_size),
         "final_train_loss": last.get("train_loss"),

@@ -57,6 +57,10 @@ def write_plots(run_dir: Path) -> None:
 
 
 def trust_step(done: Finished) -> None:
+    if done.config.data.source != "folder":
+        # Rendered images (data.source=fractal) are pretraining data: no files to predict,
+        # calibrate on or show, and no test split.
+        return
     if done.config.data.task == "multilabel":
         # Temperature scaling and the gallery of confident mistakes are about one softmax
         # class per image; the per-image test scores feed the precision-recall plots.
