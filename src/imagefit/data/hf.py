@@ -26,12 +26,12 @@ from imagefit.config import DataConfig
 from imagefit.data.folder import Sample
 from imagefit.data.images import load_rgb
 from imagefit.data.splits import SPLIT_ALIASES, SplitManifest, stratified_split
-from imagefit.data.store import PixelSpec
+from imagefit.data.store import Box, PixelSpec, store_image
 from imagefit.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
 
 
 def _datasets() -> Any:
@@ -148,7 +148,7 @@ class HFSource:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def decode(self, position: int) -> np.ndarray:
+    def decode(self, position: int) -> tuple[np.ndarray, Box]:
         name, row = self.rows[position]
         image = self.parts[name][row][self.column]
         label = f"{self.where}[{name}][{row}]"
@@ -161,17 +161,25 @@ class HFSource:
             rgb = load_rgb(io.BytesIO(data), self.min_size, name=label)
         except OSError as exc:
             raise ImageError(f"{label}: cannot read image ({exc})", kind="unreadable") from None
-        return self.spec.crop(rgb)  # the run's evaluation pixels (crop_pct, interpolation)
+        # the same pixels a file gives (data.store.PixelSpec): the store, or the evaluation crop
+        if self.spec.store:
+            return store_image(rgb, self.spec.size, self.spec.interpolation)
+        return self.spec.crop(rgb), (self.spec.size, self.spec.size)
 
     def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
         for indices in index_batches:
-            pixels = np.stack([self.decode(int(i)) for i in indices])
+            decoded = [self.decode(int(i)) for i in indices]
+            pixels = torch.from_numpy(np.stack([image for image, _ in decoded]))
             labels = torch.tensor([self.labels[int(i)] for i in indices], dtype=torch.int64)
-            yield torch.from_numpy(pixels), labels
+            if self.spec.store:
+                yield pixels, labels, torch.tensor([box for _, box in decoded], dtype=torch.int64)
+            else:
+                yield pixels, labels
 
-    def decode_all(self) -> np.ndarray:
-        """(N, S, S, 3) uint8 of every row, for the in-memory path."""
+    def decode_all(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, S, S, 3) uint8 of every row and, for the store, their (N, 2) valid boxes."""
         out = np.empty((len(self), self.size, self.size, 3), dtype=np.uint8)
+        boxes = np.empty((len(self), 2), dtype=np.int64)
         for position in range(len(self)):
-            out[position] = self.decode(position)
-        return out
+            out[position], boxes[position] = self.decode(position)
+        return out, boxes if self.spec.store else None

@@ -398,15 +398,16 @@ def hf_source(
     """Rows of ``data.hf``: decoded once into memory within the budget, else per batch.
 
     The dataset's own Arrow files are already a memory-mapped cache of the encoded images, so
-    imagefit's image cache (keyed by file) is not used for it. Every split gets the evaluation
-    pixels (``spec``); training crops are drawn from them.
+    imagefit's image cache (keyed by file) is not used for it. ``spec``: the store (training)
+    or the evaluation crop, as for files.
     """
     from imagefit.data.hf import HFSource
 
     rows = HFSource(d, samples, spec)
     if d.cache == "never" or budget_bytes > d.memory_budget_mb * 2**20:
         return rows
-    return ArraySource(rows.decode_all(), rows.labels, device)
+    pixels, boxes = rows.decode_all()
+    return ArraySource(pixels, rows.labels, device, boxes=boxes)
 
 
 def _stream(
@@ -450,8 +451,7 @@ def build_data(
     # sees the evaluation pixels.
     store = PixelSpec(pre.store_size, 1.0, pre.interpolation, d.decoder, store=True)
     specs = {
-        name: store if name == "train" and d.augment and not d.hf else evaluation
-        for name in manifest.splits
+        name: store if name == "train" and d.augment else evaluation for name in manifest.splits
     }
     # every split's pixels share the budget
     total = sum(decoded_bytes(len(v), specs[k].size) for k, v in manifest.splits.items())
@@ -483,7 +483,7 @@ def build_data(
         if not items:
             continue
         if d.hf:
-            source, kept = hf_source(d, items, evaluation, device, total), items
+            source, kept = hf_source(d, items, specs[name], device, total), items
         else:
             source, kept = make_source(
                 d, items, d.image_size, device, skipped, spec=specs[name], budget_bytes=total
