@@ -31,9 +31,11 @@ import yaml
 from imagefit.config import load_config
 from imagefit.data.loaders import Loader, make_source
 from imagefit.data.splits import SplitManifest
+from imagefit.data.store import PixelSpec
 from imagefit.evaluate.inference import Precision, evaluate
 from imagefit.models.registry import create_model
 from imagefit.models.trained import load_trained
+from imagefit.runs.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve()
 SHARED = HERE.parents[2] / "shared"
@@ -72,7 +74,11 @@ def timed(command: list[str], log: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def imagefit_run(args: argparse.Namespace, data: Path, out: Path, seed: int) -> float:
+def imagefit_run(
+    args: argparse.Namespace, data: Path, out: Path, seed: int, name: str = "imagefit"
+) -> float:
+    """One imagefit run as a timed subprocess; ``name`` imagefit+ema also keeps a weight
+    average (train.ema_decay), scored with flip TTA."""
     tree = {
         "data": {
             "root": str(data),
@@ -89,10 +95,11 @@ def imagefit_run(args: argparse.Namespace, data: Path, out: Path, seed: int) -> 
             "seed": seed,
             "device": "cpu",
             "amp": args.amp,
+            "ema_decay": args.ema_decay if name == "imagefit+ema" else 0.0,
         },
-        "output": {"dir": str(out / "imagefit"), "name": f"seed{seed}"},
+        "output": {"dir": str(out / name), "name": f"seed{seed}"},
     }
-    config = out / f"imagefit-seed{seed}.yaml"
+    config = out / f"{name}-seed{seed}.yaml"
     config.write_text(yaml.safe_dump(tree))
     code = (
         "import logging; logging.basicConfig(level=logging.INFO); "  # the epoch lines in the log
@@ -100,7 +107,7 @@ def imagefit_run(args: argparse.Namespace, data: Path, out: Path, seed: int) -> 
         f"fit(load_config({str(config)!r}))"
     )
     env = dict(os.environ, PYTHONPATH=str(HERE.parents[1] / "src"))
-    return timed([sys.executable, "-c", code], out / f"imagefit-seed{seed}.log", env)
+    return timed([sys.executable, "-c", code], out / f"{name}-seed{seed}.log", env)
 
 
 def timm_run(args: argparse.Namespace, data: Path, out: Path, seed: int) -> float:
@@ -165,23 +172,25 @@ def timm_run(args: argparse.Namespace, data: Path, out: Path, seed: int) -> floa
     return timed(command, out / f"timm-seed{seed}.log", dict(os.environ))
 
 
-def test_accuracy(model: torch.nn.Module, run_dir: Path) -> float:
+def test_accuracy(model: torch.nn.Module, run_dir: Path, tta: str = "none") -> float:
     """Accuracy on the test folder through imagefit's evaluation path (the run's own loader
     settings: decoded size, mean and std)."""
     cfg = load_config(run_dir / "config.yaml")
     manifest = SplitManifest.load(run_dir / "split.json")
     device = torch.device("cpu")
-    source, _ = make_source(cfg.data, manifest.splits["test"], cfg.data.image_size, device, {})
-    loader = Loader(source, 64, device, mean=cfg.data.mean, std=cfg.data.std)
-    targets, logits, _ = evaluate(model.eval(), loader, Precision(device), desc="test")
+    meta = load_checkpoint(run_dir / "best.pt")["meta"]
+    spec = PixelSpec.from_meta(meta)  # resize to size / crop_pct, centre crop: as timm's eval
+    source, _ = make_source(cfg.data, manifest.splits["test"], spec.size, device, {}, spec=spec)
+    loader = Loader(source, 64, device, mean=meta["mean"], std=meta["std"])
+    targets, logits, _ = evaluate(model.eval(), loader, Precision(device), "test", tta=tta)
     return float((logits.argmax(1) == targets).mean())
 
 
 def timm_model(checkpoint: Path) -> torch.nn.Module:
-    from timm.models import load_checkpoint
+    from timm.models import load_checkpoint as load_timm_checkpoint
 
     model = create_model("resnet18", 5, "scratch")  # imagefit's resnet18 is timm's
-    load_checkpoint(model, str(checkpoint), weights_only=False)  # timm's file holds its args
+    load_timm_checkpoint(model, str(checkpoint), weights_only=False)  # timm's file holds its args
     return model
 
 
@@ -197,13 +206,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="timm's DataLoader workers")
     parser.add_argument("--amp", default="auto", help="imagefit's train.amp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--ema-decay", type=float, default=0.0, help="also imagefit with EMA + flip TTA"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         data = out / "data"
         write_split(Path(args.data), data, args.per_class)
         load = os.getloadavg()[0]
-        rows: dict[str, list[tuple[float, float]]] = {"imagefit": [], "timm": []}
+        names = ["imagefit", "timm"] + (["imagefit+ema"] if args.ema_decay else [])
+        rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
         for seed in args.seeds:
             seconds = imagefit_run(args, data, out, seed)
             run_dir = out / "imagefit" / f"seed{seed}"
@@ -212,10 +225,14 @@ def main() -> None:
             seconds = timm_run(args, data, out, seed)
             best = out / "timm" / f"seed{seed}" / "model_best.pth.tar"
             rows["timm"].append((test_accuracy(timm_model(best), run_dir), seconds))
+            if args.ema_decay:
+                seconds = imagefit_run(args, data, out, seed, "imagefit+ema")
+                ema_dir = out / "imagefit+ema" / f"seed{seed}"
+                model, _, _ = load_trained(ema_dir / "best.pt")
+                rows["imagefit+ema"].append((test_accuracy(model, ema_dir, "flip"), seconds))
             print(
-                f"seed {seed}: imagefit {rows['imagefit'][-1][0]:.4f} in "
-                f"{rows['imagefit'][-1][1]:.1f}s, timm {rows['timm'][-1][0]:.4f} in "
-                f"{rows['timm'][-1][1]:.1f}s",
+                f"seed {seed}: "
+                + ", ".join(f"{k} {v[-1][0]:.4f} in {v[-1][1]:.1f}s" for k, v in rows.items()),
                 flush=True,
             )
     print(
@@ -224,13 +241,13 @@ def main() -> None:
         f"imagefit amp={args.amp}; load average at start {load:.2f}, "
         f"{os.cpu_count()} CPUs"
     )
-    print(f"{'':10} {'test accuracy':>18} {'wall s':>16}")
+    print(f"{'':14} {'test accuracy':>18} {'wall s':>16}")
     for name, values in rows.items():
         accs, secs = [a for a, _ in values], [s for _, s in values]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         sd_s = statistics.stdev(secs) if len(secs) > 1 else 0.0
         print(
-            f"{name:10} {statistics.mean(accs):.4f} ± {sd:.4f} "
+            f"{name:14} {statistics.mean(accs):.4f} ± {sd:.4f} "
             f"{statistics.mean(secs):8.1f} ± {sd_s:5.1f}"
         )
     acc_ratio = statistics.mean(a for a, _ in rows["imagefit"]) / statistics.mean(

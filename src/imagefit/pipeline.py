@@ -38,6 +38,7 @@ categories and pretraining renders its images on the fly. The pretrained weights
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -371,7 +372,10 @@ def write_pretrained(run_dir: Path, target: Path) -> Path:
         "final_train_loss": last.get("train_loss"),
         "final_train_accuracy": last.get("train_accuracy"),
     }
-    product = {"model": state["model"], "meta": {**state["meta"], "provenance": provenance}}
+    # meta.run_dir is relative to the file's folder: from out/, the pretraining run's
+    run_rel = os.path.relpath(run_dir.resolve(), target.parent.resolve())
+    meta = {**state["meta"], "run_dir": run_rel, "provenance": provenance}
+    product = {"model": state["model"], "meta": meta}
     save_checkpoint(product, target)
     return target
 

@@ -57,9 +57,10 @@ def write_plots(run_dir: Path) -> None:
 
 
 def trust_step(done: Finished) -> None:
-    if done.config.data.source != "folder":
-        # Rendered images (data.source=fractal) are pretraining data: no files to predict,
-        # calibrate on or show, and no test split.
+    if done.config.data.source != "folder" or done.result.metrics is None:
+        # Rendered images (data.source=fractal) are pretraining data, with no files to
+        # predict, calibrate on or show; a run with no test or val split has nothing to check.
+        log.info("%s: no file-based test or val split: no trust checks", done.run_dir)
         return
     if done.config.data.task == "multilabel":
         # Temperature scaling and the gallery of confident mistakes are about one softmax

@@ -57,17 +57,20 @@ def _install(config: dict) -> None:
 
     SimpleCNN.forward = slow_forward
 
-    evaluate = fit.evaluate
+    def logged(evaluate):
+        # fit validates with evaluate and tests with evaluate_modes (with and without TTA)
+        def logged_evaluate(*args, **kwargs):
+            COUNTS["eval"] += 1
+            n = COUNTS["eval"]
+            event(f"enter eval {n}")
+            result = evaluate(*args, **kwargs)
+            event(f"leave eval {n}")
+            return result
 
-    def logged_evaluate(*args, **kwargs):
-        COUNTS["eval"] += 1
-        n = COUNTS["eval"]
-        event(f"enter eval {n}")
-        result = evaluate(*args, **kwargs)
-        event(f"leave eval {n}")
-        return result
+        return logged_evaluate
 
-    fit.evaluate = logged_evaluate
+    fit.evaluate = logged(fit.evaluate)
+    fit.evaluate_modes = logged(fit.evaluate_modes)
 
     save = torch.save
 
