@@ -344,3 +344,4 @@ def test_cpu_fdsl_pipeline_parses() -> None:
     assert pre.data.source == "fractal" and pre.data.val_fraction == 0
     target = load_config(CONFIGS / spec.file.finetune.config)
     assert target.data.mean == pre.data.mean and target.data.image_size == pre.data.image_size
+    assert target.model.name == pre.model.name == "test_resnet"  # batch norm: see the ablation
