@@ -26,20 +26,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fdsl_cpu_pretrain.yaml"
 
-# name -> (categories, overrides): the first row is configs/fdsl_cpu_pretrain.yaml (FractalDB
-# weights_0.1, drawn at 128 px, no crops), the others change one thing; the last but one is
-# the first setting tried (weights_0.4, drawn at 32 px, crops and flips).
+# name -> (categories, overrides) on configs/fdsl_cpu_pretrain.yaml with --model (default
+# simple_cnn, the model of the table in fdsl_ablation.md). Every row names its weights file,
+# since the config's default moved to weights_0.4 with test_resnet: the first row is the
+# earlier reference (FractalDB weights_0.1, drawn at 128 px, no crops), the others change one
+# thing; the last but one is the first setting tried (weights_0.4, drawn at 32 px, crops).
+W01 = "data.fractal_weights=0.1"
 ROWS: dict[str, tuple[int, list[str]]] = {
-    "default": (16, []),
-    "crops_flips": (16, ["data.augment=true"]),
+    "default": (16, [W01]),
+    "crops_flips": (16, [W01, "data.augment=true"]),
     "weights0.4": (16, ["data.fractal_weights=0.4"]),
     "ofdb_one_instance": (16, ["data.fractal_weights=ones", "data.fractal_flips=1"]),
-    "render32": (16, ["data.fractal_render_size=32"]),
+    "render32": (16, [W01, "data.fractal_render_size=32"]),
     "weights0.4_render32_crops": (
         16,
         ["data.fractal_weights=0.4", "data.fractal_render_size=32", "data.augment=true"],
     ),
-    "32cat": (32, []),
+    "32cat": (32, [W01]),
 }
 
 

@@ -10,6 +10,12 @@ the post-run plots and reports, which timm does not make). Both best-on-validati
 are then scored on the test folder by the same code: imagefit's evaluation path.
 
     python benchmarks/vs_timm_train.py [--size 96] [--epochs 3] [--seeds 0 1 2] [--amp auto]
+        [--ema-decay 0.99] [--init PRETRAINED.pt]
+
+``--init``: both start from weights pretrained with imagefit (a resnet18 ``best.pt``, e.g.
+``imagefit train`` on imagenette): imagefit through ``model.init``, timm through
+``--initial-checkpoint`` with the same weights and the fresh 5-class head of a new resnet18
+(imagefit replaces the head the same way).
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ def imagefit_run(
             "cache_dir": str(out / "cache"),  # a fresh cache: the first run pays the decoding
         },
         "augment": {"scale": [0.08, 1.0], "translate": 0.0, "hflip": 0.5},
-        "model": {"name": "resnet18"},
+        "model": {"name": "resnet18", "init": str(args.init) if args.init else "scratch"},
         "optim": {"name": "adamw", "lr": args.lr, "weight_decay": args.weight_decay},
         "schedule": {"name": "cosine", "warmup_epochs": 0},
         "train": {
@@ -164,6 +170,7 @@ def timm_run(args: argparse.Namespace, data: Path, out: Path, seed: int) -> floa
         str(out / "timm"),
         "--experiment",
         f"seed{seed}",
+        *(["--initial-checkpoint", str(out / "timm-init.pth")] if args.init else []),
         "--checkpoint-hist",
         "1",
         "--log-interval",
@@ -186,6 +193,15 @@ def test_accuracy(model: torch.nn.Module, run_dir: Path, tta: str = "none") -> f
     return float((logits.argmax(1) == targets).mean())
 
 
+def write_timm_init(init: Path, target: Path) -> None:
+    """imagefit's pretrained weights as a file timm's ``--initial-checkpoint`` loads strictly:
+    the trunk from ``init``, the classifier a fresh 5-class one."""
+    state = load_checkpoint(init)["model"]
+    fresh = create_model("resnet18", 5, "scratch").state_dict()
+    merged = {key: fresh[key] if key.startswith("fc.") else value for key, value in state.items()}
+    torch.save({"state_dict": merged}, target)
+
+
 def timm_model(checkpoint: Path) -> torch.nn.Module:
     from timm.models import load_checkpoint as load_timm_checkpoint
 
@@ -206,6 +222,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="timm's DataLoader workers")
     parser.add_argument("--amp", default="auto", help="imagefit's train.amp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--init", type=Path, default=None, help="pretrained imagefit best.pt")
     parser.add_argument(
         "--ema-decay", type=float, default=0.0, help="also imagefit with EMA + flip TTA"
     )
@@ -214,6 +231,8 @@ def main() -> None:
         out = Path(scratch)
         data = out / "data"
         write_split(Path(args.data), data, args.per_class)
+        if args.init:
+            write_timm_init(args.init, out / "timm-init.pth")
         load = os.getloadavg()[0]
         names = ["imagefit", "timm"] + (["imagefit+ema"] if args.ema_decay else [])
         rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
@@ -236,7 +255,8 @@ def main() -> None:
                 flush=True,
             )
     print(
-        f"\nflowers {len(args.seeds)} seeds, resnet18 from scratch, {args.size}px, "
+        f"\nflowers {len(args.seeds)} seeds, resnet18 from {args.init or 'scratch'}, "
+        f"{args.size}px, "
         f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr}, cosine; "
         f"imagefit amp={args.amp}; load average at start {load:.2f}, "
         f"{os.cpu_count()} CPUs"
