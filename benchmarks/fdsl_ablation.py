@@ -1,9 +1,10 @@
 """What makes formula-driven pretraining learn at CPU size: short pretraining runs on fractals
 rendered on the fly (``data.source: fractal``), one setting changed at a time.
 
-    python benchmarks/fdsl_ablation.py --params DIR --out DIR [--epochs 4] [--only NAME ...]
+    python benchmarks/fdsl_ablation.py [--params DIR] [--out DIR] [--epochs 4] [--only NAME ...]
 
-DIR holds category CSVs (``imagefit data fractal-search --categories 100 --out DIR``); the
+DIR holds category CSVs (``imagefit data fractal-search --categories 100 --out DIR``; without
+--params that search runs into OUT/params first); the
 first N of them make an N-category run. Each run is ``imagefit train`` on
 configs/fdsl_cpu_pretrain.yaml plus the row's overrides; the table reports the final epoch's
 training loss against chance (ln C) and its accuracy. Every epoch renders new instances, so
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fdsl_transfer import search_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fdsl_cpu_pretrain.yaml"
@@ -88,14 +91,15 @@ def run(name: str, categories: int, sets: list[str], args: argparse.Namespace) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench_out/fdsl_ablation"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=1600, help="rendered per epoch")
     parser.add_argument("--model", default="simple_cnn")
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.params = args.params or search_params(args.out)
     lines = [
         f"model {args.model}, {args.images} new images per epoch, {args.epochs} epochs\n",
         "| run | categories | change | final loss / ln C | final acc | loss per epoch | s |",

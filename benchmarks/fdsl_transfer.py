@@ -1,16 +1,18 @@
 """Does small formula-driven pretraining transfer? Scratch vs pretrained on real photos, paired
 over seeds, for several pretraining settings: the study that chose configs/fdsl_cpu_*.yaml.
 
-    python benchmarks/fdsl_transfer.py --params DIR --out DIR --data ROOT [ROOT ...]
+    python benchmarks/fdsl_transfer.py [--params DIR] [--out DIR] [--data ROOT ...]
         [--seeds 0 1 2] [--only NAME ...]
 
-DIR holds category CSVs (``imagefit data fractal-search --categories 100 --out DIR``); a row
+DIR holds category CSVs (``imagefit data fractal-search --categories 100 --out DIR``; without
+--params that search runs into OUT/params first); a row
 of N categories uses the first N. Each row pretrains once (``imagefit train`` on
 configs/fdsl_cpu_pretrain.yaml plus its overrides, images rendered on the fly), then fine-tunes
 configs/fdsl_cpu_finetune.yaml on every ROOT from scratch (the baseline, run in the same
 invocation) and from the row's weights, with the same recipe and seeds. It prints, per row and
 dataset, test accuracy of both and the per-seed paired difference. Use tuning data here
-(photos kept apart from those a result is reported on); runs stay in OUT/runs/.
+(photos kept apart from those a result is reported on; the default is daisy, dandelion and
+roses from ../shared/data/flowers, copied to OUT/flowers_tune); runs stay in OUT/runs/.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOWERS = ROOT.parent / "shared" / "data" / "flowers"
+TUNING_CLASSES = ("daisy", "dandelion", "roses")  # the report sets use the other two
 PRETRAIN = ROOT / "configs" / "fdsl_cpu_pretrain.yaml"
 FINETUNE = ROOT / "configs" / "fdsl_cpu_finetune.yaml"
 
@@ -58,6 +62,27 @@ def train(config: Path, overrides: list[str], log: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+def search_params(out: Path, categories: int = 100) -> Path:
+    """``imagefit data fractal-search`` into OUT/params (once)."""
+    folder = out / "params"
+    if len(list(folder.glob("*.csv"))) < categories:
+        command = [sys.executable, "-m", "imagefit", "data", "fractal-search"]
+        command += ["--categories", str(categories), "--out", str(folder)]
+        subprocess.run(command, check=True)
+    return folder
+
+
+def flowers_tune(out: Path) -> Path:
+    """The tuning classes of the flower photos, copied into OUT/flowers_tune (once)."""
+    target = out / "flowers_tune"
+    for name in TUNING_CLASSES:
+        if not (target / name).is_dir():
+            (target / name).mkdir(parents=True)
+            for file in sorted((FLOWERS / name).iterdir()):
+                (target / name / file.name).write_bytes(file.read_bytes())
+    return target
+
+
 def subset(params: Path, count: int, out: Path) -> Path:
     folder = out / f"params{count}"
     if not folder.is_dir():
@@ -69,14 +94,16 @@ def subset(params: Path, count: int, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", type=Path, nargs="+", required=True)
+    parser.add_argument("--params", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench_out/fdsl_transfer"))
+    parser.add_argument("--data", type=Path, nargs="+", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    args.params = args.params or search_params(args.out)
+    args.data = args.data or [flowers_tune(args.out)]
     for name, (categories, model, overrides, tuning) in ROWS.items():
         if args.only and name not in args.only:
             continue

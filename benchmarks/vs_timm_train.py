@@ -105,6 +105,10 @@ def imagefit_run(
         },
         "output": {"dir": str(out / name), "name": f"seed{seed}"},
     }
+    for item in args.imagefit_set:  # e.g. data.store_size=292
+        key, value = item.split("=", 1)
+        section, field = key.split(".", 1)
+        tree.setdefault(section, {})[field] = yaml.safe_load(value)
     config = out / f"{name}-seed{seed}.yaml"
     config.write_text(yaml.safe_dump(tree))
     code = (
@@ -222,6 +226,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="timm's DataLoader workers")
     parser.add_argument("--amp", default="auto", help="imagefit's train.amp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--imagefit-set", nargs="*", default=[], help="more imagefit config: section.key=value"
+    )
     parser.add_argument("--init", type=Path, default=None, help="pretrained imagefit best.pt")
     parser.add_argument(
         "--ema-decay", type=float, default=0.0, help="also imagefit with EMA + flip TTA"
@@ -258,7 +265,8 @@ def main() -> None:
         f"\nflowers {len(args.seeds)} seeds, resnet18 from {args.init or 'scratch'}, "
         f"{args.size}px, "
         f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr}, cosine; "
-        f"imagefit amp={args.amp}; load average at start {load:.2f}, "
+        f"imagefit amp={args.amp} {' '.join(args.imagefit_set)}; load average at start "
+        f"{load:.2f}, "
         f"{os.cpu_count()} CPUs"
     )
     print(f"{'':14} {'test accuracy':>18} {'wall s':>16}")
