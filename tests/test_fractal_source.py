@@ -179,3 +179,14 @@ def test_pipeline_with_on_the_fly_pretraining_writes_the_paired_difference(
         summary["init"]["source_provenance"]["data"]["params_sha256"]
         == prov["data"]["params_sha256"]
     )
+
+
+def test_lr_range_test_reads_the_fractal_source(tmp_path: Path) -> None:
+    """Every consumer of a config's data goes through data.source: lr-find on rendered
+    fractals, with no data.root set."""
+    from imagefit.train.lr_find import find_lr
+
+    tree = fractal_tree(params(tmp_path / "p"), tmp_path / "runs")
+    result = find_lr(config_from_dict(tree), start=1e-4, end=1.0, steps=3)
+    assert len(result.lrs) == len(result.losses) == 3
+    assert all(torch.isfinite(torch.tensor(result.losses)))

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from imagefit.config import Config
-from imagefit.data.loaders import Loader, build_data
+from imagefit.data.loaders import Loader
+from imagefit.datasets.sources import build_data
 from imagefit.errors import ConfigError, DataError
 from imagefit.evaluate.inference import Precision
 from imagefit.models.registry import create_model
