@@ -424,6 +424,41 @@ def _stream(
     )
 
 
+def split_loader(
+    cfg: Config,
+    name: str,
+    source: PixelSource,
+    classes: int,
+    pre: Preprocessing,
+    device: torch.device,
+    batch_size: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    weights: np.ndarray | None = None,
+) -> Loader:
+    """The loader of split ``name`` over ``source``: train shuffles and (with data.augment)
+    augments, at ``batch_size`` (default train.batch_size); the others evaluate in order at
+    train.eval_batch_size. Every data source builds its loaders here."""
+    d, t = cfg.data, cfg.train
+    train = name == "train"
+    augment = None
+    if train and d.augment:
+        augment = BatchAugment(cfg.augment, d.image_size, classes, mean=pre.mean, std=pre.std)
+    size = (batch_size or t.batch_size) if train else (t.eval_batch_size or t.batch_size)
+    return Loader(
+        source,
+        size,
+        device,
+        shuffle=train,
+        augment=augment,
+        seed=t.seed,
+        mean=pre.mean,
+        std=pre.std,
+        limit=t.limit_batches,
+        weights=weights,
+        shard=shard,
+    )
+
+
 def build_data(
     cfg: Config,
     device: torch.device,
@@ -435,7 +470,7 @@ def build_data(
 
     ``shard`` (rank, world size): this process's part of every split (distributed training).
     """
-    d, t = cfg.data, cfg.train
+    d = cfg.data
     if d.shards:  # no files, no random access: streamed loaders of their own
         from imagefit.data.stream import build_shard_data
 
@@ -489,27 +524,11 @@ def build_data(
                 d, items, d.image_size, device, skipped, spec=specs[name], budget_bytes=total
             )
         manifest.splits[name] = kept
-        train = name == "train"
-        augment = None
-        if train and d.augment:
-            classes = len(manifest.classes)
-            augment = BatchAugment(cfg.augment, d.image_size, classes, mean=pre.mean, std=pre.std)
-        size = (batch_size or t.batch_size) if train else (t.eval_batch_size or t.batch_size)
         weights = None
-        if train and d.sampler == "balanced":
+        if name == "train" and d.sampler == "balanced":
             weights = balanced_sample_weights([label for _, label in kept], manifest.classes)
-        loaders[name] = Loader(
-            source,
-            size,
-            device,
-            shuffle=train,
-            augment=augment,
-            seed=t.seed,
-            mean=pre.mean,
-            std=pre.std,
-            limit=t.limit_batches,
-            weights=weights,
-            shard=shard,
+        loaders[name] = split_loader(
+            cfg, name, source, len(manifest.classes), pre, device, batch_size, shard, weights
         )
     return DataBundle(
         manifest.classes,

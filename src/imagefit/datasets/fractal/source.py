@@ -25,8 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imagefit.config import Config, DataConfig
-from imagefit.data.augment import BatchAugment
-from imagefit.data.loaders import ArraySource, Batch, DataBundle, Loader, _ignore_stop_signals
+from imagefit.data.loaders import ArraySource, Batch, DataBundle, _ignore_stop_signals, split_loader
 from imagefit.data.preprocessing import resolve_preprocessing
 from imagefit.data.splits import SplitManifest
 from imagefit.datasets.fractal.render import (
@@ -198,21 +197,7 @@ def build_fractal_data(
     pre = resolve_preprocessing(cfg)
     if d.crop_pct is None:  # rendered at image_size: the whole picture is the evaluation view
         pre = replace(pre, crop_pct=1.0, why={**pre.why, "crop_pct": "rendered at image_size"})
-    augment = None
-    if d.augment:
-        augment = BatchAugment(cfg.augment, d.image_size, len(names), mean=pre.mean, std=pre.std)
-    train = Loader(
-        source,
-        batch_size or t.batch_size,
-        device,
-        shuffle=True,
-        augment=augment,
-        seed=t.seed,
-        mean=pre.mean,
-        std=pre.std,
-        limit=t.limit_batches,
-        shard=shard,
-    )
+    train = split_loader(cfg, "train", source, len(names), pre, device, batch_size, shard)
     val = None
     per_class = round(d.val_fraction * d.fractal_instances)
     if per_class:
@@ -220,15 +205,7 @@ def build_fractal_data(
         images = [renderer(VAL_STREAM, 0, i) for i in range(count)]
         pixels = np.stack([image for image, _ in images])
         val_source = ArraySource(pixels, [label for _, label in images], device)
-        val = Loader(
-            val_source,
-            t.eval_batch_size or t.batch_size,
-            device,
-            mean=pre.mean,
-            std=pre.std,
-            limit=t.limit_batches,
-            shard=shard,
-        )
+        val = split_loader(cfg, "val", val_source, len(names), pre, device, shard=shard)
     log.info(
         "data: %d fractal categories from %s, %d images rendered per epoch%s",
         len(names),
