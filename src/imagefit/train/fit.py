@@ -274,7 +274,7 @@ def _save(run: Run, paths: list[Path], best: Path | None = None, weights: str = 
                 chosen["model"] = run.ema.module.state_dict()
             save_checkpoint(weights_checkpoint(chosen), best)
         for path in paths:
-            save_checkpoint(weights_checkpoint(state) if path == run.layout.best else state, path)
+            save_checkpoint(state, path)  # last.pt and periodic ones: all resume needs
     run.dist.barrier()  # no rank goes on (or exits) before rank 0 has written
 
 
