@@ -26,7 +26,7 @@ from imagefit.config import DataConfig
 from imagefit.data.folder import Sample
 from imagefit.data.images import load_rgb
 from imagefit.data.splits import SPLIT_ALIASES, SplitManifest, stratified_split
-from imagefit.data.store import Box, PixelSpec, store_image
+from imagefit.data.store import Box, PixelSpec
 from imagefit.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,7 @@ class HFSource:
             rgb = load_rgb(io.BytesIO(data), self.min_size, name=label)
         except OSError as exc:
             raise ImageError(f"{label}: cannot read image ({exc})", kind="unreadable") from None
-        # the same pixels a file gives (data.store.PixelSpec): the store, or the evaluation crop
-        if self.spec.store:
-            return store_image(rgb, self.spec.size, self.spec.interpolation)
-        return self.spec.crop(rgb), (self.spec.size, self.spec.size)
+        return self.spec.image(rgb)  # what a file gives: the store, or the evaluation crop
 
     def batches(self, index_batches: Sequence[np.ndarray]) -> Iterator[Batch]:
         for indices in index_batches:

@@ -87,6 +87,12 @@ class PixelSpec:
             dtype=np.uint8,
         )
 
+    def image(self, image: Image.Image) -> tuple[np.ndarray, Box]:
+        """An RGB image (a dataset row, a decoded file) -> its pixels and valid box."""
+        if self.store:
+            return store_image(image, self.size, self.interpolation)
+        return self.crop(image), (self.size, self.size)
+
     def array(self, path: str | Path, min_size: int = 1) -> np.ndarray:
         """File -> (S, S, 3) uint8 (the pixels without the valid box)."""
         return self.decode(path, min_size)[0]
@@ -113,4 +119,4 @@ class PixelSpec:
             return pixels, (self.size, self.size)
         if self.decoder == "torchvision":
             return store_tensor(rgb_tensor(path, min_size), self.size, self.interpolation)
-        return store_image(load_rgb(path, min_size), self.size, self.interpolation)
+        return self.image(load_rgb(path, min_size))
